@@ -1,0 +1,272 @@
+"""The ``hpcpilot`` command: run, check-config, render-sbatch, serve, report.
+
+``main`` never lets a traceback reach the user for bad input: configuration and access
+point problems end in one line and exit status 2.  Under MPI an uncaught exception on any
+rank aborts the whole job (MPI Abort) instead of leaving the other ranks hanging in
+MPI_Finalize until the allocation ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hpcpilot import __version__
+from hpcpilot.config import SiteConfig, documented_keys, load_config
+from hpcpilot.errors import ConfigError, exit_status_for_signal
+from hpcpilot.log import setup_logging
+
+log = logging.getLogger("hpcpilot")
+
+
+def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """``--set monitor.looping_limit=30`` pairs as nested overrides."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = _overrides(args.set or [])
+    if args.server:
+        overrides.setdefault("panda", {})["server"] = args.server
+    if args.queue:
+        overrides.setdefault("site", {})["queue"] = args.queue
+    if args.walltime is not None:
+        overrides.setdefault("walltime", {})["limit"] = args.walltime
+    return overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpcpilot", description="An MPI pilot for PanDA jobs on HPC machines.")
+    parser.add_argument("--version", action="version", version=f"hpcpilot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the pilot (one rank, or every rank of an MPI launch)")
+    run.add_argument("--site-config", type=Path, help="site configuration TOML file")
+    source = run.add_mutually_exclusive_group()
+    source.add_argument("--harvester-dir", type=Path, help="Harvester access point holding HPCJobs.json")
+    source.add_argument("--server", help="PanDA server URL (overrides panda.server)")
+    run.add_argument("--queue", help="PanDA queue (overrides site.queue)")
+    run.add_argument("--workdir", type=Path, default=Path("hpcpilot-work"), help="pilot work directory")
+    run.add_argument("--walltime", type=int, help="pilot walltime in seconds (overrides walltime.limit)")
+    run.add_argument("--max-jobs", type=int, help="lease at most this many jobs")
+    run.add_argument("--log-dir", type=Path, help="one log file per rank here (default: stderr)")
+    run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key")
+
+    check = sub.add_parser("check-config", help="validate a site configuration and print its effective values")
+    check.add_argument("file", type=Path)
+
+    render = sub.add_parser("render-sbatch", help="print an sbatch script for a site configuration")
+    render.add_argument("--site-config", type=Path, required=True)
+    render.add_argument("--job-name", default="hpcpilot")
+    render.add_argument("pilot_args", nargs=argparse.REMAINDER, help="arguments for 'hpcpilot run' (after --)")
+
+    from hpcpilot.panda.serve_cli import add_serve_parser
+    from hpcpilot.report import add_report_parser
+
+    add_serve_parser(sub)
+    add_report_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_command(args)
+        if args.command == "check-config":
+            return check_config(args.file)
+        if args.command == "render-sbatch":
+            return render_sbatch(args)
+        if args.command == "serve":
+            from hpcpilot.panda.serve_cli import run_serve
+
+            return run_serve(args)
+        if args.command == "report":
+            from hpcpilot.report import report_main
+
+            return report_main(args)
+    except ConfigError as exc:
+        print(f"hpcpilot: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def check_config(path: Path) -> int:
+    config = load_config(path, environ={})
+    print(config.describe())
+    print(f"{path}: OK ({len(documented_keys())} keys known)")
+    return 0
+
+
+def render_sbatch(args: argparse.Namespace) -> int:
+    from hpcpilot.slurm import render_sbatch as render
+
+    config = load_config(args.site_config)
+    pilot_args = [a for a in args.pilot_args if a != "--"] or ["--site-config", str(args.site_config)]
+    sys.stdout.write(render(config, pilot_args, job_name=args.job_name))
+    return 0
+
+
+# ---- run ----------------------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace) -> int:
+    config = load_config(args.site_config, _run_overrides(args))
+    if not args.harvester_dir and not config.panda.server:
+        raise ConfigError("run: give --harvester-dir DIR or --server URL (or panda.server in the site config)")
+    from hpcpilot.transport import under_mpi_launcher
+
+    if under_mpi_launcher(os.environ):
+        return _run_mpi(args, config)
+    return _run_single(args, config)
+
+
+def _jobs_dir(config: SiteConfig, workdir: Path, rank: int) -> Path:
+    base = Path(os.path.expandvars(config.site.local_scratch)) if config.site.local_scratch else workdir
+    return base / "jobs" / f"rank{rank}"
+
+
+def _run_single(args: argparse.Namespace, config: SiteConfig) -> int:
+    """One rank: controller in the main thread, worker in a thread, over in-process queues."""
+    from hpcpilot.transport import QueueHub
+    from hpcpilot.worker import Worker
+
+    setup_logging(0, 1, args.log_level, args.log_dir)
+    workdir = _prepare_workdir(args.workdir)
+    hub = QueueHub(2)
+    stop = threading.Event()
+    worker = Worker(hub.transport(1), config, _jobs_dir(config, workdir, 0), workdir, stop, rank_label=0)
+    thread = threading.Thread(target=_guarded(worker.run), name="worker", daemon=True)
+    controller, signals = _make_controller(args, config, hub.transport(0), workdir, worker_ranks=[1],
+                                           single_rank=True)
+    thread.start()
+    try:
+        controller.run()
+    finally:
+        stop.set()
+    thread.join(timeout=config.monitor.kill_grace + 30)
+    print(controller.human_summary())
+    return exit_status_for_signal(signals.signum) if signals.signum else 0
+
+
+def _run_mpi(args: argparse.Namespace, config: SiteConfig) -> int:
+    from hpcpilot.slurm import launch_mismatch
+    from hpcpilot.transport import MpiTransport
+
+    transport = MpiTransport()
+    mismatch = launch_mismatch(transport.size, transport.rank, os.environ, MpiTransport.library_version())
+    if mismatch:
+        if transport.rank == 0:
+            print(f"hpcpilot: {mismatch}", file=sys.stderr)
+        return 2
+    setup_logging(transport.rank, transport.size, args.log_level, args.log_dir)
+    try:
+        return _run_rank(args, config, transport)
+    except Exception:
+        log.critical("uncaught exception, aborting every rank:\n%s", traceback.format_exc())
+        transport.abort(1)
+        return 1
+
+
+def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> int:
+    from hpcpilot.controller import SignalFlag
+    from hpcpilot.worker import Worker
+
+    workdir = _prepare_workdir(args.workdir) if transport.rank == 0 else args.workdir.resolve()
+    if transport.size == 1:
+        return _run_single(args, config)
+    if transport.rank == 0:
+        controller, signals = _make_controller(args, config, transport, workdir,
+                                               worker_ranks=list(range(1, transport.size)))
+        controller.run()
+        transport.flush()
+        print(controller.human_summary())
+        return exit_status_for_signal(signals.signum) if signals.signum else 0
+    if config.site.stagger_seconds:
+        time.sleep(config.site.stagger_seconds * transport.rank / transport.size)
+    signals = SignalFlag()
+    signals.install()
+    worker = Worker(transport, config, _jobs_dir(config, workdir, transport.rank), workdir, signals=signals)
+    worker.run()
+    transport.flush()
+    return exit_status_for_signal(signals.signum) if signals.signum else 0
+
+
+def _prepare_workdir(workdir: Path) -> Path:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{workdir}: cannot create the work directory ({exc.strerror})") from None
+    return workdir.resolve()
+
+
+def _make_controller(args: argparse.Namespace, config: SiteConfig, transport: Any, workdir: Path,
+                     worker_ranks: list[int], single_rank: bool = False) -> tuple[Any, Any]:
+    from hpcpilot.controller import Controller, SignalFlag
+    from hpcpilot.scheduler import Scheduler, SchedulerPolicy
+
+    signals = SignalFlag()
+    signals.install()
+    log.info("hpcpilot %s starting\n%s", __version__, config.describe())
+    source = _make_source(args, config, workdir)
+    deadline = _deadline(config)
+    policy = SchedulerPolicy.from_config(config, deadline, args.max_jobs)
+    scheduler = Scheduler(worker_ranks, config, policy)
+    recorder = _make_recorder(workdir)
+    controller = Controller(transport, source, scheduler, workdir, signals, recorder, single_rank=single_rank)
+    return controller, signals
+
+
+def _make_source(args: argparse.Namespace, config: SiteConfig, workdir: Path) -> Any:
+    if args.harvester_dir:
+        from hpcpilot.harvester import HarvesterSource
+
+        return HarvesterSource(args.harvester_dir)
+    from hpcpilot.node import node_info
+    from hpcpilot.panda.source import PandaSource
+
+    return PandaSource(config, workdir, node_info(workdir))
+
+
+def _make_recorder(workdir: Path) -> Any:
+    from hpcpilot.runrecord import RunRecorder
+
+    return RunRecorder(workdir / "run.h5")
+
+
+def _deadline(config: SiteConfig) -> float | None:
+    """The allocation's end: the configured walltime, else Slurm's end time, else none."""
+    now = time.time()
+    if config.walltime.limit:
+        return now + config.walltime.limit
+    from hpcpilot.slurm import allocation_end_time
+
+    return allocation_end_time(os.environ, now)
+
+
+def _guarded(body: Any) -> Any:
+    def run() -> None:
+        try:
+            body()
+        except Exception:
+            log.critical("worker thread failed:\n%s", traceback.format_exc())
+            os._exit(1)
+
+    return run

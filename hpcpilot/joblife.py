@@ -1,0 +1,301 @@
+"""The life of one normal PanDA job on one rank: setup, stage-in, payload, stage-out.
+
+``run_job`` is called by a worker rank (in a thread of its own) and returns the final
+``JobRecord``; it never raises.  While the payload runs it samples the process tree and
+hands ``Heartbeat`` messages to ``emit`` — rank 0 decides from them whether the job is
+looping, over its memory or out of time, and answers through ``JobControl.request_kill``.
+The worker only measures, and kills on command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcpilot.cgroups import PayloadCgroup
+from hpcpilot.config import SiteConfig, resolve_path
+from hpcpilot.errors import ErrorCode, PilotError, transform_exit_error
+from hpcpilot.jobreport import apply_job_report, tail_of_newest_text_file
+from hpcpilot.monitor import diskscan, prmon
+from hpcpilot.monitor.metrics import limits_for_job
+from hpcpilot.monitor.sampler import PayloadSampler
+from hpcpilot.payload import Payload, start_payload
+from hpcpilot.protocol import Heartbeat, JobUpdate, Message
+from hpcpilot.records import JobRecord, JobSpec
+from hpcpilot.stageio import copytools, files
+from hpcpilot.states import JobState
+from hpcpilot.timing import Timing, panda_time
+
+log = logging.getLogger(__name__)
+
+PAYLOAD_STDOUT = "payload.stdout"
+PAYLOAD_STDERR = "payload.stderr"
+PRMON_TEXT = "memory_monitor_output.txt"
+PRMON_SUMMARY = "memory_monitor_summary.json"
+JOB_DEFINITION_BACKUP = "pandaJob.json"
+JOB_SETUP_SCRIPT = "job_setup.sh"
+JOB_REPORT = "jobReport.json"
+DEBUG_TAIL_BYTES = 2048  # the server keeps at most 2048 characters of stdout
+
+
+@dataclass
+class JobControl:
+    """Rank 0's commands to a running job, set from the worker's message loop."""
+
+    kill_event: threading.Event = field(default_factory=threading.Event)
+    kill_code: int = 0
+    kill_diag: str = ""
+    debug: bool = False
+
+    def request_kill(self, code: int, diag: str) -> None:
+        """Ask the job to stop its payload; the first request's code wins."""
+        if not self.kill_event.is_set():
+            self.kill_code, self.kill_diag = code, diag
+            self.kill_event.set()
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job needs from the rank that runs it."""
+
+    config: SiteConfig
+    rank: int
+    host: str
+    jobs_dir: Path
+    pilot_dir: Path
+    emit: Callable[[Message], None]
+    cpu_model: str = ""
+    base_dir: Path = field(default_factory=Path.cwd)
+
+
+def run_job(job_wire: dict[str, Any], ctx: JobContext, control: JobControl) -> JobRecord:
+    """Run one job to its end and return the final record (finished or failed, never raises)."""
+    timing = Timing()
+    record = JobRecord(panda_id=_panda_id_of(job_wire), rank=ctx.rank, node=ctx.host,
+                       site_name=ctx.config.site.queue, start_time=panda_time(time.time()))
+    try:
+        spec = JobSpec.from_wire(job_wire)
+        record.attempt_nr, record.core_count = spec.attempt_nr, spec.core_count
+        record.n_input_files = len(spec.inputs)
+        _JobLife(spec, ctx, control, record, timing).run()
+    except PilotError as exc:
+        record.fail(exc.code, exc.diag)
+    except Exception as exc:  # a bug must fail this job, not the rank
+        log.error("job %s: unexpected error: %s", record.panda_id, traceback.format_exc())
+        record.fail(ErrorCode.UNKNOWNEXCEPTION, f"{type(exc).__name__}: {exc}")
+    if record.state != JobState.FAILED:
+        record.state = JobState.FINISHED
+    record.end_time = panda_time(time.time())
+    record.pilot_timing = timing.pilot_timing()
+    return record
+
+
+def _panda_id_of(job_wire: Any) -> int:
+    try:
+        return int(job_wire["PandaID"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
+class _JobLife:
+    """The phases of one job, in order; each phase raises PilotError to fail the job."""
+
+    def __init__(self, spec: JobSpec, ctx: JobContext, control: JobControl, record: JobRecord,
+                 timing: Timing) -> None:
+        self.spec, self.ctx, self.control, self.record, self.timing = spec, ctx, control, record, timing
+        self.cfg = ctx.config
+        self.workdir = ctx.jobs_dir / f"PandaJob_{spec.panda_id}"
+        self.guids: dict[str, str] = {}
+
+    def run(self) -> None:
+        with self.timing.phase("setup"):
+            self.check_local_space()
+            self.check_file_names()
+            self.make_workdir()
+        self.report_state(JobState.STARTING)
+        with self.timing.phase("stagein"):
+            copytools.stage_in(self.spec.inputs, self.input_dir(), self.workdir, self.cfg.stage)
+        self.report_state(JobState.RUNNING)
+        with self.timing.phase("payload"):
+            self.run_payload()
+        with self.timing.phase("stageout"):
+            self.stage_out()
+
+    # ---- setup ----------------------------------------------------------------------
+
+    def check_local_space(self) -> None:
+        self.ctx.jobs_dir.mkdir(parents=True, exist_ok=True)
+        free_mb = diskscan.free_space_mb(self.ctx.jobs_dir)
+        needed = self.cfg.monitor.free_space_start_mb
+        if free_mb < needed:
+            raise PilotError(ErrorCode.NOLOCALSPACE,
+                             f"{free_mb:.0f} MB free at {self.ctx.jobs_dir}, {needed} MB needed to start a job")
+
+    def check_file_names(self) -> None:
+        for fspec in (*self.spec.outputs, *self.spec.inputs, *filter(None, [self.spec.log_file])):
+            files.check_lfn(fspec.lfn)
+
+    def make_workdir(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / JOB_DEFINITION_BACKUP).write_text(json.dumps(self.spec.to_wire(), indent=1))
+        script = self.workdir / JOB_SETUP_SCRIPT
+        exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(self.payload_env_extra().items()))
+        script.write_text(
+            "#!/bin/bash\n"
+            f"# Re-run PanDA job {self.spec.panda_id} by hand, as hpcpilot ran it.\n"
+            f"cd {shlex.quote(str(self.workdir))}\n{exports}"
+            f"{self.payload_command()}\n")
+        script.chmod(0o755)
+
+    def input_dir(self) -> Path:
+        return resolve_path(self.cfg.stage.input_dir or ".", self.ctx.base_dir)
+
+    def output_dir(self) -> Path:
+        return resolve_path(self.cfg.stage.output_dir or "outputs", self.ctx.base_dir)
+
+    # ---- payload --------------------------------------------------------------------
+
+    def payload_command(self) -> str:
+        return f"{self.spec.transformation} {self.spec.job_pars}".strip()
+
+    def payload_env_extra(self) -> dict[str, str]:
+        cores = str(self.spec.core_count)
+        return {"PandaID": str(self.spec.panda_id), "PANDAID": str(self.spec.panda_id),
+                "ATHENA_PROC_NUMBER": cores, "ATHENA_CORE_NUMBER": cores,
+                "PILOT_HOME": str(self.ctx.pilot_dir), "PILOT_JOB_WORKDIR": str(self.workdir)}
+
+    def run_payload(self) -> None:
+        limits = limits_for_job(self.spec.min_ram_count, self.spec.core_count, self.spec.looping_check,
+                                self.cfg.monitor)
+        cgroup = None
+        if self.cfg.monitor.use_cgroup:
+            cgroup = PayloadCgroup.create(f"hpcpilot_{os.getpid()}_{self.spec.panda_id}",
+                                          limits.memory_kb * 1024 if limits.memory_kb else None)
+        env = {**os.environ, **self.payload_env_extra()}
+        payload = start_payload(self.payload_command(), self.workdir, env, self.workdir / PAYLOAD_STDOUT,
+                                self.workdir / PAYLOAD_STDERR, cgroup)
+        self.link_stdout()
+        try:
+            self.watch(payload, cgroup)
+        finally:
+            payload.terminate(self.cfg.monitor.kill_grace)
+            if cgroup is not None:
+                if cgroup.oom_killed():
+                    self.record.fail(ErrorCode.PAYLOADEXCEEDMAXMEM, "payload killed by its cgroup memory limit")
+                cgroup.remove()
+        self.record.cpu_consumption_time = round(payload.cpu_seconds)
+        self.after_payload(payload)
+
+    def link_stdout(self) -> None:
+        link = self.ctx.pilot_dir / f"payload.{self.spec.panda_id}.stdout"
+        try:
+            link.unlink(missing_ok=True)
+            link.symlink_to(self.workdir / PAYLOAD_STDOUT)
+        except OSError as exc:
+            log.debug("no stdout link in the pilot dir: %s", exc)
+
+    def watch(self, payload: Payload, cgroup: PayloadCgroup | None) -> None:
+        """Sample and report until the payload exits or rank 0 asks for a kill."""
+        sampler = PayloadSampler(
+            payload.pid, self.spec.panda_id, self.workdir, self.workdir / PAYLOAD_STDOUT,
+            [f.lfn for f in self.spec.outputs], self.cfg.monitor,
+            cgroup.memory if cgroup is not None else None, self.workdir / PRMON_TEXT)
+        interval = self.cfg.monitor.report_interval
+        next_report = time.monotonic()
+        while payload.poll() is None:
+            if time.monotonic() >= next_report:
+                report = sampler.sample(time.time())
+                self.ctx.emit(Heartbeat(self.ctx.rank, report, (report.tree,), self.debug_tail()))
+                next_report = time.monotonic() + interval
+            if self.control.kill_event.wait(min(0.2, max(0.0, next_report - time.monotonic()))):
+                self.record.fail(self.control.kill_code, self.control.kill_diag)
+                payload.terminate(self.cfg.monitor.kill_grace)
+                break
+        prmon.write_summary(self.workdir / PRMON_SUMMARY, sampler.stats)
+        self.apply_memory_summary(sampler.summary())
+
+    def debug_tail(self) -> str:
+        if not self.control.debug:
+            return ""
+        return tail_of_newest_text_file(self.workdir, DEBUG_TAIL_BYTES)
+
+    def apply_memory_summary(self, summary: dict[str, Any]) -> None:
+        peak, avg = summary.get("Max", {}), summary.get("Avg", {})
+        rec = self.record
+        rec.max_pss, rec.max_rss = int(peak.get("pss", 0)), int(peak.get("rss", 0))
+        rec.max_vmem, rec.max_swap = int(peak.get("vmem", 0)), int(peak.get("swap", 0))
+        rec.avg_pss, rec.avg_rss = int(avg.get("pss", 0)), int(avg.get("rss", 0))
+        rec.avg_vmem, rec.avg_swap = int(avg.get("vmem", 0)), int(avg.get("swap", 0))
+        rec.tot_rchar, rec.tot_wchar = int(peak.get("rchar", 0)), int(peak.get("wchar", 0))
+        rec.tot_rbytes, rec.tot_wbytes = int(peak.get("read_bytes", 0)), int(peak.get("write_bytes", 0))
+
+    def after_payload(self, payload: Payload) -> None:
+        code = payload.exit_code if payload.exit_code is not None else -1
+        self.record.trans_exit_code = code
+        report_path = self.workdir / JOB_REPORT
+        self.guids = apply_job_report(report_path, self.record)
+        if self.record.failed:
+            return
+        if code < 0:
+            self.record.fail(ErrorCode.SIGTERM, f"payload killed by signal {-code}")
+        elif code != 0:
+            self.record.fail(transform_exit_error(code), f"payload exited with code {code}")
+
+    # ---- stage-out ------------------------------------------------------------------
+
+    def stage_out(self) -> None:
+        """Outputs of a successful payload, and always the log tarball."""
+        transfers: list[tuple[Path, str]] = []
+        if not self.record.failed:
+            transfers = self.collect_outputs()
+        log_spec = self.spec.log_file
+        if log_spec is not None:
+            tarball = self.ctx.jobs_dir / log_spec.lfn
+            files.make_log_tarball(self.workdir, tarball, exclude=[log_spec.lfn])
+            transfers.append((tarball, log_spec.lfn))
+        try:
+            self.output_dir().mkdir(parents=True, exist_ok=True)
+            report = copytools.stage_out(transfers, self.output_dir(), self.cfg.stage)
+        except OSError as exc:
+            self.record.fail(ErrorCode.STAGEOUTFAILED, f"cannot create {self.output_dir()}: {exc.strerror}")
+            return
+        except PilotError as exc:
+            self.record.fail(exc.code, exc.diag)
+            return
+        guids = dict(self.guids)
+        if log_spec is not None:
+            guids[log_spec.lfn] = log_spec.guid or str(uuid.uuid4())
+        for lfn, entry in report.items():
+            entry["guid"] = guids.get(lfn) or str(uuid.uuid4())
+        self.record.output_report = report
+
+    def collect_outputs(self) -> list[tuple[Path, str]]:
+        transfers = []
+        for fspec in self.spec.outputs:
+            path = files.safe_join(self.workdir, fspec.lfn)
+            if not path.exists():
+                if self.spec.allow_no_output:
+                    continue
+                self.record.fail(ErrorCode.MISSINGOUTPUTFILE, f"output {fspec.lfn} was not produced")
+                return []
+            if path.stat().st_size == 0:
+                if self.spec.allow_no_output:
+                    continue
+                self.record.fail(ErrorCode.ZEROFILESIZE, f"output {fspec.lfn} is empty")
+                return []
+            transfers.append((path, fspec.lfn))
+        return transfers
+
+    def report_state(self, state: JobState) -> None:
+        self.record.state = state
+        self.ctx.emit(JobUpdate(self.ctx.rank, self.record.to_summary()))

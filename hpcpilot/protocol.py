@@ -1,0 +1,171 @@
+"""Every message exchanged between rank 0 and the worker ranks, and its MPI tag.
+
+Nothing else in hpcpilot knows a tag number or builds a message dict: controller and worker
+code exchange these frozen dataclasses only.  Messages are small and pickled by the
+transport; job records travel in their PanDA wire form (``JobRecord.to_summary()``) so that
+what rank 0 reports is exactly what the worker measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+from hpcpilot.monitor.samples import MonitorReport, TreeSample
+
+
+class Tag(IntEnum):
+    """MPI tags, one per message type."""
+
+    READY = 1
+    WORK_REQUEST = 2
+    JOB = 3
+    NO_MORE_WORK = 4
+    JOB_UPDATE = 5
+    HEARTBEAT = 6
+    JOB_DONE = 7
+    KILL_JOB = 8
+    STOP = 9
+    STOPPED = 10
+    WORKER_FAILED = 11
+    SET_DEBUG = 12
+    ALIVE = 13
+    SIGNALLED = 14
+
+
+# ---- worker -> rank 0 -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """Start-up check of one rank: rank 0 leases nothing before every rank has answered."""
+
+    rank: int
+    host: str
+    ok: bool
+    problems: tuple[str, ...] = ()
+    node: dict[str, Any] = field(default_factory=dict)
+    tag = Tag.READY
+
+
+@dataclass(frozen=True, slots=True)
+class WorkRequest:
+    """The rank is idle and wants a job."""
+
+    rank: int
+    tag = Tag.WORK_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class JobUpdate:
+    """A job changed state (starting -> running); ``record`` is ``JobRecord.to_summary()``."""
+
+    rank: int
+    record: dict[str, Any]
+    tag = Tag.JOB_UPDATE
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """A monitoring report and the samples taken since the previous one."""
+
+    rank: int
+    report: MonitorReport
+    samples: tuple[TreeSample, ...] = ()
+    debug_tail: str = ""
+    tag = Tag.HEARTBEAT
+
+
+@dataclass(frozen=True, slots=True)
+class Alive:
+    """The rank's loop is alive while its job is in a phase without heartbeats (stage-in, stage-out)."""
+
+    rank: int
+    tag = Tag.ALIVE
+
+
+@dataclass(frozen=True, slots=True)
+class Signalled:
+    """The rank received a signal: rank 0 winds the whole pilot down with the signal's code."""
+
+    rank: int
+    signum: int
+    tag = Tag.SIGNALLED
+
+
+@dataclass(frozen=True, slots=True)
+class JobDone:
+    """The final record of a job, after stage-out (or failure)."""
+
+    rank: int
+    record: dict[str, Any]
+    tag = Tag.JOB_DONE
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The rank has no job and leaves its loop (answer to NoMoreWork or Stop)."""
+
+    rank: int
+    tag = Tag.STOPPED
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    """An unexpected exception on a worker, as data naming the rank; its job is failed."""
+
+    rank: int
+    host: str
+    panda_id: int | None
+    error_code: int
+    traceback: str
+    tag = Tag.WORKER_FAILED
+
+
+# ---- rank 0 -> worker -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AssignJob:
+    """Run this job (the getJob dict, parsed again by the worker)."""
+
+    job: dict[str, Any]
+    tag = Tag.JOB
+
+
+@dataclass(frozen=True, slots=True)
+class NoMoreWork:
+    """No job for this rank: finish what runs, then stop."""
+
+    tag = Tag.NO_MORE_WORK
+
+
+@dataclass(frozen=True, slots=True)
+class KillJob:
+    """Rank 0 decided this job must die (looping, memory, server kill, ...) with this code."""
+
+    panda_id: int
+    error_code: int
+    diag: str
+    tag = Tag.KILL_JOB
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Wind down now: stop the payload gracefully with this code, send the final record, stop."""
+
+    error_code: int
+    diag: str
+    tag = Tag.STOP
+
+
+@dataclass(frozen=True, slots=True)
+class SetDebug:
+    """Debug mode on or off for a job: heartbeats then carry the tail of its newest text file."""
+
+    panda_id: int
+    on: bool
+    tag = Tag.SET_DEBUG
+
+
+Message = (Ready | WorkRequest | JobUpdate | Heartbeat | Alive | Signalled | JobDone | Stopped | WorkerFailed
+           | AssignJob | NoMoreWork | KillJob | Stop | SetDebug)

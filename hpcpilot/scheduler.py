@@ -1,0 +1,495 @@
+"""Rank 0's decisions as a pure state machine: events in, actions out, time passed in.
+
+No MPI, HTTP or clock here: ``handle(now, events)`` is the only way to change scheduling
+state, so every controller decision (who gets which job, when to fetch, when a job is
+looping or over its memory, when a rank is lost, when the walltime guard fires) is tested
+by feeding events and asserting actions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from hpcpilot.config import SiteConfig
+from hpcpilot.errors import ErrorCode
+from hpcpilot.monitor.metrics import Limits, check_report, limits_for_job
+from hpcpilot.monitor.samples import MonitorReport
+from hpcpilot.records import JobRecord, JobSpec
+from hpcpilot.states import JobState, RankState
+
+# ---- events -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankReady:
+    rank: int
+    ok: bool
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RankAlive:
+    """Any sign of life from a rank (it refreshes the lost-rank clock)."""
+
+    rank: int
+
+
+@dataclass(frozen=True)
+class WorkRequested:
+    rank: int
+
+
+@dataclass(frozen=True)
+class JobsFetched:
+    """The source's answer to a Fetch: parsed jobs, and records of jobs that failed to parse."""
+
+    jobs: tuple[JobSpec, ...]
+    rejected: tuple[JobRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """A job changed state on its rank (starting, running)."""
+
+    rank: int
+    record: JobRecord
+
+
+@dataclass(frozen=True)
+class ReportReceived:
+    rank: int
+    report: MonitorReport
+
+
+@dataclass(frozen=True)
+class JobEnded:
+    rank: int
+    record: JobRecord
+
+
+@dataclass(frozen=True)
+class RankStopped:
+    rank: int
+
+
+@dataclass(frozen=True)
+class RankFailed:
+    """A worker raised unexpectedly; its job (if any) fails with ``code``."""
+
+    rank: int
+    panda_id: int | None
+    code: int
+    diag: str
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """A signal or an operator: wind everything down with this code."""
+
+    code: int
+    diag: str
+
+
+@dataclass(frozen=True)
+class ServerCommand:
+    panda_id: int
+    name: str
+
+
+Event = (RankReady | RankAlive | WorkRequested | JobsFetched | JobProgress | ReportReceived | JobEnded | RankStopped
+         | RankFailed | StopRequested | ServerCommand)
+
+# ---- actions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fetch:
+    n: int
+
+
+@dataclass(frozen=True)
+class Assign:
+    rank: int
+    job: JobSpec
+
+
+@dataclass(frozen=True)
+class SendNoMoreWork:
+    rank: int
+
+
+@dataclass(frozen=True)
+class Kill:
+    rank: int
+    panda_id: int
+    code: int
+    diag: str
+
+
+@dataclass(frozen=True)
+class StopRank:
+    rank: int
+    code: int
+    diag: str
+
+
+@dataclass(frozen=True)
+class Report:
+    """Send this record to the job source (a heartbeat, or the final update when ``final``)."""
+
+    record: JobRecord
+    final: bool
+
+
+@dataclass(frozen=True)
+class SetDebugMode:
+    rank: int
+    panda_id: int
+    on: bool
+
+
+@dataclass(frozen=True)
+class Finished:
+    """Every rank has stopped: the controller may write its summary and exit."""
+
+
+Action = Fetch | Assign | SendNoMoreWork | Kill | StopRank | Report | SetDebugMode | Finished
+
+# ---- state --------------------------------------------------------------------------
+
+
+@dataclass
+class _Rank:
+    state: RankState = RankState.STARTING
+    panda_id: int | None = None
+    last_seen: float = 0.0
+
+
+@dataclass
+class _Job:
+    spec: JobSpec
+    rank: int
+    limits: Limits
+    record: JobRecord
+    assigned_at: float
+    payload_start: float | None = None
+    last_heartbeat: float = 0.0
+    killing: bool = False
+    debug: bool = False
+
+
+@dataclass
+class SchedulerPolicy:
+    """The numbers the scheduler decides with (from the site config and the command line)."""
+
+    deadline: float | None = None
+    margin: float = 600.0
+    max_jobs: int | None = None
+    heartbeat: float = 1800.0
+    debug_heartbeat: float = 300.0
+    lost_after: float = 60.0
+    jobs_per_fetch: int = 8
+    startup_timeout: float = 120.0
+
+    @classmethod
+    def from_config(cls, config: SiteConfig, deadline: float | None, max_jobs: int | None) -> SchedulerPolicy:
+        return cls(deadline=deadline, margin=float(config.walltime.margin), max_jobs=max_jobs,
+                   heartbeat=config.panda.heartbeat, debug_heartbeat=config.panda.debug_heartbeat,
+                   lost_after=config.monitor.report_interval * config.monitor.lost_rank_intervals,
+                   jobs_per_fetch=config.panda.jobs_per_fetch)
+
+
+@dataclass
+class Scheduler:
+    """Rank 0's scheduling state; change it only through ``handle``."""
+
+    worker_ranks: Sequence[int]
+    config: SiteConfig
+    policy: SchedulerPolicy
+    ranks: dict[int, _Rank] = field(default_factory=dict)
+    jobs: dict[int, _Job] = field(default_factory=dict)
+    pending: deque[JobSpec] = field(default_factory=deque)
+    idle: deque[int] = field(default_factory=deque)
+    done: list[JobRecord] = field(default_factory=list)
+    leased: int = 0
+    fetching: bool = False
+    source_empty: bool = False
+    stopping: tuple[int, str] | None = None
+    finished: bool = False
+    now: float = 0.0
+    answered: set[int] = field(default_factory=set)
+    started_at: float | None = None
+
+    def __post_init__(self) -> None:
+        self.ranks = {r: _Rank() for r in self.worker_ranks}
+
+    # -- the one entry point ----------------------------------------------------------
+
+    def handle(self, now: float, events: Iterable[Event]) -> list[Action]:
+        self.now = now
+        if self.started_at is None:
+            self.started_at = now
+        actions: list[Action] = []
+        for event in events:
+            actions += self._dispatch(event)
+        actions += self._tick()
+        return actions
+
+    def _dispatch(self, event: Event) -> list[Action]:
+        handler = getattr(self, f"_on_{type(event).__name__}")
+        rank = getattr(event, "rank", None)
+        if rank in self.ranks:
+            self.ranks[rank].last_seen = self.now
+        return handler(event)
+
+    # -- events -----------------------------------------------------------------------
+
+    def _on_RankReady(self, event: RankReady) -> list[Action]:
+        self.answered.add(event.rank)
+        if not event.ok:
+            self.ranks[event.rank].state = RankState.STOPPED
+        return []
+
+    def _on_RankAlive(self, event: RankAlive) -> list[Action]:
+        return []
+
+    def _on_WorkRequested(self, event: WorkRequested) -> list[Action]:
+        rank = self.ranks[event.rank]
+        if rank.state in (RankState.LOST, RankState.STOPPED):
+            return []
+        rank.state, rank.panda_id = RankState.IDLE, None
+        if event.rank not in self.idle:
+            self.idle.append(event.rank)
+        return []
+
+    def _on_JobsFetched(self, event: JobsFetched) -> list[Action]:
+        self.fetching = False
+        self.pending.extend(event.jobs)
+        self.leased += len(event.jobs) + len(event.rejected)
+        if not event.jobs and not event.rejected:
+            self.source_empty = True
+        actions: list[Action] = []
+        for record in event.rejected:
+            self.done.append(record)
+            actions.append(Report(record, final=True))
+        return actions
+
+    def _on_JobProgress(self, event: JobProgress) -> list[Action]:
+        job = self.jobs.get(event.record.panda_id)
+        if job is None:
+            return []
+        job.record = event.record
+        if event.record.state == JobState.RUNNING and job.payload_start is None:
+            job.payload_start = self.now
+        job.last_heartbeat = self.now
+        return [Report(event.record, final=False)]
+
+    def _on_ReportReceived(self, event: ReportReceived) -> list[Action]:
+        job = self.jobs.get(event.report.panda_id)
+        if job is None or job.killing:
+            return []
+        _merge_report(job.record, event.report)
+        start = job.payload_start if job.payload_start is not None else job.assigned_at
+        verdict = check_report(event.report, job.limits, start)
+        if verdict is None:
+            return []
+        job.killing = True
+        return [Kill(job.rank, job.spec.panda_id, int(verdict.code), verdict.diag)]
+
+    def _on_JobEnded(self, event: JobEnded) -> list[Action]:
+        return self._close_job(event.record.panda_id, event.record)
+
+    def _on_RankStopped(self, event: RankStopped) -> list[Action]:
+        rank = self.ranks[event.rank]
+        if rank.state != RankState.LOST:
+            rank.state = RankState.STOPPED
+        if event.rank in self.idle:
+            self.idle.remove(event.rank)
+        return []
+
+    def _on_RankFailed(self, event: RankFailed) -> list[Action]:
+        if event.panda_id is None or event.panda_id not in self.jobs:
+            return []
+        record = self.jobs[event.panda_id].record
+        record.fail(event.code, event.diag)
+        return self._close_job(event.panda_id, record)
+
+    def _on_StopRequested(self, event: StopRequested) -> list[Action]:
+        return self._begin_stop(event.code, event.diag)
+
+    def _on_ServerCommand(self, event: ServerCommand) -> list[Action]:
+        job = self.jobs.get(event.panda_id)
+        if job is None:
+            return []
+        if event.name == "tobekilled" and not job.killing:
+            job.killing = True
+            return [Kill(job.rank, job.spec.panda_id, int(ErrorCode.PANDAKILL), "killed by the PanDA server")]
+        if event.name == "lostheartbeat" and not job.killing:
+            job.killing = True
+            return [Kill(job.rank, job.spec.panda_id, int(ErrorCode.EXCEEDEDMAXWAITTIME),
+                         "no successful server update within the lost-heartbeat limit")]
+        if event.name in ("debug", "debugoff"):
+            job.debug = event.name == "debug"
+            return [SetDebugMode(job.rank, job.spec.panda_id, job.debug)]
+        return []
+
+    # -- time-driven decisions --------------------------------------------------------
+
+    def _tick(self) -> list[Action]:
+        if self.finished:
+            return []
+        actions: list[Action] = []
+        if self.stopping is None and self._walltime_reached():
+            actions += self._begin_stop(int(ErrorCode.REACHEDMAXTIME),
+                                        "the pilot's walltime limit (less the margin) was reached")
+        actions += self._check_jobs()
+        if self._startup_complete():
+            actions += self._assign()
+        if self._all_stopped():
+            self.finished = True
+            actions.append(Finished())
+        return actions
+
+    def _startup_complete(self) -> bool:
+        """Every rank answered its start-up check (or timed out): only then is work leased."""
+        missing = [r for r in self.ranks if r not in self.answered]
+        if missing and self.started_at is not None and self.now - self.started_at > self.policy.startup_timeout:
+            for rank in missing:
+                self.ranks[rank].state = RankState.LOST
+                self.answered.add(rank)
+            missing = []
+        return not missing
+
+    def _walltime_reached(self) -> bool:
+        return self.policy.deadline is not None and self.now >= self.policy.deadline - self.policy.margin
+
+    def _check_jobs(self) -> list[Action]:
+        actions: list[Action] = []
+        for job in list(self.jobs.values()):
+            rank = self.ranks[job.rank]
+            if self.now - rank.last_seen > self.policy.lost_after:
+                rank.state = RankState.LOST
+                job.record.fail(ErrorCode.EXCEEDEDMAXWAITTIME,
+                                f"rank {job.rank} stopped reporting for {self.now - rank.last_seen:.0f} s")
+                actions += self._close_job(job.spec.panda_id, job.record)
+                continue
+            actions += self._job_walltime(job)
+            interval = self.policy.debug_heartbeat if job.debug else self.policy.heartbeat
+            if self.now - job.last_heartbeat >= interval:
+                job.last_heartbeat = self.now
+                actions.append(Report(job.record, final=False))
+        return actions
+
+    def _job_walltime(self, job: _Job) -> list[Action]:
+        limit = job.spec.max_walltime
+        if job.killing or not limit or job.payload_start is None or self.now - job.payload_start <= limit:
+            return []
+        job.killing = True
+        return [Kill(job.rank, job.spec.panda_id, int(ErrorCode.REACHEDMAXTIME),
+                     f"job ran longer than its maxWalltime of {limit} s")]
+
+    def _assign(self) -> list[Action]:
+        actions: list[Action] = []
+        while self.idle and self.pending and self.stopping is None:
+            job = self.pending.popleft()
+            if not self._can_finish(job):
+                record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
+                record.fail(ErrorCode.REACHEDMAXTIME, "not started: it cannot finish before the walltime guard")
+                self.done.append(record)
+                actions.append(Report(record, final=True))
+                continue
+            rank = self.idle.popleft()
+            actions.append(self._start(rank, job))
+        wanted = len(self.idle) - len(self.pending)
+        if self._may_lease() and wanted > 0 and not self.fetching:
+            self.fetching = True
+            n = min(wanted, self.policy.jobs_per_fetch)
+            if self.policy.max_jobs is not None:
+                n = min(n, self.policy.max_jobs - self.leased)
+            actions.append(Fetch(n))
+        if not self.pending and not self.fetching and (self.stopping or not self._may_lease()):
+            while self.idle:
+                rank = self.idle.popleft()
+                self.ranks[rank].state = RankState.STOPPED
+                actions.append(SendNoMoreWork(rank))
+        return actions
+
+    def _start(self, rank: int, job: JobSpec) -> Assign:
+        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor)
+        record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr, rank=rank, core_count=job.core_count)
+        self.jobs[job.panda_id] = _Job(job, rank, limits, record, assigned_at=self.now, last_heartbeat=self.now)
+        self.ranks[rank].state, self.ranks[rank].panda_id = RankState.BUSY, job.panda_id
+        return Assign(rank, job)
+
+    def _can_finish(self, job: JobSpec) -> bool:
+        if self.policy.deadline is None or not job.max_walltime:
+            return True
+        return self.now + job.max_walltime <= self.policy.deadline - self.policy.margin
+
+    def _may_lease(self) -> bool:
+        if self.stopping is not None or self.source_empty or self._walltime_reached():
+            return False
+        return self.policy.max_jobs is None or self.leased < self.policy.max_jobs
+
+    def _begin_stop(self, code: int, diag: str) -> list[Action]:
+        if self.stopping is not None:
+            return []
+        self.stopping = (code, diag)
+        actions: list[Action] = []
+        for record in self._drop_pending(code, diag):
+            actions.append(Report(record, final=True))
+        for job in self.jobs.values():
+            job.killing = True
+            actions.append(StopRank(job.rank, code, diag))
+        return actions
+
+    def _drop_pending(self, code: int, diag: str) -> list[JobRecord]:
+        records = []
+        while self.pending:
+            job = self.pending.popleft()
+            record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
+            record.fail(code, f"not started: {diag}")
+            self.done.append(record)
+            records.append(record)
+        return records
+
+    def _close_job(self, panda_id: int, record: JobRecord) -> list[Action]:
+        job = self.jobs.pop(panda_id, None)
+        if job is None:
+            return []
+        rank = self.ranks[job.rank]
+        if rank.panda_id == panda_id:
+            rank.panda_id = None
+            if rank.state == RankState.BUSY:
+                rank.state = RankState.IDLE if self.stopping is None else RankState.STOPPED
+        record.rank = job.rank
+        self.done.append(record)
+        return [Report(record, final=True)]
+
+    def _all_stopped(self) -> bool:
+        if self.jobs or self.fetching:
+            return False
+        return all(r.state in (RankState.STOPPED, RankState.LOST) for r in self.ranks.values())
+
+    # -- views --------------------------------------------------------------------------
+
+    def status_line(self) -> str:
+        busy = sum(r.state == RankState.BUSY for r in self.ranks.values())
+        idle = sum(r.state == RankState.IDLE for r in self.ranks.values())
+        failed = sum(r.state == JobState.FAILED for r in self.done)
+        left = "unlimited" if self.policy.deadline is None else f"{self.policy.deadline - self.now:.0f} s"
+        return (f"jobs running={len(self.jobs)} done={len(self.done) - failed} failed={failed} "
+                f"queued={len(self.pending)} | ranks busy={busy} idle={idle} | time left={left}")
+
+
+def _merge_report(record: JobRecord, report: MonitorReport) -> None:
+    """Fold a monitoring report into the record that heartbeats carry."""
+    tree = report.tree
+    record.state = JobState.RUNNING
+    record.cpu_consumption_time = max(record.cpu_consumption_time, round(tree.utime + tree.stime))
+    record.max_pss = max(record.max_pss, tree.pss)
+    record.max_rss = max(record.max_rss, tree.rss)
+    record.max_vmem = max(record.max_vmem, tree.vmem)
+    record.max_swap = max(record.max_swap, tree.swap)

@@ -1,0 +1,188 @@
+"""The worker side: ask rank 0 for work, run each job's life, report, obey kill and stop.
+
+The loop runs in the rank's main thread (the only thread that touches the transport, as
+mpi4py wants); each job runs in a thread of its own so the loop stays responsive to rank 0
+while a payload runs.  The job thread never sends: it hands messages to a queue that the
+loop forwards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpcpilot.config import SiteConfig
+from hpcpilot.errors import ErrorCode
+from hpcpilot.joblife import JobContext, JobControl, run_job
+from hpcpilot.monitor import diskscan
+from hpcpilot.node import node_info
+from hpcpilot.protocol import (
+    Alive,
+    AssignJob,
+    JobDone,
+    KillJob,
+    Message,
+    NoMoreWork,
+    Ready,
+    SetDebug,
+    Signalled,
+    Stop,
+    Stopped,
+    WorkerFailed,
+    WorkRequest,
+)
+from hpcpilot.transport import CONTROLLER, Backoff, Transport
+
+log = logging.getLogger(__name__)
+
+
+def startup_problems(config: SiteConfig, jobs_dir: Path) -> list[str]:
+    """What would stop this rank from running a job: checked before rank 0 leases anything."""
+    problems = []
+    try:
+        jobs_dir.mkdir(parents=True, exist_ok=True)
+        probe = jobs_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return [f"workdir {jobs_dir} is not writable: {exc.strerror}"]
+    free_mb = diskscan.free_space_mb(jobs_dir)
+    if free_mb < config.monitor.free_space_start_mb:
+        problems.append(f"{free_mb:.0f} MB free at {jobs_dir}, {config.monitor.free_space_start_mb} MB needed")
+    return problems
+
+
+@dataclass
+class _RunningJob:
+    panda_id: int
+    control: JobControl
+    thread: threading.Thread
+    result: list[Any] = field(default_factory=list)
+
+
+class Worker:
+    """One rank's worker loop."""
+
+    def __init__(self, transport: Transport, config: SiteConfig, jobs_dir: Path, pilot_dir: Path,
+                 stop_event: threading.Event | None = None, rank_label: int | None = None,
+                 signals: Any = None) -> None:
+        self.transport, self.config = transport, config
+        self.rank = transport.rank
+        # In single-rank mode the worker is a thread of rank 0: its jobs are reported as rank 0's.
+        self.rank_label = transport.rank if rank_label is None else rank_label
+        self.signals = signals
+        self.signal_sent = False
+        self.host = socket.gethostname().split(".")[0]
+        self.jobs_dir, self.pilot_dir = jobs_dir, pilot_dir
+        self.outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self.running: _RunningJob | None = None
+        self.leaving = False
+        self.stop_event = stop_event or threading.Event()
+        self.node = node_info(jobs_dir)
+
+    def run(self) -> None:
+        """Check, then ask for jobs until rank 0 says there is no more work or stop."""
+        problems = startup_problems(self.config, self.jobs_dir)
+        self.send(Ready(self.rank, self.host, not problems, tuple(problems), self.node))
+        if problems:
+            log.error("rank %d cannot run jobs: %s", self.rank, "; ".join(problems))
+        else:
+            self.send(WorkRequest(self.rank))
+        backoff = Backoff()
+        next_alive = time.monotonic()
+        while True:
+            busy = self.forward_outbox()
+            self.check_signal()
+            if self.running is not None and time.monotonic() >= next_alive:
+                self.send(Alive(self.rank))
+                next_alive = time.monotonic() + self.config.monitor.report_interval
+            incoming = self.transport.receive()
+            if incoming is not None:
+                self.handle(incoming[1])
+                busy = True
+            if self.running is not None and not self.running.thread.is_alive():
+                self.finish_job()
+                busy = True
+            if self.leaving and self.running is None:
+                self.forward_outbox()
+                self.send(Stopped(self.rank))
+                return
+            if busy:
+                backoff.reset()
+            else:
+                backoff.wait(self.stop_event)
+
+    def check_signal(self) -> None:
+        """A signal on a worker rank winds the whole pilot down: rank 0 decides, in order."""
+        if self.signals is not None and self.signals.signum is not None and not self.signal_sent:
+            self.signal_sent = True
+            log.warning("received signal %d: asking rank 0 to stop every rank", self.signals.signum)
+            self.send(Signalled(self.rank, self.signals.signum))
+
+    def send(self, message: Message) -> None:
+        self.transport.send(CONTROLLER, message)
+
+    def forward_outbox(self) -> bool:
+        sent = False
+        while True:
+            try:
+                message = self.outbox.get_nowait()
+            except queue.Empty:
+                return sent
+            self.send(message)
+            sent = True
+
+    def handle(self, message: Message) -> None:
+        if isinstance(message, AssignJob):
+            self.start_job(message.job)
+        elif isinstance(message, KillJob):
+            if self.running is not None and self.running.panda_id == message.panda_id:
+                log.info("rank 0 kills job %d: %s", message.panda_id, message.diag)
+                self.running.control.request_kill(message.error_code, message.diag)
+        elif isinstance(message, SetDebug):
+            if self.running is not None and self.running.panda_id == message.panda_id:
+                self.running.control.debug = message.on
+        elif isinstance(message, Stop):
+            self.leaving = True
+            if self.running is not None:
+                self.running.control.request_kill(message.error_code, message.diag)
+        elif isinstance(message, NoMoreWork):
+            self.leaving = True
+        else:
+            log.warning("unexpected message %s ignored", type(message).__name__)
+
+    def start_job(self, job_wire: dict[str, Any]) -> None:
+        control = JobControl()
+        ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
+        holder: list[Any] = []
+        panda_id = int(job_wire.get("PandaID", 0) or 0) if isinstance(job_wire, dict) else 0
+
+        def body() -> None:
+            try:
+                holder.append(run_job(job_wire, ctx, control))
+            except BaseException:  # run_job never raises; this guards against bugs in the guard itself
+                holder.append(traceback.format_exc())
+
+        thread = threading.Thread(target=body, name=f"job-{panda_id}", daemon=True)
+        self.running = _RunningJob(panda_id, control, thread, holder)
+        thread.start()
+
+    def finish_job(self) -> None:
+        assert self.running is not None
+        job, self.running = self.running, None
+        self.forward_outbox()
+        outcome = job.result[0] if job.result else "job thread ended without a result"
+        if isinstance(outcome, str):
+            self.send(WorkerFailed(self.rank, self.host, job.panda_id, int(ErrorCode.UNKNOWNEXCEPTION), outcome))
+        else:
+            self.send(JobDone(self.rank, outcome.to_summary()))
+        if not self.leaving:
+            self.send(WorkRequest(self.rank))
