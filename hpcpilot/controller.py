@@ -36,6 +36,7 @@ from hpcpilot.protocol import (
 )
 from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.scheduler import (
+    Abandon,
     Action,
     Assign,
     Event,
@@ -196,8 +197,18 @@ class Controller:
             self.transport.send(action.rank, SetDebug(action.panda_id, action.on))
         elif isinstance(action, Report):
             self.report(action.record, action.final)
+        elif isinstance(action, Abandon):
+            self.followups.append(self.abandon(action.code, action.diag))
         elif isinstance(action, Finished):
             log.info("every rank has stopped")
+
+    def abandon(self, code: int, diag: str) -> JobsFetched:
+        records = []
+        for wire in self.source.abandon():
+            record = JobRecord(_panda_id(wire))
+            record.fail(code, diag)
+            records.append(record)
+        return JobsFetched((), tuple(records))
 
     def fetch(self, n: int) -> JobsFetched:
         try:

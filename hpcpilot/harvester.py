@@ -93,6 +93,9 @@ class HarvesterSource:
                 self.log_files[str(job.get("PandaID"))] = str(job.get("logFile", ""))
         return taken
 
+    def abandon(self) -> list[Mapping[str, Any]]:
+        return self.fetch_jobs(len(self.queue))
+
     def update_job(self, record: JobRecord, final: bool) -> None:
         job_dir = self.job_dir(record.panda_id)
         job_dir.mkdir(parents=True, exist_ok=True)

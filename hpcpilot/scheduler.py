@@ -151,11 +151,19 @@ class SetDebugMode:
 
 
 @dataclass(frozen=True)
+class Abandon:
+    """The pilot is stopping: fail the jobs the source already handed out that will never start."""
+
+    code: int
+    diag: str
+
+
+@dataclass(frozen=True)
 class Finished:
     """Every rank has stopped: the controller may write its summary and exit."""
 
 
-Action = Fetch | Assign | SendNoMoreWork | Kill | StopRank | Report | SetDebugMode | Finished
+Action = Fetch | Assign | SendNoMoreWork | Kill | StopRank | Report | SetDebugMode | Abandon | Finished
 
 # ---- state --------------------------------------------------------------------------
 
@@ -437,7 +445,7 @@ class Scheduler:
         if self.stopping is not None:
             return []
         self.stopping = (code, diag)
-        actions: list[Action] = []
+        actions: list[Action] = [Abandon(code, f"not started: {diag}")]
         for record in self._drop_pending(code, diag):
             actions.append(Report(record, final=True))
         for job in self.jobs.values():

@@ -43,6 +43,13 @@ class JobSource(Protocol):
     def fetch_jobs(self, n: int) -> list[Mapping[str, Any]]:
         """Lease up to ``n`` job definitions (getJob dicts).  An empty list means no more jobs."""
 
+    def abandon(self) -> list[Mapping[str, Any]]:
+        """Job definitions already handed to this pilot that it will not start (the pilot is stopping).
+
+        They are reported failed, so nothing handed out is lost: a Harvester access point hands
+        out all its jobs at once; a PanDA server only what was leased, so it returns none.
+        """
+
     def update_job(self, record: JobRecord, final: bool) -> None:
         """Queue a heartbeat or the final update of a job; durable before it returns."""
 
