@@ -1,0 +1,189 @@
+"""The monitoring record of one pilot run: one HDF5 file, written by rank 0 only.
+
+Layout (all times epoch seconds, memory kB, CPU seconds, I/O bytes)::
+
+    /                                   attrs: format, format_version, created, hpcpilot_version
+    /jobs                               JSON strings, one per finished job (PanDA field names + rank)
+    /ranks/<rank>/node                  attrs: one per node-info key (JSON for non-scalars), info (all, JSON)
+    /ranks/<rank>/jobs/<panda_id>/samples        compound rows, one per TreeSample
+    /ranks/<rank>/jobs/<panda_id>/event_ranges   JSON strings, one per event-range update
+
+``samples`` is one compound dataset rather than one dataset per column so that a row is
+always complete: a kill can never leave ``pss`` one row longer than ``time``.  Its units are
+attributes: ``units`` (a JSON object field -> unit) and ``units.<field>`` per field.
+
+Every dataset is chunked and resizable and is grown by the appended rows; every append
+ends with ``File.flush()``, so a pilot killed with SIGKILL leaves a file that opens and
+holds everything appended before the last completed flush.  Datasets are not compressed:
+an uncompressed chunk is rewritten in place, so a flush after an append only updates the
+dataset's extent and the chunk itself, which keeps the window in which a kill could catch
+HDF5 halfway through its metadata as small as possible.  (HDF5 has no journal; a kill in
+the middle of ``flush`` itself can still damage the file.)
+
+Each event-range update is stored with ``recordedAt`` (epoch s, when rank 0 recorded it)
+unless it carries one already; the report uses it for events per second.
+
+The recorder is thread-safe (one lock around each append).  Writes are batched by the
+caller: each call is one resize, one write and one flush per dataset touched.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from hpcpilot import __version__
+from hpcpilot.monitor.samples import TreeSample
+
+FORMAT = "hpcpilot-run"
+FORMAT_VERSION = 1
+
+# (field, numpy type, unit) in TreeSample order
+SAMPLE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("time", "<f8", "epoch s"),
+    ("pss", "<i8", "kB"),
+    ("rss", "<i8", "kB"),
+    ("swap", "<i8", "kB"),
+    ("vmem", "<i8", "kB"),
+    ("utime", "<f8", "s"),
+    ("stime", "<f8", "s"),
+    ("nprocs", "<i8", "count"),
+    ("nthreads", "<i8", "count"),
+    ("rchar", "<i8", "bytes"),
+    ("wchar", "<i8", "bytes"),
+    ("read_bytes", "<i8", "bytes"),
+    ("write_bytes", "<i8", "bytes"),
+)
+SAMPLE_DTYPE = np.dtype([(name, kind) for name, kind, _ in SAMPLE_FIELDS])
+SAMPLE_UNITS: dict[str, str] = {name: unit for name, _, unit in SAMPLE_FIELDS}
+SAMPLES_CHUNK_ROWS = 512
+STRINGS_CHUNK_ROWS = 64
+_STR = h5py.string_dtype(encoding="utf-8")
+
+
+def _to_json(value: Mapping[str, Any]) -> str:
+    return json.dumps(dict(value), sort_keys=True, default=str)
+
+
+class RunRecorder:
+    """Append-only writer of the run record (see the module docstring for the layout)."""
+
+    def __init__(self, path: Path, overwrite: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise FileExistsError(f"run record {self.path} exists already")
+        self._lock = threading.Lock()
+        self._file: h5py.File | None = h5py.File(self.path, "w")
+        self._file.attrs["format"] = FORMAT
+        self._file.attrs["format_version"] = FORMAT_VERSION
+        self._file.attrs["created"] = time.time()
+        self._file.attrs["hpcpilot_version"] = __version__
+        self._file.create_group("ranks")
+        self._strings(self._file, "jobs", "JSON of each finished job's record (PanDA field names, plus rank)")
+        self._file.flush()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _open(self) -> h5py.File:
+        if self._file is None:
+            raise ValueError(f"run record {self.path} is closed")
+        return self._file
+
+    @staticmethod
+    def _strings(group: h5py.Group, name: str, description: str) -> h5py.Dataset:
+        if name in group:
+            return group[name]
+        dataset = group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=_STR,
+                                       chunks=(STRINGS_CHUNK_ROWS,))
+        dataset.attrs["description"] = description
+        dataset.attrs["encoding"] = "json"
+        return dataset
+
+    def _job_group(self, rank: int, panda_id: int) -> h5py.Group:
+        return self._open().require_group(f"ranks/{int(rank)}/jobs/{int(panda_id)}")
+
+    def _samples(self, rank: int, panda_id: int) -> h5py.Dataset:
+        group = self._job_group(rank, panda_id)
+        if "samples" in group:
+            return group["samples"]
+        dataset = group.create_dataset("samples", shape=(0,), maxshape=(None,), dtype=SAMPLE_DTYPE,
+                                       chunks=(SAMPLES_CHUNK_ROWS,))
+        dataset.attrs["description"] = "payload process-tree samples of one job"
+        dataset.attrs["units"] = json.dumps(SAMPLE_UNITS)
+        for name, unit in SAMPLE_UNITS.items():
+            dataset.attrs[f"units.{name}"] = unit
+        return dataset
+
+    @staticmethod
+    def _append(dataset: h5py.Dataset, rows: np.ndarray | list[str]) -> None:
+        start = dataset.shape[0]
+        dataset.resize((start + len(rows),))
+        dataset[start:] = rows
+
+    # -- public API ---------------------------------------------------------------------
+
+    def add_node(self, rank: int, info: Mapping[str, Any]) -> None:
+        """Store (or replace) the node description of one rank."""
+        with self._lock:
+            group = self._open().require_group(f"ranks/{int(rank)}/node")
+            for key, value in info.items():
+                if isinstance(value, bool | int | float | str):
+                    group.attrs[str(key)] = value
+                else:
+                    group.attrs[str(key)] = json.dumps(value, sort_keys=True, default=str)
+            group.attrs["info"] = _to_json(info)
+            self._open().flush()
+
+    def add_samples(self, rank: int, panda_id: int, samples: Sequence[TreeSample]) -> None:
+        """Append samples of one job's payload tree (a batch: one resize, one write, one flush)."""
+        if not samples:
+            return
+        rows = np.array([tuple(getattr(s, name) for name, _, _ in SAMPLE_FIELDS) for s in samples],
+                        dtype=SAMPLE_DTYPE)
+        with self._lock:
+            self._append(self._samples(rank, panda_id), rows)
+            self._open().flush()
+
+    def add_job(self, record: Mapping[str, Any]) -> None:
+        """Append the summary record of a finished job (PanDA field names; must hold jobId and rank)."""
+        with self._lock:
+            self._append(self._open()["jobs"], [_to_json(record)])
+            self._open().flush()
+
+    def add_event_ranges(self, rank: int, panda_id: int, updates: Sequence[Mapping[str, Any]],
+                         when: float | None = None) -> None:
+        """Append event-range updates of one job; ``when`` (default now) becomes ``recordedAt``."""
+        if not updates:
+            return
+        stamp = time.time() if when is None else float(when)
+        rows = [_to_json({"recordedAt": stamp, **update}) for update in updates]
+        with self._lock:
+            dataset = self._strings(self._job_group(rank, panda_id), "event_ranges",
+                                    "JSON of each event-range update of this job")
+            self._append(dataset, rows)
+            self._open().flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close; closing twice is harmless."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def __enter__(self) -> RunRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
