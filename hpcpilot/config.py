@@ -84,7 +84,7 @@ class MonitorConfig:
     max_output_file_mb: int = _doc("largest output file (MB)", 512000)
     max_workdir_mb: int = _doc("largest job workdir (MB, 0 = no limit)", 0)
     workdir_grace_percent: float = _doc("grace on max_workdir_mb (%)", 20.0)
-    rss_grace_percent: float = _doc("grace on minRamCount x coreCount (%)", 100.0)
+    rss_grace_percent: float = _doc("grace on the job memory limit, minRamCount (%)", 100.0)
     default_ram_per_core_mb: int = _doc("per-core memory when the job gives no minRamCount (MB)", 2000)
     use_cgroup: bool = _doc("put payloads into their own memory cgroup where possible", True)
     kill_grace: float = _doc("seconds between SIGTERM and SIGKILL of a payload", 10.0)

@@ -161,7 +161,7 @@ class Controller:
                 self.recorder.add_samples(message.rank, message.report.panda_id, message.samples)
             if message.debug_tail:
                 self.debug_tails[message.report.panda_id] = message.debug_tail
-            return [ReportReceived(message.rank, message.report)]
+            return [ReportReceived(message.rank, message.report, message.job_metrics)]
         if isinstance(message, Alive):
             return [RankAlive(message.rank)]
         if isinstance(message, JobDone):

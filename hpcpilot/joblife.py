@@ -27,6 +27,7 @@ from hpcpilot.config import SiteConfig, resolve_path
 from hpcpilot.errors import ErrorCode, PilotError, transform_exit_error
 from hpcpilot.jobreport import apply_job_report, tail_of_newest_text_file
 from hpcpilot.monitor import diskscan, prmon
+from hpcpilot.monitor.leakfit import fit_leak, job_metrics_fields
 from hpcpilot.monitor.metrics import limits_for_job
 from hpcpilot.monitor.sampler import PayloadSampler
 from hpcpilot.payload import Payload, start_payload
@@ -45,6 +46,7 @@ PRMON_SUMMARY = "memory_monitor_summary.json"
 JOB_DEFINITION_BACKUP = "pandaJob.json"
 JOB_SETUP_SCRIPT = "job_setup.sh"
 JOB_REPORT = "jobReport.json"
+MAX_JOB_METRICS = 500  # the server keeps 500 characters of jobMetrics
 DEBUG_TAIL_BYTES = 2048  # the server keeps at most 2048 characters of stdout
 
 
@@ -100,6 +102,15 @@ def run_job(job_wire: dict[str, Any], ctx: JobContext, control: JobControl) -> J
     return record
 
 
+def job_metrics(times: list[float], memory: list[float], final: bool, n_events: int = 0) -> str:
+    """jobMetrics ``key=value`` pairs (at most 500 characters): the memory-leak fit, and nEvents."""
+    fields = job_metrics_fields(fit_leak(times, memory, final=final))
+    if n_events:
+        fields["nEvents"] = str(n_events)
+    text = " ".join(f"{key}={value}" for key, value in fields.items())
+    return text[:MAX_JOB_METRICS].rsplit(" ", 1)[0] if len(text) > MAX_JOB_METRICS else text
+
+
 def _panda_id_of(job_wire: Any) -> int:
     try:
         return int(job_wire["PandaID"])
@@ -116,6 +127,7 @@ class _JobLife:
         self.cfg = ctx.config
         self.workdir = ctx.jobs_dir / f"PandaJob_{spec.panda_id}"
         self.guids: dict[str, str] = {}
+        self.memory_series: tuple[list[float], list[float]] = ([], [])
 
     def run(self) -> None:
         with self.timing.phase("setup"):
@@ -195,6 +207,7 @@ class _JobLife:
                 cgroup.remove()
         self.record.cpu_consumption_time = round(payload.cpu_seconds)
         self.after_payload(payload)
+        self.record.job_metrics = job_metrics(*self.memory_series, final=True, n_events=self.record.n_events)
 
     def link_stdout(self) -> None:
         link = self.ctx.pilot_dir / f"payload.{self.spec.panda_id}.stdout"
@@ -212,10 +225,15 @@ class _JobLife:
             cgroup.memory if cgroup is not None else None, self.workdir / PRMON_TEXT)
         interval = self.cfg.monitor.report_interval
         next_report = time.monotonic()
+        times: list[float] = []
+        memory: list[float] = []
         while payload.poll() is None:
             if time.monotonic() >= next_report:
                 report = sampler.sample(time.time())
-                self.ctx.emit(Heartbeat(self.ctx.rank, report, (report.tree,), self.debug_tail()))
+                times.append(report.tree.time)
+                memory.append(report.tree.pss + report.tree.swap)
+                self.ctx.emit(Heartbeat(self.ctx.rank, report, (report.tree,), self.debug_tail(),
+                                        job_metrics(times, memory, final=False)))
                 next_report = time.monotonic() + interval
             if self.control.kill_event.wait(min(0.2, max(0.0, next_report - time.monotonic()))):
                 self.record.fail(self.control.kill_code, self.control.kill_diag)
@@ -223,6 +241,7 @@ class _JobLife:
                 break
         prmon.write_summary(self.workdir / PRMON_SUMMARY, sampler.stats)
         self.apply_memory_summary(sampler.summary())
+        self.memory_series = (times, memory)
 
     def debug_tail(self) -> str:
         if not self.control.debug:

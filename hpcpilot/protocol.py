@@ -73,6 +73,7 @@ class Heartbeat:
     report: MonitorReport
     samples: tuple[TreeSample, ...] = ()
     debug_tail: str = ""
+    job_metrics: str = ""
     tag = Tag.HEARTBEAT
 
 

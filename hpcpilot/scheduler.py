@@ -61,6 +61,7 @@ class JobProgress:
 class ReportReceived:
     rank: int
     report: MonitorReport
+    job_metrics: str = ""
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,8 @@ class Scheduler:
         if job is None or job.killing:
             return []
         _merge_report(job.record, event.report)
+        if event.job_metrics:
+            job.record.job_metrics = event.job_metrics
         start = job.payload_start if job.payload_start is not None else job.assigned_at
         verdict = check_report(event.report, job.limits, start)
         if verdict is None:
