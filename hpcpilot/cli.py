@@ -75,14 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--job-name", default="hpcpilot")
     render.add_argument("pilot_args", nargs=argparse.REMAINDER, help="arguments for 'hpcpilot run' (after --)")
 
-    try:  # DEVTEMP
-        from hpcpilot.panda.serve_cli import add_serve_parser
-        from hpcpilot.report import add_report_parser
+    from hpcpilot.panda.serve_cli import add_serve_parser
+    from hpcpilot.report import add_report_parser
 
-        add_serve_parser(sub)
-        add_report_parser(sub)
-    except ModuleNotFoundError:  # DEVTEMP
-        pass
+    add_serve_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

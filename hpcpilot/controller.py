@@ -228,7 +228,11 @@ class Controller:
                 rejected.append(record)
         if wires:
             log.info("leased %d job(s)", len(wires))
-        return JobsFetched(tuple(jobs), tuple(rejected))
+        # A PanDA source says why a fetch came back empty: a negative status is an outage, not the end.
+        unavailable = not wires and getattr(self.source, "fetch_status", 0) < 0
+        if unavailable:
+            log.warning("job source unavailable; asking again later")
+        return JobsFetched(tuple(jobs), tuple(rejected), unavailable)
 
     def rank_label(self, rank: int) -> int:
         return 0 if self.single_rank else rank

@@ -47,6 +47,8 @@ class JobsFetched:
 
     jobs: tuple[JobSpec, ...]
     rejected: tuple[JobRecord, ...] = ()
+    unavailable: bool = False
+    """The source could not answer (server down): try again later, it is not empty."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class SchedulerPolicy:
     lost_after: float = 60.0
     jobs_per_fetch: int = 8
     startup_timeout: float = 120.0
+    fetch_retry: float = 30.0
 
     @classmethod
     def from_config(cls, config: SiteConfig, deadline: float | None, max_jobs: int | None) -> SchedulerPolicy:
@@ -229,6 +232,7 @@ class Scheduler:
     finished: bool = False
     now: float = 0.0
     answered: set[int] = field(default_factory=set)
+    fetch_retry_at: float = 0.0
     started_at: float | None = None
 
     def __post_init__(self) -> None:
@@ -277,7 +281,9 @@ class Scheduler:
         self.fetching = False
         self.pending.extend(event.jobs)
         self.leased += len(event.jobs) + len(event.rejected)
-        if not event.jobs and not event.rejected:
+        if event.unavailable:
+            self.fetch_retry_at = self.now + self.policy.fetch_retry
+        elif not event.jobs and not event.rejected:
             self.source_empty = True
         actions: list[Action] = []
         for record in event.rejected:
@@ -378,6 +384,11 @@ class Scheduler:
 
     def _check_jobs(self) -> list[Action]:
         actions: list[Action] = []
+        for number, rank in self.ranks.items():
+            if rank.state == RankState.STOPPING and self.now - rank.last_seen > self.policy.lost_after:
+                rank.state = RankState.LOST  # never acknowledged its stop: do not wait for it forever
+                if number in self.idle:
+                    self.idle.remove(number)
         for job in list(self.jobs.values()):
             rank = self.ranks[job.rank]
             if self.now - rank.last_seen > self.policy.lost_after:
@@ -414,7 +425,7 @@ class Scheduler:
             rank = self.idle.popleft()
             actions.append(self._start(rank, job))
         wanted = len(self.idle) - len(self.pending)
-        if self._may_lease() and wanted > 0 and not self.fetching:
+        if self._may_lease() and wanted > 0 and not self.fetching and self.now >= self.fetch_retry_at:
             self.fetching = True
             n = min(wanted, self.policy.jobs_per_fetch)
             if self.policy.max_jobs is not None:
@@ -423,7 +434,8 @@ class Scheduler:
         if not self.pending and not self.fetching and (self.stopping or not self._may_lease()):
             while self.idle:
                 rank = self.idle.popleft()
-                self.ranks[rank].state = RankState.STOPPED
+                self.ranks[rank].state = RankState.STOPPING
+                self.ranks[rank].last_seen = self.now  # the wait for its acknowledgement starts now
                 actions.append(SendNoMoreWork(rank))
         return actions
 
@@ -474,7 +486,7 @@ class Scheduler:
         if rank.panda_id == panda_id:
             rank.panda_id = None
             if rank.state == RankState.BUSY:
-                rank.state = RankState.IDLE if self.stopping is None else RankState.STOPPED
+                rank.state = RankState.IDLE if self.stopping is None else RankState.STOPPING
         record.rank = job.rank
         self.done.append(record)
         return [Report(record, final=True)]

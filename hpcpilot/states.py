@@ -42,8 +42,10 @@ class RankState(StrEnum):
     """Asked for work and holds none."""
     BUSY = "busy"
     """Runs a job."""
+    STOPPING = "stopping"
+    """Told there is no more work, or told to stop; its acknowledgement is awaited."""
     STOPPED = "stopped"
-    """Told there is no more work, or told to stop, and acknowledged."""
+    """Acknowledged the stop (or failed its start-up check): it will send nothing more."""
     LOST = "lost"
     """Stopped reporting; its job was failed."""
 

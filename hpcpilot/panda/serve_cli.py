@@ -1,0 +1,90 @@
+"""``hpcpilot serve``: run the PanDA test server, or dump the final state of a state file.
+
+    hpcpilot serve --port P --state FILE --jobs FILE... [--ranges-per-job N] [--events-per-range M]
+                   [--api both|v1|legacy] [--tls-cert C --tls-key K]
+    hpcpilot serve --dump STATE
+
+Job files hold getJob dicts: a Harvester ``HPCJobs.json`` map ``{PandaID: job}``, a list of jobs or
+one job.  Event-service jobs (``eventService: "True"``) get ``--ranges-per-job`` ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from hpcpilot.panda.server import PandaTestServer, dump_state
+
+logger = logging.getLogger(__name__)
+
+
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` sub-command to an argparse sub-parser collection."""
+    parser = subparsers.add_parser("serve", help="run a local PanDA-compatible test server on 127.0.0.1",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any free port)")
+    parser.add_argument("--state", type=Path, help="SQLite state file (kept across restarts)")
+    parser.add_argument("--jobs", type=Path, nargs="*", default=[], help="job-definition files to load")
+    parser.add_argument("--ranges-per-job", type=int, default=0, help="event ranges per event-service job")
+    parser.add_argument("--events-per-range", type=int, default=1, help="events per generated range")
+    parser.add_argument("--api", choices=("both", "v1", "legacy"), default="both", help="APIs to serve")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
+    parser.add_argument("--dump", type=Path, metavar="STATE", help="print STATE's final state as JSON")
+    parser.set_defaults(func=run_serve)
+    return parser
+
+
+def _load_job_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read job file ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run the server until SIGINT/SIGTERM (or print a dump); returns the process exit status."""
+    if args.dump is not None:
+        try:
+            print(json.dumps(dump_state(args.dump), indent=2))
+        except (FileNotFoundError, OSError) as exc:
+            print(f"hpcpilot serve: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.state is None:
+        print("hpcpilot serve: --state FILE is required (or --dump STATE)", file=sys.stderr)
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("hpcpilot serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    apis = ("v1", "legacy") if args.api == "both" else (args.api,)
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
+    server = PandaTestServer(args.state, args.port, apis=apis, tls=tls)
+    try:
+        for path in args.jobs:
+            added = server.load_jobs(_load_job_file(path), args.ranges_per_job, args.events_per_range)
+            logger.info("%s: %d job(s) loaded", path, len(added))
+    except ValueError as exc:
+        print(f"hpcpilot serve: {exc}", file=sys.stderr)
+        server.close()
+        return 2
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.start()
+        print(f"serving PanDA test server on {server.url}", flush=True)
+        while not stop.wait(3600):
+            pass
+    finally:
+        server.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0

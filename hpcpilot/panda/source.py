@@ -1,0 +1,392 @@
+"""``PandaSource``: the JobSource for a PanDA server, on top of ``PandaClient`` and the journal.
+
+* ``fetch_jobs``/``fetch_event_ranges`` are synchronous but bounded by a short deadline
+  (``fetch_deadline``, default min(30 s, panda.call_deadline)); the lease is journaled before the
+  job or range is returned.  An empty list means "nothing now": ``fetch_status`` tells why
+  (0 ok, 20 no jobs, ``FETCH_UNREACHABLE``, ``FETCH_REPLAYING``, or another server StatusCode).
+* ``update_job``/``update_event_ranges`` only journal and wake the sender; one background thread
+  drains the outbox in order, so rank 0's loop never waits for HTTP.  An update leaves the outbox
+  only when the server acknowledged it (or refused it for good: then it is kept in the journal's
+  ``rejected`` table and logged).  While the server is down the sender keeps retrying with
+  back-off; nothing is lost and payloads go on.
+* ``poll`` returns backchannel commands (updateJob ``command`` and updateEventRanges ``Command``),
+  only for jobs this pilot is running, and one ``Command(panda_id, "lostheartbeat")`` per running
+  job once no job update has succeeded for ``panda.lost_heartbeat`` seconds (the controller fails
+  those with EXCEEDEDMAXWAITTIME 1317, as pilot3 does after 3 h).
+* On construction, what a previous run on the same workdir left is handled first: its queued
+  updates are replayed, and jobs/ranges it had leased without a final status are reported failed
+  -- jobs with KILLSIGNAL (1200), because a pilot that left work in flight was, in practice, killed
+  (SIGKILL by the batch system, node loss); ranges with UNKNOWNPAYLOADFAILURE (1220), "pilot
+  restarted", so the server hands them out again.  No new job or range is leased before that
+  replay has been acknowledged.
+* ``pilotSecrets``/``secrets`` are taken out of leased job definitions (never journaled, never
+  returned in the dict) and are available from ``job_secrets(panda_id)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcpilot.config import SiteConfig
+from hpcpilot.errors import ErrorCode
+from hpcpilot.journal import JOB, RANGE, Journal, OutboxEntry
+from hpcpilot.panda import wire
+from hpcpilot.panda.auth import register_secret
+from hpcpilot.panda.client import PandaClient, PandaError, RequestRejected
+from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
+from hpcpilot.sources import Command, OutputBundle
+from hpcpilot.states import EventRangeStatus, JobState
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_NAME = "panda-journal.sqlite"
+FETCH_UNREACHABLE = -1
+FETCH_REPLAYING = -2
+LOST_HEARTBEAT = "lostheartbeat"
+RESTART_JOB_ERROR = ErrorCode.KILLSIGNAL
+RESTART_JOB_DIAG = ("pilot restarted: the job was in flight when the previous pilot process on this workdir "
+                    "ended without a final update")
+RESTART_RANGE_ERROR = ErrorCode.UNKNOWNPAYLOADFAILURE
+RESTART_RANGE_DIAG = "pilot restarted"
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What getJob says about the node: name, CPU clock (MHz), memory and free disk (MB)."""
+
+    node: str
+    cpu: int = 0
+    mem: int = 0
+    disk: int = 0
+
+    def as_mapping(self) -> dict[str, Any]:
+        return {"node": self.node, "cpu": self.cpu, "mem": self.mem, "disk": self.disk}
+
+
+NodeInfoLike = NodeInfo | Mapping[str, Any]
+
+
+class PandaSource:
+    """JobSource backed by a PanDA server, with a durable outbox and a background sender."""
+
+    def __init__(self, config: SiteConfig, workdir: Path, node: NodeInfoLike, *,
+                 client: PandaClient | None = None, fetch_deadline: float | None = None,
+                 close_deadline: float | None = None) -> None:
+        self.config = config
+        self.panda = config.panda
+        self.node = node.as_mapping() if isinstance(node, NodeInfo) else dict(node)
+        cap = self.panda.call_deadline
+        self.fetch_deadline = fetch_deadline if fetch_deadline is not None else min(30.0, cap)
+        self.close_deadline = close_deadline if close_deadline is not None else min(60.0, cap)
+        self.fetch_status = 0
+        self.journal = Journal(Path(workdir) / JOURNAL_NAME)
+        self.client = client if client is not None else PandaClient(config.panda, config.site)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._commands: list[Command] = []
+        self._running: dict[int, float] = {}  # PandaID -> monotonic time leased
+        self._secrets: dict[int, dict[str, Any]] = {}
+        self._lost_reported: set[int] = set()
+        self._last_success: float | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._abort = threading.Event()
+        self._replay_upto = self._recover()
+        self._sender = threading.Thread(target=self._send_loop, name="panda-sender", daemon=True)
+        self._sender.start()
+
+    # ------------------------------------------------------------------------- JobSource methods
+
+    def abandon(self) -> list[Mapping[str, Any]]:
+        """A PanDA server hands out only what was leased, and leased jobs are all started: none."""
+        return []
+
+    def fetch_jobs(self, n: int) -> list[dict[str, Any]]:
+        """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs; journaled before they are returned."""
+        if n <= 0:
+            return []
+        if not self._wait_replayed():
+            return []
+        try:
+            status, jobs = self.client.acquire_jobs(min(n, max(1, self.panda.jobs_per_fetch)), self.node,
+                                                    deadline=self.fetch_deadline)
+        except PandaError as exc:
+            logger.warning("getJob failed: %s", exc)
+            self.fetch_status = FETCH_UNREACHABLE
+            return []
+        self.fetch_status = status
+        leased = []
+        for job in jobs:
+            try:
+                panda_id = int(str(job.get("PandaID")))
+            except ValueError:
+                logger.error("getJob returned a job without a valid PandaID (%s); ignored",
+                             wire.snippet(str(job.get("PandaID")), 40))
+                continue
+            secrets = {k: job[k] for k in ("pilotSecrets", "secrets") if k in job}
+            clean = {k: v for k, v in job.items() if k not in secrets}
+            if secrets:
+                register_secret(secrets)
+                self._secrets[panda_id] = secrets
+            self.journal.record_job_lease(panda_id, clean)
+            with self._lock:
+                self._running[panda_id] = time.monotonic()
+            leased.append(clean)
+        return leased
+
+    def update_job(self, record: JobRecord, final: bool) -> None:
+        """Journal a heartbeat or the final update; the sender delivers it."""
+        fields = self._job_fields(record, final)
+        self.journal.enqueue_job_update(record.panda_id, fields, final)
+        if final:
+            with self._lock:
+                self._running.pop(record.panda_id, None)
+        self._wake.set()
+
+    def fetch_event_ranges(self, job: JobSpec, n: int) -> list[dict[str, Any]]:
+        """Lease up to ``n`` event ranges; journaled before they are returned."""
+        if n <= 0 or not self._wait_replayed():
+            return []
+        try:
+            ranges = self.client.acquire_event_ranges(job.panda_id, job.jobset_id, job.task_id, n,
+                                                      deadline=self.fetch_deadline)
+        except PandaError as exc:
+            logger.warning("getEventRanges for %s failed: %s", job.panda_id, exc)
+            self.fetch_status = FETCH_UNREACHABLE
+            return []
+        self.fetch_status = 0
+        good = [r for r in ranges if not wire.is_null(r.get("eventRangeID"))]
+        if len(good) != len(ranges):
+            logger.error("getEventRanges for %s: %d range(s) without eventRangeID ignored", job.panda_id,
+                         len(ranges) - len(good))
+        if good:
+            self.journal.record_range_leases(job.panda_id, good)
+        return good
+
+    def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
+                            bundle: OutputBundle | None = None) -> None:
+        """Journal event-range statuses: ranges in the bundle go as version 1 with its zipFile, the
+        others as version 0."""
+        if not updates:
+            return
+        if bundle is not None:
+            zipped_ids = set(bundle.range_ids) or {u.event_range_id for u in updates
+                                                   if u.status == EventRangeStatus.FINISHED}
+        else:
+            zipped_ids = set()
+        zipped = [u.to_wire() for u in updates if u.event_range_id in zipped_ids]
+        plain = [u.to_wire() for u in updates if u.event_range_id not in zipped_ids]
+        if zipped and bundle is not None:
+            zip_file = {"numEvents": bundle.num_events, "objstoreID": bundle.objstore_id, "lfn": bundle.lfn,
+                        "fsize": bundle.fsize, "adler32": bundle.adler32,
+                        "pathConvention": bundle.path_convention}
+            self.journal.enqueue_range_update(job.panda_id, [{"zipFile": zip_file, "eventRanges": zipped}], 1,
+                                              [u["eventRangeID"] for u in zipped])
+        if plain:
+            self.journal.enqueue_range_update(job.panda_id, plain, 0, [u["eventRangeID"] for u in plain])
+        self._wake.set()
+
+    def poll(self, now: float) -> list[Command]:
+        """Commands received since the last poll, plus 'lostheartbeat' per running job when no job
+        update succeeded for panda.lost_heartbeat seconds.  (``now`` is accepted for the interface;
+        elapsed times are measured on the monotonic clock.)"""
+        mono = time.monotonic()
+        with self._lock:
+            out, self._commands = self._commands, []
+            for panda_id, leased_at in self._running.items():
+                baseline = max(leased_at, self._last_success or leased_at)
+                if mono - baseline >= self.panda.lost_heartbeat and panda_id not in self._lost_reported:
+                    self._lost_reported.add(panda_id)
+                    logger.error("job %s: no successful server update for %.0f s (lost heartbeat)", panda_id,
+                                 mono - baseline)
+                    out.append(Command(panda_id, LOST_HEARTBEAT))
+        return out
+
+    def close(self) -> None:
+        """Deliver what is owed within ``close_deadline``; what is left stays journaled for the next run."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._wake.set()
+        delivered = self.flush(self.close_deadline)
+        self._abort.set()
+        self._wake.set()
+        self.client.close()
+        self._sender.join(timeout=min(self.panda.read_timeout + 1.0, 5.0))
+        left = self.journal.pending_count()
+        if not delivered or left:
+            logger.warning("closing with %d update(s) not yet acknowledged; they stay in %s for the next run",
+                           left, self.journal.path)
+        if self._sender.is_alive():
+            # a request is still in flight; the journal is crash-safe, leave it open to the process exit
+            logger.warning("sender thread still busy with a request; not waiting for it")
+            return
+        self.journal.close()
+
+    # ------------------------------------------------------------------------------------ extras
+
+    def job_secrets(self, panda_id: int) -> dict[str, Any]:
+        """pilotSecrets/secrets of a leased job (kept in memory only)."""
+        merged = dict(self._secrets.get(panda_id, {}))
+        if panda_id in self.client.pilot_secrets:
+            merged["pilotSecrets"] = self.client.pilot_secrets[panda_id]
+        return merged
+
+    def flush(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the outbox to empty; True if it did."""
+        end = time.monotonic() + timeout
+        self._wake.set()
+        with self._cond:
+            while self.journal.pending_count():
+                remaining = end - time.monotonic()
+                if remaining <= 0 or not self._sender.is_alive():
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return True
+
+    def pending(self) -> int:
+        """Updates journaled and not yet acknowledged."""
+        return self.journal.pending_count()
+
+    # --------------------------------------------------------------------------------- internals
+
+    def _job_fields(self, record: JobRecord, final: bool) -> dict[str, Any]:
+        fields = record.to_wire()
+        job = self.journal.leased_job(record.panda_id) or {}
+        fields.setdefault("siteName", self.config.site.queue)
+        fields.setdefault("node", str(self.node.get("node", "")))
+        if not wire.is_null(job.get("attemptNr")):
+            fields["attemptNr"] = int(str(job["attemptNr"]))  # the server kills a job on a wrong attemptNr
+        if final and record.state not in (JobState.FINISHED, JobState.FAILED):
+            logger.warning("job %s: final update with state %s", record.panda_id, record.state)
+        if "xml" in fields:
+            fields["xml"] = json.dumps(_with_guids(json.loads(fields["xml"]), job))
+        return fields
+
+    def _recover(self) -> int:
+        """Report what a previous run left in flight; returns the last outbox seq of the replay."""
+        previous = self.journal.run - 1
+        if previous <= 0:
+            return 0
+        # ranges first: the server only accepts range updates while their job is still active
+        ranges = self.journal.in_flight(RANGE, before_run=self.journal.run)
+        by_job: dict[int, list[str]] = {}
+        for lease in ranges:
+            by_job.setdefault(lease.panda_id, []).append(lease.key)
+        for panda_id, ids in by_job.items():
+            payload = [EventRangeUpdate(rid, EventRangeStatus.FAILED, int(RESTART_RANGE_ERROR),
+                                        RESTART_RANGE_DIAG).to_wire() for rid in ids]
+            self.journal.enqueue_range_update(panda_id, payload, 0, ids)
+        jobs = self.journal.in_flight(JOB, before_run=self.journal.run)
+        for lease in jobs:
+            record = JobRecord(panda_id=lease.panda_id, state=JobState.FAILED)
+            record.fail(RESTART_JOB_ERROR, RESTART_JOB_DIAG)
+            self.journal.enqueue_job_update(lease.panda_id, self._job_fields(record, True), True)
+        replay = self.journal.pending()
+        if replay or jobs or ranges:
+            logger.warning("journal %s from a previous run: %d job(s) and %d event range(s) were in flight "
+                           "and are reported failed; %d update(s) to replay before leasing new work",
+                           self.journal.path, len(jobs), len(ranges), len(replay))
+        return replay[-1].seq if replay else 0
+
+    def _wait_replayed(self) -> bool:
+        if not self._replay_upto:
+            return True
+        end = time.monotonic() + self.fetch_deadline
+        self._wake.set()
+        with self._cond:
+            while True:
+                head = self.journal.next_pending()
+                if head is None or head.seq > self._replay_upto:
+                    self._replay_upto = 0
+                    return True
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    self.fetch_status = FETCH_REPLAYING
+                    logger.warning("updates from the previous run are not yet acknowledged; no new lease now")
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+
+    def _send_loop(self) -> None:
+        backoff = self.panda.retry_initial
+        while not self._abort.is_set():
+            self._wake.clear()
+            entry = self.journal.next_pending()
+            if entry is None:
+                with self._cond:
+                    self._cond.notify_all()
+                self._wake.wait(timeout=5.0)
+                continue
+            if self._send(entry):
+                backoff = self.panda.retry_initial
+                with self._cond:
+                    self._cond.notify_all()
+                continue
+            pause = min(max(backoff, 0.01) * random.uniform(0.5, 1.5), max(self.panda.retry_max, 0.01))
+            if self._abort.wait(pause):
+                break
+            backoff = min(backoff * 2, self.panda.retry_max)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _send(self, entry: OutboxEntry) -> bool:
+        """Deliver one outbox entry; False if it must be tried again later."""
+        try:
+            if entry.kind == JOB:
+                names = self.client.update_job(entry.body)
+                with self._lock:
+                    self._last_success = time.monotonic()
+                commands = {entry.panda_id: names}
+            else:
+                result = self.client.update_event_ranges(entry.body["payload"], entry.body["version"])
+                commands = result.commands
+        except RequestRejected as exc:
+            logger.error("server refused update #%d for job %s, not resending: %s", entry.seq, entry.panda_id,
+                         exc)
+            self.journal.reject(entry, str(exc))
+            return True
+        except PandaError as exc:
+            if entry.attempts == 0:
+                logger.warning("update #%d for job %s not delivered yet: %s", entry.seq, entry.panda_id, exc)
+            self.journal.note_failure(entry, str(exc))
+            return False
+        except Exception:
+            logger.exception("unexpected error sending update #%d for job %s", entry.seq, entry.panda_id)
+            self.journal.note_failure(entry, "internal error")
+            return False
+        self.journal.acknowledge(entry)
+        self._queue_commands(commands)
+        return True
+
+    def _queue_commands(self, commands: Mapping[int, list[str]]) -> None:
+        with self._lock:
+            for panda_id, names in commands.items():
+                for name in names:
+                    if panda_id in self._running:
+                        logger.info("job %s: server command %s", panda_id, name)
+                        self._commands.append(Command(panda_id, name))
+                    else:
+                        logger.info("job %s: server command %s ignored (job not running here)",
+                                    panda_id, name)
+
+
+def _with_guids(report: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
+    """The output report with a GUID for every file: the log's from getJob's logGUID, new ones for outputs."""
+    log_file = str(job.get("logFile") or "")
+    log_guid = str(job.get("logGUID") or "")
+    out: dict[str, Any] = {}
+    for lfn, info in report.items():
+        entry = dict(info) if isinstance(info, Mapping) else {}
+        if wire.is_null(entry.get("guid")):
+            entry["guid"] = log_guid if lfn == log_file and not wire.is_null(log_guid) else str(uuid.uuid4())
+        out[lfn] = entry
+    return out

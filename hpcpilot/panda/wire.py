@@ -1,0 +1,460 @@
+"""PanDA wire formats: legacy <-> v1 field names, request bodies, reply decoding.
+
+Two dialects of the same four calls (getJob, updateJob, getEventRanges, updateEventRanges):
+
+* legacy ``/server/panda/<method>``: form-encoded request (every value a string), reply either
+  URL-encoded (``StatusCode=0&command=NULL``; lists are JSON strings inside it) or JSON when the
+  client sends ``Accept: application/json`` -- and even then ``Returns``/``Command`` of
+  updateEventRanges are JSON *strings* nested inside the JSON.  ``"NULL"`` means unset.
+* v1 ``/api/v1/...``: JSON request with snake_case names, reply ``{success, message, data}``.
+
+Everything in hpcpilot speaks legacy names (``JobRecord.to_wire()``); ``to_v1`` maps them on with
+the single table ``LEGACY_TO_V1``.  Decoders raise ``WireError`` with a one-line message naming
+what was wrong with the server's reply.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+GET_JOB = "getJob"
+UPDATE_JOB = "updateJob"
+GET_EVENT_RANGES = "getEventRanges"
+UPDATE_EVENT_RANGES = "updateEventRanges"
+METHODS = (GET_JOB, UPDATE_JOB, GET_EVENT_RANGES, UPDATE_EVENT_RANGES)
+
+LEGACY_PREFIX = "/server/panda/"
+V1_PATHS: dict[str, str] = {
+    GET_JOB: "/api/v1/pilot/acquire_jobs",
+    UPDATE_JOB: "/api/v1/pilot/update_job",
+    GET_EVENT_RANGES: "/api/v1/event/acquire_event_ranges",
+    UPDATE_EVENT_RANGES: "/api/v1/event/update_event_ranges",
+}
+V1_METHOD_BY_PATH = {path: method for method, path in V1_PATHS.items()}
+
+STATUS_OK = 0
+STATUS_TIMEOUT = 10
+STATUS_NO_JOBS = 20
+STATUS_FAILED = 30
+
+NULL_STRINGS = frozenset({"NULL", "None", "null", ""})
+
+# The one table of legacy name -> v1 (snake_case) name, for all four calls (panda-wire B.1).
+LEGACY_TO_V1: dict[str, str] = {
+    # getJob / acquire_jobs
+    "siteName": "site_name",
+    "computingElement": "computing_element",
+    "prodSourceLabel": "prod_source_label",
+    "node": "node",
+    "diskSpace": "disk_space",
+    "mem": "memory",
+    "resourceType": "resource_type",
+    "harvester_id": "harvester_id",
+    "worker_id": "worker_id",
+    "nJobs": "n_jobs",
+    "timeout": "timeout",
+    "prodUserID": "prod_user_id",
+    "getProxyKey": "get_proxy_key",
+    "taskID": "task_id",
+    "background": "background",
+    "schedulerID": "scheduler_id",
+    "jobType": "job_type",
+    "viaTopic": "via_topic",
+    "remaining_time": "remaining_time",
+    # updateJob / update_job
+    "jobId": "job_id",
+    "state": "job_status",
+    "xml": "job_output_report",
+    "metaData": "meta_data",
+    "cpuConsumptionTime": "cpu_consumption_time",
+    "cpuConsumptionUnit": "cpu_consumption_unit",
+    "cpuConversionFactor": "cpu_conversion_factor",
+    "pilotID": "pilot_id",
+    "pilotLog": "pilot_log",
+    "transExitCode": "trans_exit_code",
+    "pilotErrorCode": "pilot_error_code",
+    "pilotErrorDiag": "pilot_error_diag",
+    "exeErrorCode": "exe_error_code",
+    "exeErrorDiag": "exe_error_diag",
+    "pilotTiming": "pilot_timing",
+    "startTime": "start_time",
+    "endTime": "end_time",
+    "nEvents": "n_events",
+    "nInputFiles": "n_input_files",
+    "batchID": "batch_id",
+    "attemptNr": "attempt_nr",
+    "jobMetrics": "job_metrics",
+    "stdout": "stdout",
+    "jobSubStatus": "job_sub_status",
+    "coreCount": "core_count",
+    "maxRSS": "max_rss",
+    "maxVMEM": "max_vmem",
+    "maxSWAP": "max_swap",
+    "maxPSS": "max_pss",
+    "avgRSS": "avg_rss",
+    "avgVMEM": "avg_vmem",
+    "avgSWAP": "avg_swap",
+    "avgPSS": "avg_pss",
+    "totRCHAR": "tot_rchar",
+    "totWCHAR": "tot_wchar",
+    "totRBYTES": "tot_rbytes",
+    "totWBYTES": "tot_wbytes",
+    "rateRCHAR": "rate_rchar",
+    "rateWCHAR": "rate_wchar",
+    "rateRBYTES": "rate_rbytes",
+    "rateWBYTES": "rate_wbytes",
+    "corruptedFiles": "corrupted_files",
+    "meanCoreCount": "mean_core_count",
+    "cpu_architecture_level": "cpu_architecture_level",
+    "grid": "grid",
+    "source_site": "source_site",
+    "destination_site": "destination_site",
+    # getEventRanges / acquire_event_ranges
+    "pandaID": "job_id",
+    "jobsetID": "jobset_id",
+    "nRanges": "n_ranges",
+    "scattered": "scattered",
+    "segment_id": "segment_id",
+    # updateEventRanges / update_event_ranges
+    "eventRanges": "event_ranges",
+    "version": "version",
+}
+
+# What each v1 endpoint accepts (panda-wire B.1); other fields have no v1 equivalent and are dropped.
+V1_ACCEPTS: dict[str, frozenset[str]] = {
+    GET_JOB: frozenset({"site_name", "timeout", "memory", "disk_space", "prod_source_label", "node",
+                        "computing_element", "prod_user_id", "get_proxy_key", "task_id", "n_jobs",
+                        "background", "resource_type", "harvester_id", "worker_id", "scheduler_id",
+                        "job_type", "via_topic", "remaining_time"}),
+    UPDATE_JOB: frozenset({"job_id", "job_status", "job_output_report", "node", "cpu_consumption_time",
+                           "cpu_consumption_unit", "scheduler_id", "pilot_id", "site_name", "pilot_log",
+                           "meta_data", "cpu_conversion_factor", "trans_exit_code", "pilot_error_code",
+                           "pilot_error_diag", "exe_error_code", "exe_error_diag", "pilot_timing",
+                           "start_time", "end_time", "n_events", "n_input_files", "batch_id",
+                           "attempt_nr", "job_metrics", "stdout", "job_sub_status", "core_count",
+                           "max_rss", "max_vmem", "max_swap", "max_pss", "avg_rss", "avg_vmem",
+                           "avg_swap", "avg_pss", "tot_rchar", "tot_wchar", "tot_rbytes", "tot_wbytes",
+                           "rate_rchar", "rate_wchar", "rate_rbytes", "rate_wbytes", "corrupted_files",
+                           "mean_core_count", "cpu_architecture_level", "grid", "source_site",
+                           "destination_site", "timeout"}),
+    GET_EVENT_RANGES: frozenset({"job_id", "jobset_id", "task_id", "n_ranges", "timeout", "scattered",
+                                 "segment_id"}),
+    UPDATE_EVENT_RANGES: frozenset({"event_ranges", "timeout", "version"}),
+}
+V1_INT_FIELDS = frozenset({"job_id", "jobset_id", "task_id", "n_jobs", "n_ranges", "attempt_nr", "version",
+                           "memory", "disk_space", "n_events", "timeout"})
+V1_TO_LEGACY: dict[str, dict[str, str]] = {
+    method: {v1: legacy for legacy, v1 in LEGACY_TO_V1.items() if v1 in accepted}
+    for method, accepted in V1_ACCEPTS.items()
+}
+V1_TO_LEGACY[GET_EVENT_RANGES]["job_id"] = "pandaID"
+V1_TO_LEGACY[UPDATE_JOB]["job_id"] = "jobId"
+
+# Server-side length limits of updateJob fields (panda-wire A.3); stdout keeps its tail.
+FIELD_LIMITS = {"pilotErrorDiag": 500, "exeErrorDiag": 500, "jobMetrics": 500, "node": 128, "pilotID": 200,
+                "batchID": 80, "stdout": 2048, "pilotLog": 1024}
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class WireError(ValueError):
+    """A server reply hpcpilot cannot read; the message is one line naming the problem."""
+
+
+def snippet(data: bytes | str, limit: int = 80) -> str:
+    """A short printable excerpt of a reply, for one-line errors."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip() in NULL_STRINGS)
+
+
+# ---------------------------------------------------------------------------------------- requests
+
+def _legacy_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value)
+    return str(value)
+
+
+def encode_legacy(fields: Mapping[str, Any]) -> bytes:
+    """A form-encoded legacy request body: every value a string, booleans as True/False."""
+    return urlencode({k: _legacy_value(v) for k, v in fields.items() if v is not None}).encode()
+
+
+def encode_legacy_json_gzip(fields: Mapping[str, Any]) -> bytes:
+    """The other legacy request form: gzip-compressed JSON (the server always gunzips JSON bodies)."""
+    return gzip.compress(json.dumps({k: v for k, v in fields.items() if v is not None}).encode())
+
+
+def to_v1(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Legacy field names -> v1 names for ``method``; fields without a v1 equivalent are dropped."""
+    accepted = V1_ACCEPTS[method]
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        name = LEGACY_TO_V1.get(key, key)
+        if name not in accepted or value is None:
+            continue
+        if name in V1_INT_FIELDS and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        out[name] = value
+    return out
+
+
+def from_v1(method: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """v1 names -> legacy names (used by the test server to share one implementation)."""
+    names = V1_TO_LEGACY[method]
+    return {names.get(key, key): value for key, value in fields.items()}
+
+
+def encode_v1(fields: Mapping[str, Any], compress_over: int = 4096) -> tuple[bytes, dict[str, str]]:
+    """A v1 request body (JSON) and its headers; bodies larger than ``compress_over`` are gzipped."""
+    body = json.dumps(fields).encode()
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if len(body) > compress_over:
+        body = gzip.compress(body)
+        headers["Content-Encoding"] = "gzip"
+    return body, headers
+
+
+def format_time(value: Any) -> str:
+    """startTime/endTime as the server parses them: ``YYYY-MM-DD HH:MM:SS`` (UTC)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(float(value), UTC).strftime(TIME_FORMAT)
+    text = str(value).strip()
+    try:
+        return datetime.fromtimestamp(float(text), UTC).strftime(TIME_FORMAT)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise WireError(f"not a time: {snippet(text)!r}") from None
+    if parsed.tzinfo is not None:
+        parsed = parsed.astimezone(UTC)
+    return parsed.strftime(TIME_FORMAT)
+
+
+def prepare_update(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """updateJob fields made server-safe: times formatted, the output report as JSON text, limits applied."""
+    out = dict(fields)
+    for key in ("startTime", "endTime"):
+        if key in out and not is_null(out[key]):
+            out[key] = format_time(out[key])
+    if isinstance(out.get("xml"), Mapping):
+        out["xml"] = json.dumps(out["xml"])
+    for key, limit in FIELD_LIMITS.items():
+        value = out.get(key)
+        if isinstance(value, str) and len(value) > limit:
+            out[key] = value[-limit:] if key == "stdout" else value[:limit]
+    return out
+
+
+def timestamp() -> str:
+    """Local ISO-8601 time with UTC offset, as pilot3 sends in ``timestamp``."""
+    return datetime.fromtimestamp(time.time()).astimezone().isoformat(timespec="seconds")
+
+
+# ------------------------------------------------------------------------------------------ replies
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    """A reply body as a dict: a JSON object, or URL-encoded ``key=value&...`` (values stay strings)."""
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise WireError(f"server reply is broken JSON: {snippet(text)!r}") from None
+        if not isinstance(value, dict):
+            raise WireError(f"server reply is not a JSON object: {snippet(text)!r}")
+        return value
+    if text == "Succeeded":
+        return {"StatusCode": "0"}
+    if "=" in text and not text.startswith("<"):
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise WireError(f"server reply is neither JSON nor URL-encoded: {snippet(text)!r}") from None
+        return dict(pairs)
+    raise WireError(f"server reply is neither JSON nor URL-encoded: {snippet(text)!r}")
+
+
+def status_of(reply: Mapping[str, Any]) -> int:
+    """The StatusCode of a legacy-style reply (int or numeric string)."""
+    value = reply.get("StatusCode")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        raise WireError(f"server reply has no valid StatusCode: {snippet(str(value))!r}") from None
+
+
+def nested_json(value: Any, what: str) -> Any:
+    """A value that may be a JSON string inside the reply (URL-encoded mode, Returns/Command)."""
+    if not isinstance(value, str):
+        return value
+    if is_null(value):
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        raise WireError(f"{what} in the server reply is not JSON: {snippet(value)!r}") from None
+
+
+def unwrap_v1(reply: Mapping[str, Any]) -> tuple[bool, str, Any]:
+    """(success, message, data) of a v1 reply."""
+    if "success" not in reply:
+        raise WireError(f"v1 reply without 'success': {snippet(json.dumps(reply))!r}")
+    return bool(reply.get("success")), str(reply.get("message") or ""), reply.get("data")
+
+
+def split_commands(value: Any) -> list[str]:
+    """A backchannel command field -> command names ('debug,tobekilled' -> two; NULL -> none)."""
+    if is_null(value):
+        return []
+    return [part.strip() for part in str(value).split(",") if not is_null(part.strip())]
+
+
+def _job_list(value: Any) -> list[dict[str, Any]]:
+    jobs = nested_json(value, "jobs")
+    if jobs is None:
+        return []
+    if isinstance(jobs, dict):
+        jobs = [jobs]
+    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
+        raise WireError(f"jobs in the server reply is not a list of objects: {snippet(str(value))!r}")
+    return jobs
+
+
+def parse_get_job(reply: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    """Legacy getJob reply -> (StatusCode, jobs); the job may be flat (no nJobs) or a ``jobs`` list."""
+    status = status_of(reply)
+    if status != STATUS_OK:
+        return status, []
+    if "jobs" in reply:
+        return status, _job_list(reply["jobs"])
+    if "PandaID" in reply:
+        return status, [dict(reply)]
+    return status, []
+
+
+def parse_acquire_jobs(reply: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]], str]:
+    """v1 acquire_jobs reply -> (status, jobs, message); ``success: false`` 'No jobs' is status 20."""
+    success, message, data = unwrap_v1(reply)
+    if not success:
+        status = STATUS_NO_JOBS if "no job" in message.lower() else STATUS_FAILED
+        if isinstance(data, Mapping) and "StatusCode" in data:
+            status = status_of(data)
+        return status, [], message
+    if isinstance(data, list):
+        return STATUS_OK, _job_list(data), message
+    if isinstance(data, Mapping):
+        if "StatusCode" in data:
+            status, jobs = parse_get_job(data)
+        else:
+            status, jobs = STATUS_OK, _job_list(data.get("jobs"))
+        return status, jobs, message or str(data.get("errorDialog") or "")
+    if data is None:
+        return STATUS_NO_JOBS, [], message
+    raise WireError(f"acquire_jobs data is neither a list nor an object: {snippet(json.dumps(data))!r}")
+
+
+def parse_update_job(reply: Mapping[str, Any], v1: bool) -> tuple[int, list[str], Any, str]:
+    """updateJob reply -> (status, commands, pilotSecrets, message)."""
+    message = ""
+    if v1:
+        success, message, data = unwrap_v1(reply)
+        if not success:
+            return STATUS_FAILED, [], None, message
+        reply = data if isinstance(data, Mapping) else {"StatusCode": 0}
+    status = status_of(reply) if "StatusCode" in reply else STATUS_OK
+    secrets = reply.get("pilotSecrets")
+    return status, split_commands(reply.get("command")), None if is_null(secrets) else secrets, \
+        message or str(reply.get("errorDialog") or "")
+
+
+def _range_list(value: Any) -> list[dict[str, Any]]:
+    ranges = nested_json(value, "eventRanges")
+    if ranges is None:
+        return []
+    if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges):
+        raise WireError(f"eventRanges in the server reply is not a list of objects: {snippet(str(value))!r}")
+    return ranges
+
+
+def parse_get_event_ranges(reply: Mapping[str, Any], v1: bool) -> tuple[int, list[dict[str, Any]], str]:
+    """getEventRanges reply -> (status, ranges, message); an empty list means no more ranges."""
+    if v1:
+        success, message, data = unwrap_v1(reply)
+        if not success:
+            return STATUS_FAILED, [], message
+        if isinstance(data, Mapping):
+            status = status_of(data) if "StatusCode" in data else STATUS_OK
+            return status, _range_list(data.get("eventRanges")), message
+        return STATUS_OK, _range_list(data), message
+    status = status_of(reply)
+    return status, _range_list(reply.get("eventRanges")) if status == STATUS_OK else [], \
+        str(reply.get("errorDialog") or "")
+
+
+def _commands_map(value: Any) -> dict[int, list[str]]:
+    commands = nested_json(value, "Command")
+    if commands is None:
+        return {}
+    if not isinstance(commands, Mapping):
+        raise WireError(f"Command in the server reply is not an object: {snippet(str(value))!r}")
+    out: dict[int, list[str]] = {}
+    for key, command in commands.items():
+        try:
+            panda_id = int(str(key))
+        except ValueError:
+            raise WireError(f"Command in the server reply has a bad PandaID: {snippet(str(key))!r}") from None
+        names = split_commands(command)
+        if names:
+            out[panda_id] = names
+    return out
+
+
+def parse_update_event_ranges(reply: Mapping[str, Any],
+                              v1: bool) -> tuple[int, list[Any], dict[int, list[str]]]:
+    """updateEventRanges reply -> (status, Returns, {PandaID: commands}).
+
+    ``Returns``/``Command`` may be JSON strings even inside a JSON reply.  v1 servers may name them
+    ``Commands``.  A status-0 reply whose Returns is not JSON (the server's answer to input it could
+    not parse, panda-wire A.6.4) raises WireError.
+    """
+    if v1:
+        success, _message, data = unwrap_v1(reply)
+        if not success:
+            return STATUS_FAILED, [], {}
+        reply = data if isinstance(data, Mapping) else {"StatusCode": 0, "Returns": data}
+    status = status_of(reply) if "StatusCode" in reply else STATUS_OK
+    returns = nested_json(reply.get("Returns"), "Returns")
+    if returns is None:
+        returns = []
+    if not isinstance(returns, list):
+        raise WireError(f"Returns in the server reply is not a list: {snippet(str(reply.get('Returns')))!r}")
+    command_value = reply.get("Command", reply.get("Commands"))
+    return status, returns, _commands_map(command_value)
+
+
+def range_ids_of(payload: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The eventRangeIDs in an updateEventRanges payload (version 0 flat, version 1/2 chunked)."""
+    out: list[str] = []
+    for item in payload:
+        if "eventRanges" in item:
+            out.extend(str(r.get("eventRangeID")) for r in item["eventRanges"])
+        else:
+            out.append(str(item.get("eventRangeID")))
+    return out
