@@ -57,7 +57,7 @@ class LauncherConfig:
     time_minutes: int = _doc("Slurm time limit of the allocation in minutes", 60)
     warning_signal: str = _doc("signal Slurm sends before the limit (--signal)", "USR1")
     warning_seconds: int = _doc("seconds before the limit for the warning signal", 300)
-    extra_options: list[str] = _doc("extra launcher options, passed as given", [])
+    extra_options: list[str] = _doc("extra launcher options, passed as given", [])  # noqa: RUF009 - a factory
 
 
 @dataclass(frozen=True)
@@ -255,8 +255,8 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{origin}: not valid TOML ({exc})") from None
     merged: dict[str, dict[str, Any]] = {}
-    for layer, layer_origin in ((raw, origin), (_env_overrides(environ or os.environ), "environment"),
-                                (overrides or {}, "command line")):
+    env = _env_overrides(os.environ if environ is None else environ)
+    for layer, layer_origin in ((raw, origin), (env, "environment"), (overrides or {}, "command line")):
         for section, values in layer.items():
             if not isinstance(values, Mapping):
                 raise ConfigError(f"{layer_origin}: '{section}' must be a table of keys")

@@ -180,7 +180,7 @@ class Controller:
 
     # ---- actions --------------------------------------------------------------------------
 
-    def execute(self, action: Action) -> None:  # noqa: C901 - one branch per action type
+    def execute(self, action: Action) -> None:
         if isinstance(action, Fetch):
             self.followups.append(self.fetch(action.n))
         elif isinstance(action, Assign):

@@ -16,7 +16,15 @@ from pathlib import Path
 import pytest
 
 from hpcpilot.cgroups import detect
-from tests.pilotrun import finish, make_access_point, make_job, processes_with, run_pilot, start_pilot, wait_for
+from tests.pilotrun import (
+    finish,
+    make_access_point,
+    make_job,
+    processes_with,
+    run_pilot,
+    start_pilot,
+    wait_for,
+)
 
 
 def _input(tmp: Path, name: str, text: str) -> tuple[str, int, str]:
@@ -73,7 +81,8 @@ def test_input_checksum_mismatch_fails_the_job_and_the_pilot_goes_on(tmp_path: P
 
 
 def test_memory_over_the_limit_is_killed_by_rank_zero(tmp_path: Path) -> None:
-    hog = "python3 -c 'import time; b = bytearray(300 * 1024 * 1024); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(60)'"
+    hog = ("python3 -c 'import time; b = bytearray(300 * 1024 * 1024); "
+           "b[::4096] = b\"x\" * len(b[::4096]); time.sleep(60)'")
     run = run_pilot(tmp_path, [make_job(31, hog, ["never.txt"], minRamCount=50)],
                     settings=["monitor.rss_grace_percent=0", "monitor.use_cgroup=false"])
     record = run.jobs[31]

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.pilotrun import finish, make_access_point, make_job, processes_with, run_pilot, start_pilot, wait_for
+from tests.pilotrun import (
+    finish,
+    make_access_point,
+    make_job,
+    processes_with,
+    run_pilot,
+    start_pilot,
+    wait_for,
+)
 
 pytestmark = pytest.mark.mpi
 
