@@ -202,3 +202,16 @@ def test_bad_site_config_is_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "hpcpilot", "check-config", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"hpcpilot: {bad}: key 'monitor.looping_limit': expected a number, got 'soon'"
+
+
+@pytest.mark.parametrize(("command", "outputs", "settings", "code"), [
+    ("head -c 300000 /dev/zero | tr '\\0' x; sleep 30", [], ["monitor.stdout_limit_kb=100"], 1106),
+    ("head -c 3000000 /dev/urandom > blob.bin; sleep 30", [], ["monitor.max_workdir_mb=1",
+                                                                "monitor.workdir_grace_percent=0"], 1104),
+    ("head -c 3000000 /dev/urandom > big.out; sleep 30", ["big.out"], ["monitor.max_output_file_mb=1"], 1124),
+    ("sleep 30", [], ["monitor.free_space_running_mb=1000000000"], 1098),
+])
+def test_running_limits_measured_for_real(tmp_path: Path, command: str, outputs: list[str], settings: list[str],
+                                          code: int) -> None:
+    run = run_pilot(tmp_path, [make_job(95, command, outputs)], settings=settings)
+    assert run.jobs[95]["pilotErrorCode"] == code, run.jobs[95]
