@@ -78,9 +78,8 @@ def test_a_rank_killed_with_sigkill_does_not_hang_the_pilot(tmp_path: Path) -> N
     jobs = [make_job(600 + i, f"sleep 22.6{i}", ["never.txt"]) for i in range(2)]
     access_point = make_access_point(tmp_path / "access_point", jobs)
     proc = start_pilot(tmp_path, access_point, ranks=3)
-    assert wait_for(lambda: len(processes_with("sleep 22.6")) >= 2, timeout=60)
-    payload = processes_with("sleep 22.60")[0]
-    rank_pid = _parent(payload)
+    assert wait_for(lambda: processes_with("sleep 22.60") and processes_with("sleep 22.61"), timeout=60)
+    rank_pid = _rank_of(processes_with("sleep 22.60")[0])
     os.kill(rank_pid, signal.SIGKILL)
     run = finish(proc, tmp_path, timeout=90)
     assert run.returncode != 0
@@ -91,7 +90,12 @@ def test_a_rank_killed_with_sigkill_does_not_hang_the_pilot(tmp_path: Path) -> N
         os.kill(pid, signal.SIGKILL)
 
 
-def _parent(pid: int) -> int:
-    """The worker rank's pid: the payload shell is its child."""
-    with open(f"/proc/{pid}/stat") as handle:
-        return int(handle.read().rsplit(")", 1)[1].split()[1])
+def _rank_of(pid: int) -> int:
+    """The worker rank running a payload process: its nearest ancestor that is an hpcpilot process."""
+    while pid > 1:
+        with open(f"/proc/{pid}/stat") as handle:
+            pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            if b"hpcpilot" in handle.read():
+                return pid
+    raise AssertionError("no hpcpilot rank above the payload")
