@@ -34,7 +34,7 @@ from hpcpilot.protocol import (
     WorkerFailed,
     WorkRequest,
 )
-from hpcpilot.records import JobRecord, JobSpec
+from hpcpilot.records import JobRecord, JobSpec, panda_id_of
 from hpcpilot.scheduler import (
     Abandon,
     Action,
@@ -54,12 +54,13 @@ from hpcpilot.scheduler import (
     ReportReceived,
     Scheduler,
     SendNoMoreWork,
+    ServerCommand,
     SetDebugMode,
     StopRank,
     StopRequested,
     WorkRequested,
 )
-from hpcpilot.sources import JobSource
+from hpcpilot.sources import Command, JobSource
 from hpcpilot.states import JobState
 from hpcpilot.transport import Backoff, Transport
 
@@ -141,9 +142,7 @@ class Controller:
         return [StopRequested(int(signal_error(signum)), f"pilot received {name}")]
 
     @staticmethod
-    def command_event(command: Any) -> Event:
-        from hpcpilot.scheduler import ServerCommand
-
+    def command_event(command: Command) -> Event:
         return ServerCommand(command.panda_id, command.name)
 
     def to_events(self, message: Message) -> list[Event]:  # noqa: C901 - one branch per message type
@@ -205,7 +204,7 @@ class Controller:
     def abandon(self, code: int, diag: str) -> JobsFetched:
         records = []
         for wire in self.source.abandon():
-            record = JobRecord(_panda_id(wire))
+            record = JobRecord(panda_id_of(wire))
             record.fail(code, diag)
             records.append(record)
         return JobsFetched((), tuple(records))
@@ -221,7 +220,7 @@ class Controller:
             try:
                 jobs.append(JobSpec.from_wire(wire))
             except PilotError as exc:
-                panda_id = _panda_id(wire)
+                panda_id = panda_id_of(wire)
                 log.error("job %s rejected: %s", panda_id, exc.diag)
                 record = JobRecord(panda_id)
                 record.fail(exc.code, exc.diag)
@@ -274,9 +273,3 @@ class Controller:
                 f"{f' ({by_code})' if by_code else ''} in {elapsed:.0f} s on {self.n_ranks} rank(s); "
                 f"summary: {self.workdir / SUMMARY_FILE}")
 
-
-def _panda_id(wire: Any) -> int:
-    try:
-        return int(wire["PandaID"])
-    except (KeyError, TypeError, ValueError):
-        return 0

@@ -32,7 +32,7 @@ from hpcpilot.monitor.metrics import limits_for_job
 from hpcpilot.monitor.sampler import PayloadSampler
 from hpcpilot.payload import Payload, start_payload
 from hpcpilot.protocol import Heartbeat, JobUpdate, Message
-from hpcpilot.records import JobRecord, JobSpec
+from hpcpilot.records import JobRecord, JobSpec, panda_id_of
 from hpcpilot.stageio import copytools, files
 from hpcpilot.states import JobState
 from hpcpilot.timing import Timing, panda_time
@@ -83,7 +83,7 @@ class JobContext:
 def run_job(job_wire: dict[str, Any], ctx: JobContext, control: JobControl) -> JobRecord:
     """Run one job to its end and return the final record (finished or failed, never raises)."""
     timing = Timing()
-    record = JobRecord(panda_id=_panda_id_of(job_wire), rank=ctx.rank, node=ctx.host,
+    record = JobRecord(panda_id=panda_id_of(job_wire), rank=ctx.rank, node=ctx.host,
                        site_name=ctx.config.site.queue, start_time=panda_time(time.time()))
     try:
         spec = JobSpec.from_wire(job_wire)
@@ -109,13 +109,6 @@ def job_metrics(times: list[float], memory: list[float], final: bool, n_events: 
         fields["nEvents"] = str(n_events)
     text = " ".join(f"{key}={value}" for key, value in fields.items())
     return text[:MAX_JOB_METRICS].rsplit(" ", 1)[0] if len(text) > MAX_JOB_METRICS else text
-
-
-def _panda_id_of(job_wire: Any) -> int:
-    try:
-        return int(job_wire["PandaID"])
-    except (KeyError, TypeError, ValueError):
-        return 0
 
 
 class _JobLife:

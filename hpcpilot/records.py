@@ -28,6 +28,14 @@ def is_null(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() in NULL_VALUES)
 
 
+def panda_id_of(wire: Any) -> int:
+    """The PandaID of a job definition that may not parse (0 when it has none), for reporting it."""
+    try:
+        return int(wire["PandaID"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 def _int_field(wire: Mapping[str, Any], key: str, default: int | None) -> int | None:
     value = wire.get(key)
     if is_null(value):

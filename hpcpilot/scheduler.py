@@ -417,9 +417,8 @@ class Scheduler:
         while self.idle and self.pending and self.stopping is None:
             job = self.pending.popleft()
             if not self._can_finish(job):
-                record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
-                record.fail(ErrorCode.REACHEDMAXTIME, "not started: it cannot finish before the walltime guard")
-                self.done.append(record)
+                record = self._not_started(job, ErrorCode.REACHEDMAXTIME,
+                                           "not started: it cannot finish before the walltime guard")
                 actions.append(Report(record, final=True))
                 continue
             rank = self.idle.popleft()
@@ -471,12 +470,15 @@ class Scheduler:
     def _drop_pending(self, code: int, diag: str) -> list[JobRecord]:
         records = []
         while self.pending:
-            job = self.pending.popleft()
-            record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
-            record.fail(code, f"not started: {diag}")
-            self.done.append(record)
-            records.append(record)
+            records.append(self._not_started(self.pending.popleft(), code, f"not started: {diag}"))
         return records
+
+    def _not_started(self, job: JobSpec, code: int, diag: str) -> JobRecord:
+        """The final record of a leased job that will never run."""
+        record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
+        record.fail(code, diag)
+        self.done.append(record)
+        return record
 
     def _close_job(self, panda_id: int, record: JobRecord) -> list[Action]:
         job = self.jobs.pop(panda_id, None)

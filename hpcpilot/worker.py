@@ -39,6 +39,7 @@ from hpcpilot.protocol import (
     WorkerFailed,
     WorkRequest,
 )
+from hpcpilot.records import panda_id_of
 from hpcpilot.transport import CONTROLLER, Backoff, Transport
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class Worker:
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
         holder: list[Any] = []
-        panda_id = int(job_wire.get("PandaID", 0) or 0) if isinstance(job_wire, dict) else 0
+        panda_id = panda_id_of(job_wire)
 
         def body() -> None:
             try:
