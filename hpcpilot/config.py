@@ -127,7 +127,8 @@ class PandaConfig:
 class EventServiceConfig:
     """Event-service settings."""
 
-    payload_mode: str = _doc("per-range | protocol", "per-range")
+    payload_mode: str = _doc("per-range | protocol (AthenaMP messages over a local socket) | noop "
+                             "(benchmarks of rank 0 only: ranges finish without running anything)", "per-range")
     range_command: str = _doc("command template run once per range (per-range mode)", "")
     ranges_per_request: int = _doc("ranges a rank asks for at once", 2)
     prefetch_seconds: float = _doc("lease ranges this many seconds of consumption ahead", 30.0)
@@ -169,7 +170,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("stage", "copytool_out"): ("cp", "mv", "symlink"),
     ("stage", "checksum_type"): ("adler32", "md5"),
     ("panda", "api"): ("v1", "legacy", "auto"),
-    ("eventservice", "payload_mode"): ("per-range", "protocol"),
+    ("eventservice", "payload_mode"): ("per-range", "protocol", "noop"),
 }
 
 

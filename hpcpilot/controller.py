@@ -10,22 +10,39 @@ import logging
 import os
 import signal
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hpcpilot import __version__
-from hpcpilot.errors import PilotError, signal_error
+from hpcpilot.config import resolve_path
+from hpcpilot.errors import ErrorCode, PilotError, signal_error
+from hpcpilot.eventservice import bundle
+from hpcpilot.eventservice.book import (
+    BundleStaged,
+    CloseEsJob,
+    DealRanges,
+    EsJobClosed,
+    FetchRanges,
+    MakeBundle,
+    RangesFetched,
+    RangesReported,
+    ReportRanges,
+)
+from hpcpilot.eventservice.eslife import es_job_dir
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
+    EventRanges,
     Heartbeat,
     JobDone,
     JobUpdate,
     KillJob,
     Message,
     NoMoreWork,
+    RangeReport,
     Ready,
     SetDebug,
     Signalled,
@@ -34,7 +51,7 @@ from hpcpilot.protocol import (
     WorkerFailed,
     WorkRequest,
 )
-from hpcpilot.records import JobRecord, JobSpec, panda_id_of
+from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, panda_id_of
 from hpcpilot.scheduler import (
     Abandon,
     Action,
@@ -61,12 +78,22 @@ from hpcpilot.scheduler import (
     WorkRequested,
 )
 from hpcpilot.sources import Command, JobSource
-from hpcpilot.states import JobState
+from hpcpilot.states import EventRangeStatus, JobState
 from hpcpilot.transport import Backoff, Transport
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+
+
+_SIMPLE_EVENTS: dict[type, Callable[[Any], Event]] = {
+    WorkRequest: lambda m: WorkRequested(m.rank),
+    JobUpdate: lambda m: JobProgress(m.rank, JobRecord.from_summary(m.record)),
+    Alive: lambda m: RankAlive(m.rank),
+    JobDone: lambda m: JobEnded(m.rank, JobRecord.from_summary(m.record)),
+    Stopped: lambda m: RankStopped(m.rank),
+}
+"""Messages that become one scheduler event as they are."""
 
 
 class SignalFlag:
@@ -101,6 +128,13 @@ class Controller:
         # Single-rank mode: the worker thread sits in mailbox 1 but is rank 0 of a 1-rank pilot.
         self.single_rank = single_rank
         self.n_ranks = 1 if single_rank else transport.size
+        # Slow I/O runs beside the loop, so messages and the walltime guard are never kept waiting:
+        # one thread asks the source for work, one does rank 0's stage-out (bundles, ES job logs).
+        self.fetcher = ThreadPoolExecutor(1, thread_name_prefix="fetch")
+        self.stager = ThreadPoolExecutor(1, thread_name_prefix="stageout")
+        self.in_flight: list[Future[Event]] = []
+        self.range_counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
+        self.output_dir = resolve_path(scheduler.config.stage.output_dir or "outputs", Path.cwd())
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -109,7 +143,7 @@ class Controller:
         backoff = Backoff()
         next_status = 0.0
         while not self.scheduler.finished:
-            events = self.followups + self.receive_all()
+            events = self.followups + self.receive_all() + self.completed_io()
             self.followups = []
             events += self.check_signals()
             events += [self.command_event(c) for c in self.source.poll(self.clock())]
@@ -122,9 +156,20 @@ class Controller:
                 backoff.reset()
             else:
                 backoff.wait()
+        self.fetcher.shutdown(wait=True)
+        self.stager.shutdown(wait=True)
         self.source.close()
         self.write_summary()
         return self.scheduler.done
+
+    def completed_io(self) -> list[Event]:
+        """Answers of the fetch and stage-out threads that are ready (their functions never raise)."""
+        ready = [f for f in self.in_flight if f.done()]
+        self.in_flight = [f for f in self.in_flight if not f.done()]
+        return [f.result() for f in ready]
+
+    def in_background(self, pool: ThreadPoolExecutor, work: Callable[..., Event], *args: Any) -> None:
+        self.in_flight.append(pool.submit(work, *args))
 
     def receive_all(self) -> list[Event]:
         events: list[Event] = []
@@ -145,46 +190,55 @@ class Controller:
     def command_event(command: Command) -> Event:
         return ServerCommand(command.panda_id, command.name)
 
-    def to_events(self, message: Message) -> list[Event]:  # noqa: C901 - one branch per message type
-        if isinstance(message, Ready):
-            self.nodes[message.rank] = message.node
-            if self.recorder is not None:
-                self.recorder.add_node(message.rank, message.node)
-            return [RankReady(message.rank, message.ok, message.problems)]
-        if isinstance(message, WorkRequest):
-            return [WorkRequested(message.rank)]
-        if isinstance(message, JobUpdate):
-            return [JobProgress(message.rank, JobRecord.from_summary(message.record))]
-        if isinstance(message, Heartbeat):
-            if self.recorder is not None and message.samples:
-                self.recorder.add_samples(message.rank, message.report.panda_id, message.samples)
-            if message.debug_tail:
-                self.debug_tails[message.report.panda_id] = message.debug_tail
-            return [ReportReceived(message.rank, message.report, message.job_metrics)]
-        if isinstance(message, Alive):
-            return [RankAlive(message.rank)]
-        if isinstance(message, JobDone):
-            return [JobEnded(message.rank, JobRecord.from_summary(message.record))]
-        if isinstance(message, Stopped):
-            return [RankStopped(message.rank)]
-        if isinstance(message, WorkerFailed):
-            log.error("rank %d on %s failed:\n%s", message.rank, message.host, message.traceback)
-            return [RankFailed(message.rank, message.panda_id, message.error_code,
-                               f"rank {message.rank} on {message.host}: {message.traceback.strip().splitlines()[-1]}")]
-        if isinstance(message, Signalled):
-            self.signals.handler(message.signum, None)
+    def to_events(self, message: Message) -> list[Event]:
+        """The scheduler events of one message (recording what the run record keeps on the way)."""
+        simple = _SIMPLE_EVENTS.get(type(message))
+        if simple is not None:
+            return [simple(message)]
+        handler = {Ready: self.on_ready, Heartbeat: self.on_heartbeat, WorkerFailed: self.on_worker_failed,
+                   Signalled: self.on_signalled, RangeReport: self.on_range_report}.get(type(message))
+        if handler is None:
+            log.warning("unexpected message %s ignored", type(message).__name__)
             return []
-        log.warning("unexpected message %s ignored", type(message).__name__)
+        return handler(message)
+
+    def on_ready(self, message: Ready) -> list[Event]:
+        self.nodes[message.rank] = message.node
+        if self.recorder is not None:
+            self.recorder.add_node(message.rank, message.node)
+        return [RankReady(message.rank, message.ok, message.problems)]
+
+    def on_heartbeat(self, message: Heartbeat) -> list[Event]:
+        if self.recorder is not None and message.samples:
+            self.recorder.add_samples(message.rank, message.report.panda_id, message.samples)
+        if message.debug_tail:
+            self.debug_tails[message.report.panda_id] = message.debug_tail
+        return [ReportReceived(message.rank, message.report, message.job_metrics)]
+
+    def on_worker_failed(self, message: WorkerFailed) -> list[Event]:
+        log.error("rank %d on %s failed:\n%s", message.rank, message.host, message.traceback)
+        last_line = message.traceback.strip().splitlines()[-1]
+        return [RankFailed(message.rank, message.panda_id, message.error_code,
+                           f"rank {message.rank} on {message.host}: {last_line}")]
+
+    def on_signalled(self, message: Signalled) -> list[Event]:
+        self.signals.handler(message.signum, None)
         return []
+
+    def on_range_report(self, message: RangeReport) -> list[Event]:
+        if self.recorder is not None and message.outcomes:
+            self.recorder.add_event_ranges(self.rank_label(message.rank), message.panda_id,
+                                           [o.to_wire() for o in message.outcomes])
+        return [RangesReported(message.rank, message.panda_id, message.outcomes, message.want)]
 
     # ---- actions --------------------------------------------------------------------------
 
     def execute(self, action: Action) -> None:
         if isinstance(action, Fetch):
-            self.followups.append(self.fetch(action.n))
+            self.in_background(self.fetcher, self.fetch, action.n)
         elif isinstance(action, Assign):
             log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank))
-            self.transport.send(action.rank, AssignJob(action.job.to_wire()))
+            self.transport.send(action.rank, AssignJob(action.job.to_wire(), action.stage_in))
         elif isinstance(action, SendNoMoreWork):
             self.transport.send(action.rank, NoMoreWork())
         elif isinstance(action, Kill):
@@ -200,6 +254,22 @@ class Controller:
             self.followups.append(self.abandon(action.code, action.diag))
         elif isinstance(action, Finished):
             log.info("every rank has stopped")
+        else:
+            self.execute_es(action)
+
+    def execute_es(self, action: Action) -> None:
+        """The event-service actions: ranges in and out, bundles, the job's end."""
+        if isinstance(action, FetchRanges):
+            self.in_background(self.fetcher, self.fetch_ranges, action.job, action.n)
+        elif isinstance(action, DealRanges):
+            wires = tuple(r.to_wire() for r in action.ranges)
+            self.transport.send(action.rank, EventRanges(action.panda_id, wires, action.no_more))
+        elif isinstance(action, MakeBundle):
+            self.in_background(self.stager, self.make_bundle, action)
+        elif isinstance(action, ReportRanges):
+            self.report_ranges(action)
+        elif isinstance(action, CloseEsJob):
+            self.in_background(self.stager, self.close_es_job, action)
 
     def abandon(self, code: int, diag: str) -> JobsFetched:
         records = []
@@ -233,6 +303,59 @@ class Controller:
             log.warning("job source unavailable; asking again later")
         return JobsFetched(tuple(jobs), tuple(rejected), unavailable)
 
+    def fetch_ranges(self, job: JobSpec, n: int) -> RangesFetched:
+        """Lease ranges (fetch thread); a range that does not parse is failed fatal, never dealt."""
+        try:
+            wires = self.source.fetch_event_ranges(job, n)
+        except PilotError as exc:
+            log.error("cannot fetch event ranges of job %d: %s", job.panda_id, exc)
+            wires = []
+        except Exception as exc:  # the fetch thread must always answer, or the job would wait for ever
+            log.error("fetching event ranges of job %d failed: %s", job.panda_id, exc)
+            return RangesFetched(job.panda_id, (), (), unavailable=True)
+        ranges, bad = [], []
+        for wire in wires:
+            try:
+                ranges.append(EventRange.from_wire(wire))
+            except PilotError as exc:
+                range_id = str(wire.get("eventRangeID", "")) if isinstance(wire, dict) else ""
+                log.error("job %d: unusable event range: %s", job.panda_id, exc.diag)
+                if range_id:
+                    bad.append(EventRangeUpdate(range_id, EventRangeStatus.FATAL, int(exc.code), exc.diag))
+        unavailable = not wires and getattr(self.source, "fetch_status", 0) < 0
+        if wires:
+            log.debug("job %d: leased %d event range(s)", job.panda_id, len(wires))
+        return RangesFetched(job.panda_id, tuple(ranges), tuple(bad), unavailable)
+
+    def make_bundle(self, action: MakeBundle) -> BundleStaged:
+        job = action.job
+        try:
+            staged = bundle.stage_bundle(job, action.updates, action.num_events,
+                                         es_job_dir(self.workdir, job.panda_id), self.output_dir,
+                                         self.scheduler.config)
+        except PilotError as exc:
+            log.error("job %d: bundle of %d range(s) not staged out: %s", job.panda_id, len(action.updates),
+                      exc.diag)
+            return BundleStaged(job.panda_id, action.updates, None, (int(exc.code), exc.diag))
+        except Exception as exc:  # the ranges must come back failed, not vanish with the thread
+            log.error("job %d: bundle failed: %s", job.panda_id, exc)
+            return BundleStaged(job.panda_id, action.updates, None, (int(ErrorCode.STAGEOUTFAILED), str(exc)))
+        log.info("job %d: bundle %s (%d events, %d bytes) staged out", job.panda_id, staged.lfn, staged.num_events,
+                 staged.fsize)
+        return BundleStaged(job.panda_id, action.updates, staged)
+
+    def report_ranges(self, action: ReportRanges) -> None:
+        self.source.update_event_ranges(action.job, action.updates, action.bundle)
+        self.range_counts[action.job.panda_id].update(str(u.status) for u in action.updates)
+
+    def close_es_job(self, action: CloseEsJob) -> EsJobClosed:
+        try:
+            bundle.stage_job_log(action.job, action.record, es_job_dir(self.workdir, action.job.panda_id),
+                                 self.output_dir, self.scheduler.config)
+        except Exception as exc:  # the job must still get its final report
+            log.error("job %d: log stage-out failed: %s", action.job.panda_id, exc)
+        return EsJobClosed(action.record)
+
     def rank_label(self, rank: int) -> int:
         return 0 if self.single_rank else rank
 
@@ -258,6 +381,7 @@ class Controller:
                       "ranks": self.n_ranks, "start": self.started, "end": self.clock(),
                       "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None},
             "jobs": [record.to_summary() for record in done],
+            "event_ranges": {str(panda_id): dict(counts) for panda_id, counts in self.range_counts.items()},
         }
         tmp = self.workdir / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=1, default=str))

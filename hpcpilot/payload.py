@@ -280,12 +280,13 @@ def _argv(command: str | list[str]) -> list[str]:
 
 
 def start_payload(command: str | list[str], cwd: Path, env: Mapping[str, str], stdout_path: Path,
-                  stderr_path: Path, cgroup: PayloadCgroup | None) -> Payload:
+                  stderr_path: Path, cgroup: PayloadCgroup | None, append: bool = False) -> Payload:
     """Start the payload in a new session, output to files, inside ``cgroup`` if given.
 
     A ``str`` runs through ``/bin/sh -c``.  ``env`` is the whole environment (plus the tracking
     token).  A list command that cannot be executed raises TRANSFORMNOTFOUND; inside a cgroup
     (started through the joining shell) it exits with 127 instead, like a shell command would.
+    ``append`` adds to the output files (payloads run once per event range share them).
     """
     argv = _argv(command)
     token = uuid.uuid4().hex
@@ -293,7 +294,8 @@ def start_payload(command: str | list[str], cwd: Path, env: Mapping[str, str], s
     if cgroup is not None:
         argv = ["/bin/sh", "-c", _JOIN_CGROUP, "hpcpilot-join-cgroup", os.fspath(cgroup.procs_file), *argv]
     try:
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
+        mode = "ab" if append else "wb"
+        with open(stdout_path, mode) as out, open(stderr_path, mode) as err:
             popen = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=err, start_new_session=True, close_fds=True)
     except OSError as exc:

@@ -13,6 +13,7 @@ from enum import IntEnum
 from typing import Any
 
 from hpcpilot.monitor.samples import MonitorReport, TreeSample
+from hpcpilot.records import EventRangeUpdate
 
 
 class Tag(IntEnum):
@@ -32,6 +33,8 @@ class Tag(IntEnum):
     SET_DEBUG = 12
     ALIVE = 13
     SIGNALLED = 14
+    RANGE_REPORT = 15
+    EVENT_RANGES = 16
 
 
 # ---- worker -> rank 0 -----------------------------------------------------------------
@@ -123,13 +126,32 @@ class WorkerFailed:
     tag = Tag.WORKER_FAILED
 
 
+@dataclass(frozen=True, slots=True)
+class RangeReport:
+    """Event-range outcomes of an event-service job on this rank, and a request for ``want`` more.
+
+    One message does both so that a busy rank costs rank 0 one message per batch of ranges.
+    """
+
+    rank: int
+    panda_id: int
+    outcomes: tuple[EventRangeUpdate, ...] = ()
+    want: int = 0
+    tag = Tag.RANGE_REPORT
+
+
 # ---- rank 0 -> worker -----------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
 class AssignJob:
-    """Run this job (the getJob dict, parsed again by the worker)."""
+    """Run this job (the getJob dict, parsed again by the worker).
+
+    For an event-service job only the first rank stages the inputs in (``stage_in``); the ranks
+    that join later use the shared copy.
+    """
 
     job: dict[str, Any]
+    stage_in: bool = True
     tag = Tag.JOB
 
 
@@ -160,6 +182,16 @@ class Stop:
 
 
 @dataclass(frozen=True, slots=True)
+class EventRanges:
+    """Event ranges for the rank's event-service job (getEventRanges dicts); ``no_more`` ends its supply."""
+
+    panda_id: int
+    ranges: tuple[dict[str, Any], ...]
+    no_more: bool = False
+    tag = Tag.EVENT_RANGES
+
+
+@dataclass(frozen=True, slots=True)
 class SetDebug:
     """Debug mode on or off for a job: heartbeats then carry the tail of its newest text file."""
 
@@ -169,4 +201,4 @@ class SetDebug:
 
 
 Message = (Ready | WorkRequest | JobUpdate | Heartbeat | Alive | Signalled | JobDone | Stopped | WorkerFailed
-           | AssignJob | NoMoreWork | KillJob | Stop | SetDebug)
+           | RangeReport | AssignJob | NoMoreWork | KillJob | Stop | SetDebug | EventRanges)

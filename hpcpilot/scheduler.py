@@ -14,6 +14,18 @@ from dataclasses import dataclass, field
 
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode
+from hpcpilot.eventservice.book import (
+    BundleStaged,
+    CloseEsJob,
+    DealRanges,
+    EsBook,
+    EsJobClosed,
+    FetchRanges,
+    MakeBundle,
+    RangesFetched,
+    RangesReported,
+    ReportRanges,
+)
 from hpcpilot.monitor.metrics import Limits, check_report, limits_for_job
 from hpcpilot.monitor.samples import MonitorReport
 from hpcpilot.records import JobRecord, JobSpec
@@ -102,7 +114,7 @@ class ServerCommand:
 
 
 Event = (RankReady | RankAlive | WorkRequested | JobsFetched | JobProgress | ReportReceived | JobEnded | RankStopped
-         | RankFailed | StopRequested | ServerCommand)
+         | RankFailed | StopRequested | ServerCommand | RangesFetched | RangesReported | BundleStaged | EsJobClosed)
 
 # ---- actions ------------------------------------------------------------------------
 
@@ -116,6 +128,7 @@ class Fetch:
 class Assign:
     rank: int
     job: JobSpec
+    stage_in: bool = True
 
 
 @dataclass(frozen=True)
@@ -166,7 +179,8 @@ class Finished:
     """Every rank has stopped: the controller may write its summary and exit."""
 
 
-Action = Fetch | Assign | SendNoMoreWork | Kill | StopRank | Report | SetDebugMode | Abandon | Finished
+Action = (Fetch | Assign | SendNoMoreWork | Kill | StopRank | Report | SetDebugMode | Abandon | Finished | FetchRanges
+          | DealRanges | MakeBundle | ReportRanges | CloseEsJob)
 
 # ---- state --------------------------------------------------------------------------
 
@@ -210,7 +224,8 @@ class SchedulerPolicy:
         return cls(deadline=deadline, margin=float(config.walltime.margin), max_jobs=max_jobs,
                    heartbeat=config.panda.heartbeat, debug_heartbeat=config.panda.debug_heartbeat,
                    lost_after=config.monitor.report_interval * config.monitor.lost_rank_intervals,
-                   jobs_per_fetch=config.panda.jobs_per_fetch)
+                   jobs_per_fetch=config.panda.jobs_per_fetch,
+                   fetch_retry=min(30.0, max(1.0, config.panda.retry_max)))
 
 
 @dataclass
@@ -222,6 +237,7 @@ class Scheduler:
     policy: SchedulerPolicy
     ranks: dict[int, _Rank] = field(default_factory=dict)
     jobs: dict[int, _Job] = field(default_factory=dict)
+    es: dict[int, EsBook] = field(default_factory=dict)
     pending: deque[JobSpec] = field(default_factory=deque)
     idle: deque[int] = field(default_factory=deque)
     done: list[JobRecord] = field(default_factory=list)
@@ -292,6 +308,11 @@ class Scheduler:
         return actions
 
     def _on_JobProgress(self, event: JobProgress) -> list[Action]:
+        book = self.es.get(event.record.panda_id)
+        if book is not None:
+            if event.record.state == JobState.RUNNING:
+                book.open(self.now)  # inputs are staged: ranges may be leased and ranks may join
+            return [Report(event.record, final=False)]
         job = self.jobs.get(event.record.panda_id)
         if job is None:
             return []
@@ -302,6 +323,8 @@ class Scheduler:
         return [Report(event.record, final=False)]
 
     def _on_ReportReceived(self, event: ReportReceived) -> list[Action]:
+        if event.report.panda_id in self.es:
+            return self._check_es_report(event)
         job = self.jobs.get(event.report.panda_id)
         if job is None or job.killing:
             return []
@@ -316,6 +339,8 @@ class Scheduler:
         return [Kill(job.rank, job.spec.panda_id, int(verdict.code), verdict.diag)]
 
     def _on_JobEnded(self, event: JobEnded) -> list[Action]:
+        if event.record.panda_id in self.es:
+            return self._leave_es(event.rank, event.record)
         return self._close_job(event.record.panda_id, event.record)
 
     def _on_RankStopped(self, event: RankStopped) -> list[Action]:
@@ -327,6 +352,10 @@ class Scheduler:
         return []
 
     def _on_RankFailed(self, event: RankFailed) -> list[Action]:
+        if event.panda_id in self.es:
+            record = JobRecord(event.panda_id, rank=event.rank)
+            record.fail(event.code, event.diag)
+            return self._leave_es(event.rank, record)
         if event.panda_id is None or event.panda_id not in self.jobs:
             return []
         record = self.jobs[event.panda_id].record
@@ -337,6 +366,8 @@ class Scheduler:
         return self._begin_stop(event.code, event.diag)
 
     def _on_ServerCommand(self, event: ServerCommand) -> list[Action]:
+        if event.panda_id in self.es:
+            return self._es_command(self.es[event.panda_id], event.name)
         job = self.jobs.get(event.panda_id)
         if job is None:
             return []
@@ -352,6 +383,126 @@ class Scheduler:
             return [SetDebugMode(job.rank, job.spec.panda_id, job.debug)]
         return []
 
+    def _on_RangesFetched(self, event: RangesFetched) -> list[Action]:
+        book = self.es.get(event.panda_id)
+        if book is None:
+            return []
+        book.on_fetched(self.now, event, self.policy.fetch_retry)
+        return list(book.serve_waiting(self._guard_at(), self.now))
+
+    def _on_RangesReported(self, event: RangesReported) -> list[Action]:
+        book = self.es.get(event.panda_id)
+        if book is None:
+            return []
+        return list(book.on_report(self.now, event, self._guard_at()))
+
+    def _on_BundleStaged(self, event: BundleStaged) -> list[Action]:
+        book = self.es.get(event.panda_id)
+        report = book.on_bundle(event) if book is not None else None
+        return [report] if report is not None else []
+
+    def _on_EsJobClosed(self, event: EsJobClosed) -> list[Action]:
+        book = self.es.pop(event.record.panda_id, None)
+        if book is None:
+            return []
+        event.record.rank = book.leader
+        self.done.append(event.record)
+        return [Report(event.record, final=True)]
+
+    # -- event service ------------------------------------------------------------------
+
+    def _guard_at(self) -> float | None:
+        return None if self.policy.deadline is None else self.policy.deadline - self.policy.margin
+
+    def _start_es(self, rank: int, job: JobSpec) -> Assign:
+        """The first rank of an event-service job stages its inputs in; others join once it runs."""
+        book = EsBook(job, self.config.eventservice, leader=rank, last_heartbeat=self.now)
+        self.es[job.panda_id] = book
+        return self._join_es(rank, book, stage_in=True)
+
+    def _join_es(self, rank: int, book: EsBook, stage_in: bool = False) -> Assign:
+        book.join(rank)
+        self.ranks[rank].state, self.ranks[rank].panda_id = RankState.BUSY, book.panda_id
+        return Assign(rank, book.spec, stage_in=stage_in)
+
+    def _leave_es(self, rank: int, record: JobRecord) -> list[Action]:
+        book = self.es[record.panda_id]
+        book.member_done(rank, record)
+        self._free_rank(rank, record.panda_id)
+        return []
+
+    def _free_rank(self, number: int, panda_id: int) -> None:
+        rank = self.ranks[number]
+        if rank.panda_id == panda_id:
+            rank.panda_id = None
+            if rank.state == RankState.BUSY:
+                rank.state = RankState.IDLE if self.stopping is None else RankState.STOPPING
+
+    def _check_es_report(self, event: ReportReceived) -> list[Action]:
+        """Memory and looping are per rank in an ES job: only the offending rank's part is killed."""
+        book = self.es[event.report.panda_id]
+        if event.rank not in book.members or event.rank in book.killing:
+            return []
+        spec = book.spec
+        limits = limits_for_job(spec.min_ram_count, spec.core_count, spec.looping_check, self.config.monitor)
+        verdict = check_report(event.report, limits, book.opened_at or self.now)
+        if verdict is None:
+            return []
+        book.killing.add(event.rank)
+        return [Kill(event.rank, spec.panda_id, int(verdict.code), verdict.diag)]
+
+    def _es_command(self, book: EsBook, name: str) -> list[Action]:
+        """tobekilled stops the job on every rank now; softkill lets the ranges in hand finish."""
+        if name in ("tobekilled", "lostheartbeat"):
+            code = ErrorCode.PANDAKILL if name == "tobekilled" else ErrorCode.EXCEEDEDMAXWAITTIME
+            diag = "killed by the PanDA server" if name == "tobekilled" else "lost heartbeat"
+            actions: list[Action] = list(book.stop_leasing(int(code), diag, job_failure=True))
+            for rank in sorted(book.members - book.killing):
+                book.killing.add(rank)
+                actions.append(Kill(rank, book.panda_id, int(code), diag))
+            return actions
+        if name == "softkill":
+            return list(book.stop_leasing(int(ErrorCode.ESRECOVERABLE), "soft kill by the PanDA server",
+                                          job_failure=False))
+        if name in ("debug", "debugoff"):
+            return [SetDebugMode(rank, book.panda_id, name == "debug") for rank in sorted(book.members)]
+        return []
+
+    def _es_ranks_wanted(self) -> EsBook | None:
+        """The oldest event-service job that can use another rank."""
+        return next((book for book in self.es.values() if book.wants_ranks()), None)
+
+    def _es_staging(self) -> bool:
+        return any(not book.is_open and not book.leasing_stopped for book in self.es.values())
+
+    def _tick_es(self) -> list[Action]:
+        actions: list[Action] = []
+        for book in list(self.es.values()):
+            self._check_es_ranks(book)
+            n = book.fetch_wanted(self.now, self._guard_at())
+            if n:
+                book.fetching = True
+                actions.append(FetchRanges(book.spec, n))
+            actions += book.serve_waiting(self._guard_at(), self.now)
+            for due in (book.due_bundle(self.now), book.due_report(self.now)):
+                if due is not None:
+                    actions.append(due)
+            if self.now - book.last_heartbeat >= self.policy.heartbeat and not book.closing:
+                book.last_heartbeat = self.now
+                actions.append(Report(book.progress_record(), final=False))
+            if book.is_done():
+                book.closing = True
+                actions.append(CloseEsJob(book.spec, book.final_record()))
+        return actions
+
+    def _check_es_ranks(self, book: EsBook) -> None:
+        for number in list(book.members):
+            rank = self.ranks[number]
+            if self.now - rank.last_seen > self.policy.lost_after:
+                rank.state = RankState.LOST
+                book.member_lost(number, int(ErrorCode.EXCEEDEDMAXWAITTIME),
+                                 f"rank {number} stopped reporting for {self.now - rank.last_seen:.0f} s")
+
     # -- time-driven decisions --------------------------------------------------------
 
     def _tick(self) -> list[Action]:
@@ -362,6 +513,7 @@ class Scheduler:
             actions += self._begin_stop(int(ErrorCode.REACHEDMAXTIME),
                                         "the pilot's walltime limit (less the margin) was reached")
         actions += self._check_jobs()
+        actions += self._tick_es()
         if self._startup_complete():
             actions += self._assign()
         if self._all_stopped():
@@ -414,7 +566,13 @@ class Scheduler:
 
     def _assign(self) -> list[Action]:
         actions: list[Action] = []
-        while self.idle and self.pending and self.stopping is None:
+        while self.idle and self.stopping is None:
+            book = self._es_ranks_wanted()
+            if book is not None:  # event-service jobs take every rank they can use
+                actions.append(self._join_es(self.idle.popleft(), book))
+                continue
+            if self._es_staging() or not self.pending:
+                break  # an ES job is staging in: its ranks wait for it to open
             job = self.pending.popleft()
             if not self._can_finish(job):
                 record = self._not_started(job, ErrorCode.REACHEDMAXTIME,
@@ -422,15 +580,16 @@ class Scheduler:
                 actions.append(Report(record, final=True))
                 continue
             rank = self.idle.popleft()
-            actions.append(self._start(rank, job))
-        wanted = len(self.idle) - len(self.pending)
+            actions.append(self._start_es(rank, job) if job.event_service else self._start(rank, job))
+        wanted = 0 if self._es_staging() else len(self.idle) - len(self.pending)
         if self._may_lease() and wanted > 0 and not self.fetching and self.now >= self.fetch_retry_at:
             self.fetching = True
             n = min(wanted, self.policy.jobs_per_fetch)
             if self.policy.max_jobs is not None:
                 n = min(n, self.policy.max_jobs - self.leased)
             actions.append(Fetch(n))
-        if not self.pending and not self.fetching and (self.stopping or not self._may_lease()):
+        if (not self.pending and not self.fetching and (self.stopping or not self._may_lease())
+                and not self._es_staging()):
             while self.idle:
                 rank = self.idle.popleft()
                 self.ranks[rank].state = RankState.STOPPING
@@ -446,7 +605,7 @@ class Scheduler:
         return Assign(rank, job)
 
     def _can_finish(self, job: JobSpec) -> bool:
-        if self.policy.deadline is None or not job.max_walltime:
+        if self.policy.deadline is None or not job.max_walltime or job.event_service:
             return True
         return self.now + job.max_walltime <= self.policy.deadline - self.policy.margin
 
@@ -465,6 +624,11 @@ class Scheduler:
         for job in self.jobs.values():
             job.killing = True
             actions.append(StopRank(job.rank, code, diag))
+        for book in self.es.values():
+            actions += book.stop_leasing(code, diag, job_failure=True)
+            for rank in sorted(book.members - book.killing):
+                book.killing.add(rank)
+                actions.append(StopRank(rank, code, diag))
         return actions
 
     def _drop_pending(self, code: int, diag: str) -> list[JobRecord]:
@@ -494,7 +658,7 @@ class Scheduler:
         return [Report(record, final=True)]
 
     def _all_stopped(self) -> bool:
-        if self.jobs or self.fetching:
+        if self.jobs or self.es or self.fetching:
             return False
         return all(r.state in (RankState.STOPPED, RankState.LOST) for r in self.ranks.values())
 
@@ -505,8 +669,9 @@ class Scheduler:
         idle = sum(r.state == RankState.IDLE for r in self.ranks.values())
         failed = sum(r.state == JobState.FAILED for r in self.done)
         left = "unlimited" if self.policy.deadline is None else f"{self.policy.deadline - self.now:.0f} s"
-        return (f"jobs running={len(self.jobs)} done={len(self.done) - failed} failed={failed} "
-                f"queued={len(self.pending)} | ranks busy={busy} idle={idle} | time left={left}")
+        es = "".join(f" | {book.status()}" for book in self.es.values())
+        return (f"jobs running={len(self.jobs) + len(self.es)} done={len(self.done) - failed} failed={failed} "
+                f"queued={len(self.pending)} | ranks busy={busy} idle={idle} | time left={left}{es}")
 
 
 def _merge_report(record: JobRecord, report: MonitorReport) -> None:

@@ -20,13 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from hpcpilot.config import SiteConfig
-from hpcpilot.errors import ErrorCode
+from hpcpilot.errors import ErrorCode, PilotError
+from hpcpilot.eventservice.eslife import run_es_job
+from hpcpilot.eventservice.link import RangeLink
 from hpcpilot.joblife import JobContext, JobControl, run_job
 from hpcpilot.monitor import diskscan
 from hpcpilot.node import node_info
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
+    EventRanges,
     JobDone,
     KillJob,
     Message,
@@ -39,7 +42,7 @@ from hpcpilot.protocol import (
     WorkerFailed,
     WorkRequest,
 )
-from hpcpilot.records import panda_id_of
+from hpcpilot.records import JobSpec, panda_id_of
 from hpcpilot.transport import CONTROLLER, Backoff, Transport
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,7 @@ class _RunningJob:
     control: JobControl
     thread: threading.Thread
     result: list[Any] = field(default_factory=list)
+    link: RangeLink | None = None
 
 
 class Worker:
@@ -101,6 +105,7 @@ class Worker:
         next_alive = time.monotonic()
         while True:
             busy = self.forward_outbox()
+            busy = self.pump_ranges() or busy
             self.check_signal()
             if self.running is not None and time.monotonic() >= next_alive:
                 self.send(Alive(self.rank))
@@ -131,6 +136,14 @@ class Worker:
     def send(self, message: Message) -> None:
         self.transport.send(CONTROLLER, message)
 
+    def pump_ranges(self, final: bool = False) -> bool:
+        """Send the event-service job's due range outcomes and requests (one message)."""
+        link = self.running.link if self.running is not None else None
+        report = link.pump(final) if link is not None else None
+        if report is not None:
+            self.send(report)
+        return report is not None
+
     def forward_outbox(self) -> bool:
         sent = False
         while True:
@@ -143,7 +156,13 @@ class Worker:
 
     def handle(self, message: Message) -> None:
         if isinstance(message, AssignJob):
-            self.start_job(message.job)
+            self.start_job(message.job, message.stage_in)
+        elif isinstance(message, EventRanges):
+            if self.running is not None and self.running.link is not None and \
+                    self.running.panda_id == message.panda_id:
+                self.running.link.deliver(message.ranges, message.no_more)
+            else:  # the job already ended here: rank 0 failed what it had dealt to this rank
+                log.debug("event ranges for job %d arrived after it ended here", message.panda_id)
         elif isinstance(message, KillJob):
             if self.running is not None and self.running.panda_id == message.panda_id:
                 log.info("rank 0 kills job %d: %s", message.panda_id, message.diag)
@@ -160,26 +179,33 @@ class Worker:
         else:
             log.warning("unexpected message %s ignored", type(message).__name__)
 
-    def start_job(self, job_wire: dict[str, Any]) -> None:
+    def start_job(self, job_wire: dict[str, Any], stage_in: bool = True) -> None:
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
         holder: list[Any] = []
         panda_id = panda_id_of(job_wire)
+        link = None
+        if _is_event_service(job_wire):
+            link = RangeLink(self.rank, panda_id, self.config.eventservice.ranges_per_request)
 
         def body() -> None:
             try:
-                holder.append(run_job(job_wire, ctx, control))
-            except BaseException:  # run_job never raises; this guards against bugs in the guard itself
+                if link is not None:
+                    holder.append(run_es_job(job_wire, ctx, control, link, stage_in))
+                else:
+                    holder.append(run_job(job_wire, ctx, control))
+            except BaseException:  # the job lives never raise; this guards against bugs in the guard itself
                 holder.append(traceback.format_exc())
 
         thread = threading.Thread(target=body, name=f"job-{panda_id}", daemon=True)
-        self.running = _RunningJob(panda_id, control, thread, holder)
+        self.running = _RunningJob(panda_id, control, thread, holder, link)
         thread.start()
 
     def finish_job(self) -> None:
         assert self.running is not None
-        job, self.running = self.running, None
         self.forward_outbox()
+        self.pump_ranges(final=True)
+        job, self.running = self.running, None
         outcome = job.result[0] if job.result else "job thread ended without a result"
         if isinstance(outcome, str):
             self.send(WorkerFailed(self.rank, self.host, job.panda_id, int(ErrorCode.UNKNOWNEXCEPTION), outcome))
@@ -187,3 +213,11 @@ class Worker:
             self.send(JobDone(self.rank, outcome.to_summary()))
         if not self.leaving:
             self.send(WorkRequest(self.rank))
+
+
+def _is_event_service(job_wire: dict[str, Any]) -> bool:
+    """An event-service job; a definition that does not parse runs the normal life, which reports why."""
+    try:
+        return JobSpec.from_wire(job_wire).event_service
+    except PilotError:
+        return False

@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     final TEXT NOT NULL DEFAULT '{}', updated REAL NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS events (
     event_range_id TEXT PRIMARY KEY, panda_id INTEGER NOT NULL, body TEXT NOT NULL, status TEXT NOT NULL,
-    error_code INTEGER, error_diag TEXT, zip TEXT, ord INTEGER NOT NULL);
+    error_code INTEGER, error_diag TEXT, zip TEXT, ord INTEGER NOT NULL, updates INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, api TEXT NOT NULL, method TEXT NOT NULL,
     fields TEXT NOT NULL, http_status INTEGER NOT NULL, auth TEXT NOT NULL);
@@ -338,7 +338,7 @@ class PandaTestServer:
         row = self._db.execute("SELECT status FROM events WHERE event_range_id=?", (range_id,)).fetchone()
         if job is None or job[0] not in ("sent", "starting", "running", "transferring") or row is None:
             return False, panda_id
-        self._db.execute("UPDATE events SET status=?, error_code=?, error_diag=?, zip=? "
+        self._db.execute("UPDATE events SET status=?, error_code=?, error_diag=?, zip=?, updates=updates+1 "
                          "WHERE event_range_id=?",
                          (status, _int(event.get("errorCode")), event.get("errorDiag"),
                           json.dumps(zip_info) if zip_info else None, range_id))
@@ -417,9 +417,9 @@ def _dump(db: sqlite3.Connection) -> dict[str, Any]:
             entry["adder"] = "ok" if set(report) == expected else "pilot produced inconsistently with jobdef"
         jobs.append(entry)
     ranges = [{"eventRangeID": rid, "PandaID": pid, "status": status, "errorCode": code, "errorDiag": diag,
-               "zipFile": json.loads(zip_info) if zip_info else None}
-              for rid, pid, status, code, diag, zip_info in db.execute(
-                  "SELECT event_range_id, panda_id, status, error_code, error_diag, zip FROM events "
+               "zipFile": json.loads(zip_info) if zip_info else None, "updates": updates}
+              for rid, pid, status, code, diag, zip_info, updates in db.execute(
+                  "SELECT event_range_id, panda_id, status, error_code, error_diag, zip, updates FROM events "
                   "ORDER BY ord")]
     n_requests = db.execute("SELECT count(*) FROM requests").fetchone()[0]
     return {"jobs": jobs, "event_ranges": ranges, "requests": n_requests}

@@ -1,0 +1,114 @@
+"""The life of an event-service job on one worker rank.
+
+Every rank of the job shares one job directory under the pilot's workdir,
+``<workdir>/jobs/PandaJob_<id>/``, because rank 0 bundles the outputs of all ranks and the
+inputs are staged in once: the first rank (``stage_in``) does the set-up and the stage-in and
+reports the job running; rank 0 only then lets other ranks join.  Each rank works in its own
+``rank<r>/`` below it.  There is no stage-out here: outputs go to rank 0's bundles, and the
+job's log is staged out by rank 0 when the job ends.
+
+The rank's record (CPU, memory, events finished here) goes to rank 0, which folds the
+records of all ranks into the job's final one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from typing import Any
+
+from hpcpilot.errors import ErrorCode, PilotError
+from hpcpilot.eventservice.book import failed
+from hpcpilot.eventservice.executors import RangeContext, choose_executor
+from hpcpilot.eventservice.link import RangeLink
+from hpcpilot.joblife import JobContext, JobControl, _JobLife, job_metrics
+from hpcpilot.records import JobRecord, JobSpec, panda_id_of
+from hpcpilot.stageio import copytools
+from hpcpilot.states import JobState
+from hpcpilot.timing import Timing, panda_time
+
+log = logging.getLogger(__name__)
+
+SHARED_WAIT = 60.0
+"""Seconds a joining rank waits for the shared job directory to appear (shared filesystems lag)."""
+
+
+def es_job_dir(pilot_dir: Any, panda_id: int) -> Any:
+    """Where all ranks of an event-service job meet (on the shared workdir, never local scratch)."""
+    return pilot_dir / "jobs" / f"PandaJob_{panda_id}"
+
+
+def run_es_job(job_wire: dict[str, Any], ctx: JobContext, control: JobControl, link: RangeLink,
+               stage_in: bool) -> JobRecord:
+    """This rank's part of an event-service job; never raises, always answers every range it got."""
+    timing = Timing()
+    record = JobRecord(panda_id=panda_id_of(job_wire), rank=ctx.rank, node=ctx.host,
+                       site_name=ctx.config.site.queue, start_time=panda_time(time.time()))
+    try:
+        spec = JobSpec.from_wire(job_wire)
+        record.attempt_nr, record.core_count = spec.attempt_nr, spec.core_count
+        _EsRankLife(spec, ctx, control, record, timing, link, stage_in).run()
+    except PilotError as exc:
+        record.fail(exc.code, exc.diag)
+    except Exception as exc:  # a bug must fail this rank's part, not the rank
+        log.error("job %s: unexpected error: %s", record.panda_id, traceback.format_exc())
+        record.fail(ErrorCode.UNKNOWNEXCEPTION, f"{type(exc).__name__}: {exc}")
+    if control.kill_event.is_set():
+        record.fail(control.kill_code, control.kill_diag)
+    code = record.pilot_error_code or int(ErrorCode.UNKNOWNPAYLOADFAILURE)
+    diag = record.pilot_error_diag or "the rank stopped processing the job"
+    link.give_back(lambda range_id: failed(range_id, code, f"not processed: {diag}"))
+    if record.state != JobState.FAILED:
+        record.state = JobState.FINISHED
+    record.end_time = panda_time(time.time())
+    record.pilot_timing = timing.pilot_timing()
+    return record
+
+
+class _EsRankLife(_JobLife):
+    """Set-up (first rank only), then the executor until the job's ranges run out."""
+
+    def __init__(self, spec: JobSpec, ctx: JobContext, control: JobControl, record: JobRecord, timing: Timing,
+                 link: RangeLink, stage_in: bool) -> None:
+        super().__init__(spec, ctx, control, record, timing)
+        self.link, self.stage_in = link, stage_in
+        self.workdir = es_job_dir(ctx.pilot_dir, spec.panda_id)
+        self.rank_dir = self.workdir / f"rank{ctx.rank}"
+
+    def run(self) -> None:
+        if self.stage_in:
+            with self.timing.phase("setup"):
+                self.check_local_space()
+                self.check_file_names()
+                self.make_workdir()
+            self.report_state(JobState.STARTING)
+            with self.timing.phase("stagein"):
+                copytools.stage_in(self.spec.inputs, self.input_dir(), self.workdir, self.cfg.stage)
+            self.report_state(JobState.RUNNING)
+        else:
+            self.wait_for_shared_dir()
+        self.rank_dir.mkdir(parents=True, exist_ok=True)
+        with self.timing.phase("payload"):
+            self.process_ranges()
+
+    def wait_for_shared_dir(self) -> None:
+        deadline = time.monotonic() + SHARED_WAIT
+        while not self.workdir.is_dir():
+            if time.monotonic() > deadline or self.control.kill_event.wait(0.2):
+                raise PilotError(ErrorCode.SETUPFAILURE, f"shared job directory {self.workdir} never appeared")
+
+    def process_ranges(self) -> None:
+        env = {**os.environ, **self.payload_env_extra(), "PILOT_JOB_WORKDIR": str(self.workdir)}
+        ranges = RangeContext(self.spec, self.cfg, self.ctx.rank, self.workdir, self.rank_dir, env, self.link,
+                              self.control, self.ctx.emit)
+        self.link.start()
+        try:
+            choose_executor(self.spec, self.cfg).run(ranges)
+        finally:
+            self.record.cpu_consumption_time = round(ranges.cpu_seconds)
+            self.record.n_events = ranges.finished
+            for attr, value in ranges.peaks.items():
+                setattr(self.record, attr, value)
+            self.record.job_metrics = job_metrics(*ranges.samples, final=True)
