@@ -253,3 +253,16 @@ def test_server_outage_during_the_run(tmp_path: Path, server_factory: Any) -> No
     assert assert_accounted(state) == {"finished": 150}
     check_bundles(state["event_ranges"], tmp_path / "out")
     assert state["jobs"][0]["status"] == "finished"
+
+
+def test_1000_ranges_on_8_ranks(tmp_path: Path, server_factory: Any) -> None:
+    """The issue's 'done when': 1,000 ranges of about 10 ms through 8 ranks, each finished exactly once."""
+    server = server_factory([es_job(PANDA_ID, f"{ES_PAYLOAD} --ms-per-event 10")], ranges=1000)
+    result = run(pilot_argv(tmp_path, ["--server", server.url],
+                            ["eventservice.payload_mode=protocol", "eventservice.ranges_per_request=8",
+                             "eventservice.bundle_events=200"], ranks=8), tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = server.dump()
+    assert assert_accounted(state) == {"finished": 1000}
+    check_bundles(state["event_ranges"], tmp_path / "out")
+    assert state["jobs"][0]["nEvents"] == 1000
