@@ -246,9 +246,14 @@ def _make_source(args: argparse.Namespace, config: SiteConfig, workdir: Path) ->
 
 
 def _make_recorder(workdir: Path) -> Any:
+    """One HDF5 file per pilot run: a pilot restarted on the same workdir writes run.1.h5, run.2.h5, ..."""
     from hpcpilot.runrecord import RunRecorder
 
-    return RunRecorder(workdir / "run.h5")
+    path, n = workdir / "run.h5", 0
+    while path.exists():
+        n += 1
+        path = workdir / f"run.{n}.h5"
+    return RunRecorder(path)
 
 
 def _deadline(config: SiteConfig) -> float | None:

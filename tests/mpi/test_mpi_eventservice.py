@@ -266,3 +266,44 @@ def test_1000_ranges_on_8_ranks(tmp_path: Path, server_factory: Any) -> None:
     assert assert_accounted(state) == {"finished": 1000}
     check_bundles(state["event_ranges"], tmp_path / "out")
     assert state["jobs"][0]["nEvents"] == 1000
+
+
+def _rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of one rank of our own mpiexec (found through its process tree, never a stranger's)."""
+    import psutil
+
+    for child in psutil.Process(launcher).children(recursive=True):
+        try:
+            if child.environ().get("PMI_RANK") == str(rank) and "hpcpilot" in " ".join(child.cmdline()):
+                return child.pid
+        except psutil.Error:
+            continue
+    return None
+
+
+def test_a_rank_killed_mid_run_loses_no_range(tmp_path: Path, server_factory: Any) -> None:
+    """SIGKILL of a worker rank: whatever the launcher does next (abort all ranks, or rank 0 declares the
+    rank lost), every leased range ends reported -- if rank 0 died too, by the next pilot on the same
+    workdir, from its journal."""
+    server = server_factory([es_job(PANDA_ID, f"{ES_PAYLOAD} --ms-per-event 100")], ranges=300)
+    argv = pilot_argv(tmp_path, ["--server", server.url],
+                      ["eventservice.payload_mode=protocol", "eventservice.prefetch_seconds=3",
+                       "monitor.lost_rank_intervals=4"])
+    proc = subprocess.Popen(argv, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        assert wait_for(lambda: _sent_or_done(server, 10), timeout=90)
+        victim = _rank_pid(proc.pid, 2)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if any(r["status"] == "sent" for r in server.dump()["event_ranges"]):
+        again = run([*argv[argv.index(sys.executable):], "--max-jobs", "0"], tmp_path)  # one rank, replay only
+        assert again.returncode == 0, again.stderr[-3000:]
+    state = server.dump()
+    counts = assert_accounted(state)
+    assert counts["finished"] >= 10
+    assert state["jobs"][0]["status"] in ("finished", "failed")
