@@ -223,9 +223,11 @@ class _JobLife:
         while payload.poll() is None:
             if time.monotonic() >= next_report:
                 report = sampler.sample(time.time())
-                times.append(report.tree.time)
-                memory.append(report.tree.pss + report.tree.swap)
-                self.ctx.emit(Heartbeat(self.ctx.rank, report, (report.tree,), self.debug_tail(),
+                live = report.tree.nprocs > 0  # the same series as the prmon file, which skips empty trees
+                if live:
+                    times.append(report.tree.time)
+                    memory.append(report.tree.pss + report.tree.swap)
+                self.ctx.emit(Heartbeat(self.ctx.rank, report, (report.tree,) if live else (), self.debug_tail(),
                                         job_metrics(times, memory, final=False)))
                 next_report = time.monotonic() + interval
             if self.control.kill_event.wait(min(0.2, max(0.0, next_report - time.monotonic()))):

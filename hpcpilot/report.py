@@ -4,7 +4,9 @@ The summary lists jobs finished and failed, failures by pilot error code, events
 efficiency per rank and overall, memory peaks per job, and the jobs flagged as leaking.
 With matplotlib installed (``pip install 'hpcpilot[plots]'``) it also writes PNG plots:
 memory (PSS+swap) per rank over time with the leak fits, CPU efficiency per rank, and
-events per second over time.
+events per second over time.  In the memory plot every line is labelled with its rank,
+PandaID and fitted leak (the ``leak=`` of jobMetrics, kB/s); a rank running a leaking job
+gets a red panel and title, and the verdict is also the PNG's ``Description`` text chunk.
 
 Definitions
 -----------
@@ -395,6 +397,19 @@ def _time_axis(run: RunData) -> tuple[float, float, str]:
     return origin, 1.0, "seconds since run start"
 
 
+def _job_label(job: JobStats) -> str:
+    """Legend entry of one job's memory line: where it ran and its fitted leak (the jobMetrics number)."""
+    leak = f"leak={format_metric(job.fit.slope)} kB/s" if job.fit is not None else "no leak fit"
+    return f"rank {job.rank} job {job.panda_id}: {leak}" + (" LEAKING" if job.leaking else "")
+
+
+def _leak_verdict(leaks: list[JobStats]) -> str:
+    if not leaks:
+        return "no leak flagged"
+    return "leaking: " + ", ".join(f"rank {j.rank} (job {j.panda_id}, leak={format_metric(j.fit.slope)} kB/s)"
+                                   for j in leaks if j.fit is not None)
+
+
 def _memory_panel(ax: Any, rank: int, jobs: list[JobStats], run: RunData,
                   axis: tuple[float, float, str]) -> None:
     origin, divisor, _ = axis
@@ -406,13 +421,14 @@ def _memory_panel(ax: Any, rank: int, jobs: list[JobStats], run: RunData,
         times, memory = memory_series(series)
         x = (times - origin) / divisor
         style = {"color": "tab:red", "linewidth": 2.2} if job.leaking else {"linewidth": 1.2}
-        ax.plot(x, memory / KIB_PER_MIB, label=f"job {job.panda_id}", **style)
+        ax.plot(x, memory / KIB_PER_MIB, label=_job_label(job), **style)
         if job.fit is not None:
             window = times[job.fit.start:job.fit.stop]
             fitted = np.array([job.fit.value(t) for t in window]) / KIB_PER_MIB
             ax.plot((window - origin) / divisor, fitted, linestyle="--", color="black", linewidth=1.0)
         if job.leaking:
-            ax.annotate(f"LEAK job {job.panda_id}: +{job.leak_mib_per_min:.1f} MiB/min",
+            ax.annotate(f"LEAK rank {job.rank} job {job.panda_id}: leak={format_metric(job.fit.slope)} kB/s "
+                        f"(+{job.leak_mib_per_min:.1f} MiB/min)",
                         xy=(x[-1], memory[-1] / KIB_PER_MIB), xytext=(0.98, 0.08), textcoords="axes fraction",
                         ha="right", va="bottom", color="tab:red", fontweight="bold", fontsize=10,
                         arrowprops={"arrowstyle": "->", "color": "tab:red"})
@@ -443,13 +459,13 @@ def _plot_memory(run: RunData, stats: list[JobStats], outdir: Path, figure_cls: 
         _memory_panel(ax, rank, by_rank.get(rank, []), run, axis)
     axes[-1].set_xlabel(axis[2])
     leaks = [job for job in stats if job.leaking]
-    verdict = ("leaking: " + ", ".join(f"rank {j.rank} (job {j.panda_id})" for j in leaks)) if leaks \
-        else "no leak flagged"
+    verdict = _leak_verdict(leaks)
     shown = "" if len(ranks) == len(by_rank) else f" (showing {len(ranks)} of {len(by_rank)} ranks)"
     fig.suptitle(f"Memory per rank, dashed: leak fit - {verdict}{shown}",
                  color="tab:red" if leaks else "black", fontweight="bold")
     path = outdir / "memory_per_rank.png"
-    fig.savefig(path, dpi=100)
+    # the verdict in the PNG's text chunks too, for tools that index plots without looking at them
+    fig.savefig(path, dpi=100, metadata={"Title": "hpcpilot memory per rank", "Description": verdict})
     return path
 
 

@@ -320,6 +320,8 @@ class _Sampling:
             return
         self.next_at = time.monotonic() + self.ctx.config.monitor.report_interval
         report = self.sampler.sample(time.time())
+        if report.tree.nprocs == 0:  # the payload just exited: nothing to measure
+            return
         times, memory = self.ctx.samples
         times.append(report.tree.time)
         memory.append(report.tree.pss + report.tree.swap)

@@ -5,6 +5,15 @@ its files, so hpcpilot writes the same formats itself.  The text file gets one f
 per sample, so a pilot killed with SIGKILL still leaves a readable table; the summary is
 written to a temporary name and renamed, so a reader never sees half a JSON document.
 
+The one deliberate difference from prmon: ``Time`` is written with the sample's full
+precision (the shortest text that reads back as the same float, e.g. ``1700000012.5013``),
+not truncated to whole seconds.  hpcpilot samples every ``monitor.report_interval``, which
+may be well under a second; truncated times would make the leak fit of this file (pilot3
+fits ``pss+swap`` against ``Time``, the same fit as the job's jobMetrics) differ from the
+fit of the very same samples in jobMetrics and in the run record by about a percent on a
+short job sampled every half second, and by more at shorter intervals.  PanDA's readers
+convert every field with ``float()``, so they read it as is.
+
 The reader finds columns by header name, so it reads any prmon version (network and GPU
 columns are ignored) and the older ATLAS MemoryMonitor files with upper-case names.
 """
@@ -31,8 +40,12 @@ _KNOWN = {name.lower(): name for name in PRMON_COLUMNS}
 
 
 def format_row(sample: TreeSample, start: float) -> str:
-    """One text row in prmon's column order: integers, memory kB, I/O bytes, times in s."""
-    values = (int(sample.time), sample.nprocs, sample.nthreads, int(max(sample.time - start, 0.0)),
+    """One text row in prmon's column order: integers, memory kB, I/O bytes, times in s.
+
+    ``Time`` keeps the sample's exact epoch time (see the module docstring); the other
+    columns are integers as prmon writes them.
+    """
+    values = (repr(float(sample.time)), sample.nprocs, sample.nthreads, int(max(sample.time - start, 0.0)),
               int(sample.stime), int(sample.utime), sample.pss, sample.rss, sample.swap, sample.vmem,
               sample.rchar, sample.read_bytes, sample.wchar, sample.write_bytes)
     return "\t".join(str(value) for value in values) + "\n"

@@ -210,6 +210,12 @@ def test_plots_are_real_images(recorded_run, tmp_path):
         image = imread(png)
         assert image.shape[0] >= 300 and image.shape[1] >= 500
         assert image[..., :3].std() > 0.05, f"{png} is nearly blank"
+    # the memory plot's verdict names the leaking rank, job and fitted leak (the jobMetrics figure)
+    from PIL import Image
+
+    leak = job_metrics_fields({job.panda_id: job for job in job_stats(load_run(path))}[LEAKY].fit)["leak"]
+    with Image.open(paths[0]) as image:
+        assert image.text["Description"] == f"leaking: rank 1 (job {LEAKY}, leak={leak} kB/s)"
 
 
 def _report(*argv: str) -> int:
