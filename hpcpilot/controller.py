@@ -84,6 +84,8 @@ from hpcpilot.transport import Backoff, Transport
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+RANGE_ROWS_BATCH = 5000
+RANGE_ROWS_SECONDS = 1.0
 
 
 _SIMPLE_EVENTS: dict[type, Callable[[Any], Event]] = {
@@ -134,6 +136,9 @@ class Controller:
         self.stager = ThreadPoolExecutor(1, thread_name_prefix="stageout")
         self.in_flight: list[Future[Event]] = []
         self.range_counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
+        # Range outcomes go to run.h5 in batches: one HDF5 append per report made rank 0 the bottleneck.
+        self.range_rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        self.range_rows_written = clock()
         self.output_dir = resolve_path(scheduler.config.stage.output_dir or "outputs", Path.cwd())
 
     # ---- the loop -----------------------------------------------------------------------
@@ -149,6 +154,7 @@ class Controller:
             events += [self.command_event(c) for c in self.source.poll(self.clock())]
             for action in self.scheduler.handle(self.clock(), events):
                 self.execute(action)
+            self.write_range_rows()
             if self.clock() >= next_status:
                 log.info("status: %s", self.scheduler.status_line())
                 next_status = self.clock() + self.scheduler.config.monitor.status_interval
@@ -158,9 +164,20 @@ class Controller:
                 backoff.wait()
         self.fetcher.shutdown(wait=True)
         self.stager.shutdown(wait=True)
+        self.write_range_rows(now=True)
         self.source.close()
         self.write_summary()
         return self.scheduler.done
+
+    def write_range_rows(self, now: bool = False) -> None:
+        """Append buffered range outcomes to run.h5 about once a second (each keeps its arrival time)."""
+        pending = sum(len(rows) for rows in self.range_rows.values())
+        if not pending or (not now and pending < RANGE_ROWS_BATCH
+                           and self.clock() - self.range_rows_written < RANGE_ROWS_SECONDS):
+            return
+        for (rank, panda_id), rows in self.range_rows.items():
+            self.recorder.add_event_ranges(rank, panda_id, rows)
+        self.range_rows, self.range_rows_written = {}, self.clock()
 
     def completed_io(self) -> list[Event]:
         """Answers of the fetch and stage-out threads that are ready (their functions never raise)."""
@@ -227,8 +244,9 @@ class Controller:
 
     def on_range_report(self, message: RangeReport) -> list[Event]:
         if self.recorder is not None and message.outcomes:
-            self.recorder.add_event_ranges(self.rank_label(message.rank), message.panda_id,
-                                           [o.to_wire() for o in message.outcomes])
+            stamp = self.clock()
+            rows = self.range_rows.setdefault((self.rank_label(message.rank), message.panda_id), [])
+            rows += [{"recordedAt": stamp, **o.to_wire()} for o in message.outcomes]
         return [RangesReported(message.rank, message.panda_id, message.outcomes, message.want)]
 
     # ---- actions --------------------------------------------------------------------------
@@ -349,6 +367,7 @@ class Controller:
         self.range_counts[action.job.panda_id].update(str(u.status) for u in action.updates)
 
     def close_es_job(self, action: CloseEsJob) -> EsJobClosed:
+        """Stage the job's log out (stage-out thread); the final report follows as EsJobClosed."""
         try:
             bundle.stage_job_log(action.job, action.record, es_job_dir(self.workdir, action.job.panda_id),
                                  self.output_dir, self.scheduler.config)
@@ -368,6 +387,7 @@ class Controller:
             log.info("job %d %s%s", record.panda_id, record.state,
                      f" ({record.pilot_error_code}: {record.pilot_error_diag})" if record.pilot_error_code else "")
             if self.recorder is not None:
+                self.write_range_rows(now=True)
                 self.recorder.add_job(record.to_summary())
             self.write_summary()
 

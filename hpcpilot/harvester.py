@@ -36,9 +36,9 @@ HEARTBEAT_FILE = "worker_heartbeat.json"
 HEARTBEAT_INTERVAL = 60.0
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
+def write_json_atomically(path: Path, data: Any, compact: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
+    tmp.write_text(json.dumps(data, indent=None if compact else 1, default=str))
     os.replace(tmp, path)
 
 
@@ -125,7 +125,7 @@ class HarvesterSource:
             if update.error_code:
                 entry["errorCode"] = update.error_code
             entries.append(entry)
-        write_json_atomically(self.dir / EVENT_STATUS_FILE, self.event_status)
+        write_json_atomically(self.dir / EVENT_STATUS_FILE, self.event_status, compact=True)
 
     def poll(self, now: float) -> list[Command]:
         if now - self.last_heartbeat >= HEARTBEAT_INTERVAL:
@@ -169,4 +169,4 @@ class HarvesterSource:
             entries.append({"eventStatus": "finished", "path": entry.get("surl", ""),
                             "type": "log" if lfn == log_file else "output", "fsize": entry.get("fsize", 0),
                             "chksum": entry.get("adler32", ""), "guid": entry.get("guid", "")})
-        write_json_atomically(self.dir / EVENT_STATUS_FILE, self.event_status)
+        write_json_atomically(self.dir / EVENT_STATUS_FILE, self.event_status, compact=True)
