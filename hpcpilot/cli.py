@@ -186,7 +186,7 @@ def _run_mpi(args: argparse.Namespace, config: SiteConfig) -> int:
 
 
 def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> int:
-    from hpcpilot.controller import SignalFlag
+    from hpcpilot.signals import SignalFlag
     from hpcpilot.worker import Worker
 
     workdir = _prepare_workdir(args.workdir) if transport.rank == 0 else args.workdir.resolve()
@@ -219,8 +219,9 @@ def _prepare_workdir(workdir: Path) -> Path:
 
 def _make_controller(args: argparse.Namespace, config: SiteConfig, transport: Any, workdir: Path,
                      worker_ranks: list[int], single_rank: bool = False) -> tuple[Any, Any]:
-    from hpcpilot.controller import Controller, SignalFlag
+    from hpcpilot.controller import Controller
     from hpcpilot.scheduler import Scheduler, SchedulerPolicy
+    from hpcpilot.signals import SignalFlag
 
     signals = SignalFlag()
     signals.install()

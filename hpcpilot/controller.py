@@ -77,6 +77,7 @@ from hpcpilot.scheduler import (
     StopRequested,
     WorkRequested,
 )
+from hpcpilot.signals import SignalFlag
 from hpcpilot.sources import Command, JobSource
 from hpcpilot.states import EventRangeStatus, JobState
 from hpcpilot.transport import Backoff, Transport
@@ -96,22 +97,6 @@ _SIMPLE_EVENTS: dict[type, Callable[[Any], Event]] = {
     Stopped: lambda m: RankStopped(m.rank),
 }
 """Messages that become one scheduler event as they are."""
-
-
-class SignalFlag:
-    """The first signal the pilot received (set from a signal handler, read by the loops)."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def handler(self, signum: int, _frame: Any) -> None:
-        if self.signum is None:
-            self.signum = signum
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGSEGV, signal.SIGXCPU, signal.SIGUSR1,
-                    signal.SIGBUS, signal.SIGINT):
-            signal.signal(sig, self.handler)
 
 
 class Controller:

@@ -220,6 +220,7 @@ class _JobLife:
         next_report = time.monotonic()
         times: list[float] = []
         memory: list[float] = []
+        poll = 0.005  # short payloads end within milliseconds; long ones are polled every 0.2 s
         while payload.poll() is None:
             if time.monotonic() >= next_report:
                 report = sampler.sample(time.time())
@@ -230,10 +231,11 @@ class _JobLife:
                 self.ctx.emit(Heartbeat(self.ctx.rank, report, (report.tree,) if live else (), self.debug_tail(),
                                         job_metrics(times, memory, final=False)))
                 next_report = time.monotonic() + interval
-            if self.control.kill_event.wait(min(0.2, max(0.0, next_report - time.monotonic()))):
+            if self.control.kill_event.wait(min(poll, max(0.0, next_report - time.monotonic()))):
                 self.record.fail(self.control.kill_code, self.control.kill_diag)
                 payload.terminate(self.cfg.monitor.kill_grace)
                 break
+            poll = min(poll * 2, 0.2)
         prmon.write_summary(self.workdir / PRMON_SUMMARY, sampler.stats)
         self.apply_memory_summary(sampler.summary())
         self.memory_series = (times, memory)

@@ -39,13 +39,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from hpcpilot.errors import ErrorCode
 from hpcpilot.monitor.leakfit import LeakFit, fit_leak, format_metric
-from hpcpilot.runrecord import FORMAT, SAMPLE_DTYPE
+
+# numpy, h5py and hpcpilot.runrecord (which imports both) are imported inside the functions that
+# use them: the command line imports this module on every rank of every run for
+# ``add_report_parser``, and ~130 ms of numpy + h5py per worker rank tripled the pilot's start-up.
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_LEAK_MIB_PER_MIN = 1.0
 DEFAULT_LEAK_GROWTH_PERCENT = 10.0
@@ -120,6 +123,8 @@ def _json_rows(dataset: Any) -> list[dict[str, Any]]:
 
 
 def _attr_value(value: Any) -> Any:
+    import numpy as np
+
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.generic):
@@ -128,6 +133,10 @@ def _attr_value(value: Any) -> Any:
 
 
 def _read_rank(rank_group: Any, rank: int, run: RunData) -> None:
+    import numpy as np
+
+    from hpcpilot.runrecord import SAMPLE_DTYPE
+
     if "node" in rank_group:
         attrs = {key: _attr_value(v) for key, v in rank_group["node"].attrs.items()}
         run.nodes[rank] = json.loads(attrs["info"]) if "info" in attrs else attrs
@@ -141,6 +150,8 @@ def _read_rank(rank_group: Any, rank: int, run: RunData) -> None:
 def load_run(path: str | Path) -> RunData:
     """Read a run record; raises RunFileError with a one-line message when it cannot."""
     import h5py
+
+    from hpcpilot.runrecord import FORMAT
 
     path = Path(path)
     if not path.is_file():
@@ -220,6 +231,8 @@ def _peak(samples: np.ndarray, name: str, record: Mapping[str, Any], wire: str) 
 
 
 def _one_job(series: JobSeries, record: Mapping[str, Any], policy: LeakPolicy) -> JobStats:
+    import numpy as np
+
     samples = series.samples
     state = str(record.get("state", "no final record"))
     times, memory = memory_series(series)
@@ -245,6 +258,10 @@ def _one_job(series: JobSeries, record: Mapping[str, Any], policy: LeakPolicy) -
 
 def job_stats(run: RunData, policy: LeakPolicy | None = None) -> list[JobStats]:
     """One JobStats per job seen in samples or job records, by rank then PandaID."""
+    import numpy as np
+
+    from hpcpilot.runrecord import SAMPLE_DTYPE
+
     policy = policy or LeakPolicy()
     rank_of = {panda_id: rank for rank, panda_id in run.series}
     records = {}
@@ -412,6 +429,8 @@ def _leak_verdict(leaks: list[JobStats]) -> str:
 
 def _memory_panel(ax: Any, rank: int, jobs: list[JobStats], run: RunData,
                   axis: tuple[float, float, str]) -> None:
+    import numpy as np
+
     origin, divisor, _ = axis
     leaking = [job for job in jobs if job.leaking]
     for job in jobs:
@@ -494,6 +513,8 @@ def _plot_cpu(stats: list[JobStats], outdir: Path, figure_cls: Any) -> Path:
 
 
 def _plot_events(run: RunData, outdir: Path, figure_cls: Any) -> Path:
+    import numpy as np
+
     origin, divisor, label = _time_axis(run)
     events = event_times(run)
     fig = figure_cls(figsize=(10, 4.5), layout="constrained")

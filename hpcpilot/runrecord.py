@@ -72,6 +72,23 @@ def _to_json(value: Mapping[str, Any]) -> str:
     return json.dumps(dict(value), sort_keys=True, default=str)
 
 
+def _samples_template(tag: int) -> tuple[h5py.File, h5py.Dataset]:
+    """An empty ``samples`` dataset with all its attributes, in a file that exists only in memory.
+
+    Why: the dataset has 15 attributes, and h5py writes each one with its own create and write,
+    about 2 ms per dataset; with short jobs rank 0 makes one dataset per job.  ``Group.copy`` of
+    this template (HDF5's object copy, attributes included, in one C call) takes about 0.2 ms.
+    """
+    memory = h5py.File(f"hpcpilot-samples-template-{tag}", "w", driver="core", backing_store=False)
+    dataset = memory.create_dataset("samples", shape=(0,), maxshape=(None,), dtype=SAMPLE_DTYPE,
+                                    chunks=(SAMPLES_CHUNK_ROWS,))
+    dataset.attrs["description"] = "payload process-tree samples of one job"
+    dataset.attrs["units"] = json.dumps(SAMPLE_UNITS)
+    for name, unit in SAMPLE_UNITS.items():
+        dataset.attrs[f"units.{name}"] = unit
+    return memory, dataset
+
+
 class RunRecorder:
     """Append-only writer of the run record (see the module docstring for the layout)."""
 
@@ -88,6 +105,7 @@ class RunRecorder:
         self._file.create_group("ranks")
         self._strings(self._file, "jobs", "JSON of each finished job's record (PanDA field names, plus rank)")
         self._file.flush()
+        self._template_file, self._samples_template = _samples_template(id(self))
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -111,15 +129,9 @@ class RunRecorder:
 
     def _samples(self, rank: int, panda_id: int) -> h5py.Dataset:
         group = self._job_group(rank, panda_id)
-        if "samples" in group:
-            return group["samples"]
-        dataset = group.create_dataset("samples", shape=(0,), maxshape=(None,), dtype=SAMPLE_DTYPE,
-                                       chunks=(SAMPLES_CHUNK_ROWS,))
-        dataset.attrs["description"] = "payload process-tree samples of one job"
-        dataset.attrs["units"] = json.dumps(SAMPLE_UNITS)
-        for name, unit in SAMPLE_UNITS.items():
-            dataset.attrs[f"units.{name}"] = unit
-        return dataset
+        if "samples" not in group:
+            group.copy(self._samples_template, "samples")
+        return group["samples"]
 
     @staticmethod
     def _append(dataset: h5py.Dataset, rows: np.ndarray | list[str]) -> None:
@@ -181,6 +193,7 @@ class RunRecorder:
             if self._file is not None:
                 self._file.close()
                 self._file = None
+                self._template_file.close()
 
     def __enter__(self) -> RunRecorder:
         return self

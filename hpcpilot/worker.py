@@ -21,8 +21,6 @@ from typing import Any
 
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.eventservice.eslife import run_es_job
-from hpcpilot.eventservice.link import RangeLink
 from hpcpilot.joblife import JobContext, JobControl, run_job
 from hpcpilot.monitor import diskscan
 from hpcpilot.node import node_info
@@ -70,7 +68,8 @@ class _RunningJob:
     control: JobControl
     thread: threading.Thread
     result: list[Any] = field(default_factory=list)
-    link: RangeLink | None = None
+    link: Any = None
+    """The event-service job's RangeLink (None for a normal job)."""
 
 
 class Worker:
@@ -185,7 +184,10 @@ class Worker:
         holder: list[Any] = []
         panda_id = panda_id_of(job_wire)
         link = None
-        if _is_event_service(job_wire):
+        if _is_event_service(job_wire):  # imported here: most ranks never run an event-service job
+            from hpcpilot.eventservice.eslife import run_es_job
+            from hpcpilot.eventservice.link import RangeLink
+
             link = RangeLink(self.rank, panda_id, self.config.eventservice.ranges_per_request)
 
         def body() -> None:

@@ -19,8 +19,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from hpcpilot.panda.server import PandaTestServer, dump_state
-
 logger = logging.getLogger(__name__)
 
 
@@ -52,6 +50,10 @@ def _load_job_file(path: Path) -> Any:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM (or print a dump); returns the process exit status."""
+    # Imported here, not at the top: the command line imports this module on every rank of every
+    # pilot run for ``add_serve_parser``, and the server pulls in ssl, sqlite3 and http.server.
+    from hpcpilot.panda.server import PandaTestServer, dump_state
+
     if args.dump is not None:
         try:
             print(json.dumps(dump_state(args.dump), indent=2))
