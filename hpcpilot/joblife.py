@@ -123,6 +123,16 @@ class _JobLife:
         self.memory_series: tuple[list[float], list[float]] = ([], [])
 
     def run(self) -> None:
+        self.set_up_and_stage_in()
+        with self.timing.phase("payload"):
+            self.run_payload()
+        with self.timing.phase("stageout"):
+            self.stage_out()
+
+    # ---- setup ----------------------------------------------------------------------
+
+    def set_up_and_stage_in(self) -> None:
+        """Checks, workdir and stage-in; the server hears 'starting', then 'running'."""
         with self.timing.phase("setup"):
             self.check_local_space()
             self.check_file_names()
@@ -131,12 +141,6 @@ class _JobLife:
         with self.timing.phase("stagein"):
             copytools.stage_in(self.spec.inputs, self.input_dir(), self.workdir, self.cfg.stage)
         self.report_state(JobState.RUNNING)
-        with self.timing.phase("payload"):
-            self.run_payload()
-        with self.timing.phase("stageout"):
-            self.stage_out()
-
-    # ---- setup ----------------------------------------------------------------------
 
     def check_local_space(self) -> None:
         self.ctx.jobs_dir.mkdir(parents=True, exist_ok=True)

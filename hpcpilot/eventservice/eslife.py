@@ -25,7 +25,6 @@ from hpcpilot.eventservice.executors import RangeContext, choose_executor
 from hpcpilot.eventservice.link import RangeLink
 from hpcpilot.joblife import JobContext, JobControl, _JobLife, job_metrics
 from hpcpilot.records import JobRecord, JobSpec, panda_id_of
-from hpcpilot.stageio import copytools
 from hpcpilot.states import JobState
 from hpcpilot.timing import Timing, panda_time
 
@@ -79,14 +78,7 @@ class _EsRankLife(_JobLife):
 
     def run(self) -> None:
         if self.stage_in:
-            with self.timing.phase("setup"):
-                self.check_local_space()
-                self.check_file_names()
-                self.make_workdir()
-            self.report_state(JobState.STARTING)
-            with self.timing.phase("stagein"):
-                copytools.stage_in(self.spec.inputs, self.input_dir(), self.workdir, self.cfg.stage)
-            self.report_state(JobState.RUNNING)
+            self.set_up_and_stage_in()
         else:
             self.wait_for_shared_dir()
         self.rank_dir.mkdir(parents=True, exist_ok=True)
