@@ -241,7 +241,8 @@ class Controller:
             self.in_background(self.fetcher, self.fetch, action.n)
         elif isinstance(action, Assign):
             log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank))
-            self.transport.send(action.rank, AssignJob(action.job.to_wire(), action.stage_in))
+            self.transport.send(action.rank, AssignJob(action.job.to_wire(), action.stage_in,
+                                                          action.job.event_service))
         elif isinstance(action, SendNoMoreWork):
             self.transport.send(action.rank, NoMoreWork())
         elif isinstance(action, Kill):
@@ -300,11 +301,14 @@ class Controller:
                 rejected.append(record)
         if wires:
             log.info("leased %d job(s)", len(wires))
-        # A PanDA source says why a fetch came back empty: a negative status is an outage, not the end.
-        unavailable = not wires and getattr(self.source, "fetch_status", 0) < 0
+        unavailable = self.source_unavailable(wires)
         if unavailable:
             log.warning("job source unavailable; asking again later")
         return JobsFetched(tuple(jobs), tuple(rejected), unavailable)
+
+    def source_unavailable(self, answer: list[Any]) -> bool:
+        """A PanDA source says why a fetch came back empty: a negative status is an outage, not the end."""
+        return not answer and getattr(self.source, "fetch_status", 0) < 0
 
     def fetch_ranges(self, job: JobSpec, n: int) -> RangesFetched:
         """Lease ranges (fetch thread); a range that does not parse is failed fatal, never dealt."""
@@ -325,7 +329,7 @@ class Controller:
                 log.error("job %d: unusable event range: %s", job.panda_id, exc.diag)
                 if range_id:
                     bad.append(EventRangeUpdate(range_id, EventRangeStatus.FATAL, int(exc.code), exc.diag))
-        unavailable = not wires and getattr(self.source, "fetch_status", 0) < 0
+        unavailable = self.source_unavailable(wires)
         if wires:
             log.debug("job %d: leased %d event range(s)", job.panda_id, len(wires))
         return RangesFetched(job.panda_id, tuple(ranges), tuple(bad), unavailable)

@@ -146,12 +146,13 @@ class RangeReport:
 class AssignJob:
     """Run this job (the getJob dict, parsed again by the worker).
 
-    For an event-service job only the first rank stages the inputs in (``stage_in``); the ranks
-    that join later use the shared copy.
+    For an event-service job (``event_service``, as rank 0 parsed it) only the first rank stages
+    the inputs in (``stage_in``); the ranks that join later use the shared copy.
     """
 
     job: dict[str, Any]
     stage_in: bool = True
+    event_service: bool = False
     tag = Tag.JOB
 
 

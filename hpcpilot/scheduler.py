@@ -182,6 +182,12 @@ class Finished:
 Action = (Fetch | Assign | SendNoMoreWork | Kill | StopRank | Report | SetDebugMode | Abandon | Finished | FetchRanges
           | DealRanges | MakeBundle | ReportRanges | CloseEsJob)
 
+KILL_COMMANDS: dict[str, tuple[ErrorCode, str]] = {
+    "tobekilled": (ErrorCode.PANDAKILL, "killed by the PanDA server"),
+    "lostheartbeat": (ErrorCode.EXCEEDEDMAXWAITTIME, "no successful server update within the lost-heartbeat limit"),
+}
+"""Server commands that kill a job now, with the code and diagnostic it fails with."""
+
 # ---- state --------------------------------------------------------------------------
 
 
@@ -371,13 +377,10 @@ class Scheduler:
         job = self.jobs.get(event.panda_id)
         if job is None:
             return []
-        if event.name == "tobekilled" and not job.killing:
+        if event.name in KILL_COMMANDS and not job.killing:
             job.killing = True
-            return [Kill(job.rank, job.spec.panda_id, int(ErrorCode.PANDAKILL), "killed by the PanDA server")]
-        if event.name == "lostheartbeat" and not job.killing:
-            job.killing = True
-            return [Kill(job.rank, job.spec.panda_id, int(ErrorCode.EXCEEDEDMAXWAITTIME),
-                         "no successful server update within the lost-heartbeat limit")]
+            code, diag = KILL_COMMANDS[event.name]
+            return [Kill(job.rank, job.spec.panda_id, int(code), diag)]
         if event.name in ("debug", "debugoff"):
             job.debug = event.name == "debug"
             return [SetDebugMode(job.rank, job.spec.panda_id, job.debug)]
@@ -416,7 +419,8 @@ class Scheduler:
 
     def _start_es(self, rank: int, job: JobSpec) -> Assign:
         """The first rank of an event-service job stages its inputs in; others join once it runs."""
-        book = EsBook(job, self.config.eventservice, leader=rank, last_heartbeat=self.now)
+        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor)
+        book = EsBook(job, self.config.eventservice, leader=rank, limits=limits, last_heartbeat=self.now)
         self.es[job.panda_id] = book
         return self._join_es(rank, book, stage_in=True)
 
@@ -443,19 +447,16 @@ class Scheduler:
         book = self.es[event.report.panda_id]
         if event.rank not in book.members or event.rank in book.killing:
             return []
-        spec = book.spec
-        limits = limits_for_job(spec.min_ram_count, spec.core_count, spec.looping_check, self.config.monitor)
-        verdict = check_report(event.report, limits, book.opened_at or self.now)
+        verdict = check_report(event.report, book.limits, book.opened_at or self.now)
         if verdict is None:
             return []
         book.killing.add(event.rank)
-        return [Kill(event.rank, spec.panda_id, int(verdict.code), verdict.diag)]
+        return [Kill(event.rank, book.panda_id, int(verdict.code), verdict.diag)]
 
     def _es_command(self, book: EsBook, name: str) -> list[Action]:
         """tobekilled stops the job on every rank now; softkill lets the ranges in hand finish."""
-        if name in ("tobekilled", "lostheartbeat"):
-            code = ErrorCode.PANDAKILL if name == "tobekilled" else ErrorCode.EXCEEDEDMAXWAITTIME
-            diag = "killed by the PanDA server" if name == "tobekilled" else "lost heartbeat"
+        if name in KILL_COMMANDS:
+            code, diag = KILL_COMMANDS[name]
             actions: list[Action] = list(book.stop_leasing(int(code), diag, job_failure=True))
             for rank in sorted(book.members - book.killing):
                 book.killing.add(rank)
@@ -497,11 +498,18 @@ class Scheduler:
 
     def _check_es_ranks(self, book: EsBook) -> None:
         for number in list(book.members):
-            rank = self.ranks[number]
-            if self.now - rank.last_seen > self.policy.lost_after:
-                rank.state = RankState.LOST
-                book.member_lost(number, int(ErrorCode.EXCEEDEDMAXWAITTIME),
-                                 f"rank {number} stopped reporting for {self.now - rank.last_seen:.0f} s")
+            silence = self._lost(number)
+            if silence:
+                book.member_lost(number, int(ErrorCode.EXCEEDEDMAXWAITTIME), silence)
+
+    def _lost(self, number: int) -> str:
+        """Mark a rank lost when it has been silent too long; the diagnostic says so ('' if it is not)."""
+        rank = self.ranks[number]
+        silent = self.now - rank.last_seen
+        if silent <= self.policy.lost_after:
+            return ""
+        rank.state = RankState.LOST
+        return f"rank {number} stopped reporting for {silent:.0f} s"
 
     # -- time-driven decisions --------------------------------------------------------
 
@@ -542,11 +550,9 @@ class Scheduler:
                 if number in self.idle:
                     self.idle.remove(number)
         for job in list(self.jobs.values()):
-            rank = self.ranks[job.rank]
-            if self.now - rank.last_seen > self.policy.lost_after:
-                rank.state = RankState.LOST
-                job.record.fail(ErrorCode.EXCEEDEDMAXWAITTIME,
-                                f"rank {job.rank} stopped reporting for {self.now - rank.last_seen:.0f} s")
+            silence = self._lost(job.rank)
+            if silence:
+                job.record.fail(ErrorCode.EXCEEDEDMAXWAITTIME, silence)
                 actions += self._close_job(job.spec.panda_id, job.record)
                 continue
             actions += self._job_walltime(job)
@@ -648,11 +654,7 @@ class Scheduler:
         job = self.jobs.pop(panda_id, None)
         if job is None:
             return []
-        rank = self.ranks[job.rank]
-        if rank.panda_id == panda_id:
-            rank.panda_id = None
-            if rank.state == RankState.BUSY:
-                rank.state = RankState.IDLE if self.stopping is None else RankState.STOPPING
+        self._free_rank(job.rank, panda_id)
         record.rank = job.rank
         self.done.append(record)
         return [Report(record, final=True)]

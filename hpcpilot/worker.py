@@ -17,10 +17,10 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcpilot.config import SiteConfig
-from hpcpilot.errors import ErrorCode, PilotError
+from hpcpilot.errors import ErrorCode
 from hpcpilot.joblife import JobContext, JobControl, run_job
 from hpcpilot.monitor import diskscan
 from hpcpilot.node import node_info
@@ -40,8 +40,11 @@ from hpcpilot.protocol import (
     WorkerFailed,
     WorkRequest,
 )
-from hpcpilot.records import JobSpec, panda_id_of
+from hpcpilot.records import panda_id_of
 from hpcpilot.transport import CONTROLLER, Backoff, Transport
+
+if TYPE_CHECKING:  # imported for real only by event-service jobs
+    from hpcpilot.eventservice.link import RangeLink
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,7 @@ class _RunningJob:
     control: JobControl
     thread: threading.Thread
     result: list[Any] = field(default_factory=list)
-    link: Any = None
-    """The event-service job's RangeLink (None for a normal job)."""
+    link: RangeLink | None = None
 
 
 class Worker:
@@ -155,7 +157,7 @@ class Worker:
 
     def handle(self, message: Message) -> None:
         if isinstance(message, AssignJob):
-            self.start_job(message.job, message.stage_in)
+            self.start_job(message.job, message.stage_in, message.event_service)
         elif isinstance(message, EventRanges):
             if self.running is not None and self.running.link is not None and \
                     self.running.panda_id == message.panda_id:
@@ -178,13 +180,13 @@ class Worker:
         else:
             log.warning("unexpected message %s ignored", type(message).__name__)
 
-    def start_job(self, job_wire: dict[str, Any], stage_in: bool = True) -> None:
+    def start_job(self, job_wire: dict[str, Any], stage_in: bool = True, event_service: bool = False) -> None:
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
         holder: list[Any] = []
         panda_id = panda_id_of(job_wire)
         link = None
-        if _is_event_service(job_wire):  # imported here: most ranks never run an event-service job
+        if event_service:  # imported here: most ranks never run an event-service job
             from hpcpilot.eventservice.eslife import run_es_job
             from hpcpilot.eventservice.link import RangeLink
 
@@ -216,10 +218,3 @@ class Worker:
         if not self.leaving:
             self.send(WorkRequest(self.rank))
 
-
-def _is_event_service(job_wire: dict[str, Any]) -> bool:
-    """An event-service job; a definition that does not parse runs the normal life, which reports why."""
-    try:
-        return JobSpec.from_wire(job_wire).event_service
-    except PilotError:
-        return False

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from hpcpilot.config import EventServiceConfig
 from hpcpilot.errors import ErrorCode
+from hpcpilot.monitor.metrics import Limits
 from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.sources import OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
@@ -128,6 +129,7 @@ class EsBook:
     spec: JobSpec
     config: EventServiceConfig
     leader: int
+    limits: Limits
     opened_at: float | None = None
     members: set[int] = field(default_factory=set)
     queue: deque[EventRange] = field(default_factory=deque)
@@ -181,18 +183,16 @@ class EsBook:
 
     def member_done(self, rank: int, record: JobRecord) -> None:
         """The rank's part of the job ended: fail what it still held (it said nothing about them)."""
-        self.members.discard(rank)
-        self.killing.discard(rank)
-        self.waiting.pop(rank, None)
         self.member_records.append(record)
         code = record.pilot_error_code or int(ErrorCode.UNKNOWNPAYLOADFAILURE)
-        self.fail_held(rank, code, f"rank {rank} ended the job without reporting the range")
+        self.member_lost(rank, code, f"rank {rank} ended the job without reporting the range")
         if rank == self.leader and not self.is_open:
             self.leasing_stopped = True  # set-up failed: the job fails with the leader's error
             self.stop = (record.pilot_error_code or int(ErrorCode.SETUPFAILURE),
                          record.pilot_error_diag or "event-service set-up failed")
 
     def member_lost(self, rank: int, code: int, diag: str) -> None:
+        """The rank is out of the job: what it still held is failed with ``code``."""
         self.members.discard(rank)
         self.killing.discard(rank)
         self.waiting.pop(rank, None)

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from hpcpilot.errors import ErrorCode, PilotError
@@ -34,7 +35,7 @@ SHARED_WAIT = 60.0
 """Seconds a joining rank waits for the shared job directory to appear (shared filesystems lag)."""
 
 
-def es_job_dir(pilot_dir: Any, panda_id: int) -> Any:
+def es_job_dir(pilot_dir: Path, panda_id: int) -> Path:
     """Where all ranks of an event-service job meet (on the shared workdir, never local scratch)."""
     return pilot_dir / "jobs" / f"PandaJob_{panda_id}"
 

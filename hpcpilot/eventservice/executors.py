@@ -112,10 +112,11 @@ class RangeContext:
         except (OSError, ValueError):
             return failed(range_id, ErrorCode.MISSINGOUTPUTFILE,
                           f"output {str(output)[:120]!r} does not exist inside the job directory")
-        if not resolved.is_file() or resolved.stat().st_size == 0:
+        size = resolved.stat().st_size if resolved.is_file() else 0
+        if size == 0:
             return failed(range_id, ErrorCode.ZEROFILESIZE, f"output {resolved.name[:120]!r} is empty or not a file")
         return EventRangeUpdate(range_id, EventRangeStatus.FINISHED, cpu_time=cpu, wall_time=wall,
-                                output=str(resolved), fsize=resolved.stat().st_size,
+                                output=str(resolved), fsize=size,
                                 adler32=checksum.adler32(resolved))
 
 
@@ -226,8 +227,8 @@ class ProtocolExecutor:
         if not crashed:
             return False
         self.crashes = 0 if ctx.finished > finished_before else self.crashes + 1
-        log.warning("job %d: payload exited with code %d before the end of its ranges (%d in a row)",
-                    ctx.spec.panda_id, code, self.crashes)
+        log.warning("job %d: payload exited with code %d before the end of its ranges "
+                    "(%d crash(es) in a row without a finished range)", ctx.spec.panda_id, code, self.crashes)
         return self.crashes < MAX_CRASHES
 
     def serve(self, ctx: RangeContext, channel: Channel, payload: Payload, sampler: _Sampling) -> int | None:

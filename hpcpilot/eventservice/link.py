@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hpcpilot.protocol import RangeReport
@@ -41,7 +41,7 @@ class RangeLink:
         self._no_more = False
         self._outstanding = False
         self._active = False
-        self._refuse: Any = None
+        self._refuse: Callable[[str], EventRangeUpdate] | None = None
 
     # ---- job thread -----------------------------------------------------------------------
 
@@ -67,7 +67,7 @@ class RangeLink:
                 self._oldest = time.monotonic()
             self._outcomes.append(outcome)
 
-    def give_back(self, failure: Any) -> int:
+    def give_back(self, failure: Callable[[str], EventRangeUpdate]) -> int:
         """Fail every range dealt here and not started (``failure(range_id)`` builds the outcome);
         no more are requested.  Returns how many."""
         with self._cond:
