@@ -48,6 +48,8 @@ JOB_SETUP_SCRIPT = "job_setup.sh"
 JOB_REPORT = "jobReport.json"
 MAX_JOB_METRICS = 500  # the server keeps 500 characters of jobMetrics
 DEBUG_TAIL_BYTES = 2048  # the server keeps at most 2048 characters of stdout
+SHELL_SIGNAL_BASE = 128  # a shell reports a child killed by signal N as 128 + N
+SIGNAL_SETTLE_SECONDS = 1.0  # how long a signal-killed payload's job waits for the pilot's own stop request
 
 
 @dataclass
@@ -240,9 +242,22 @@ class _JobLife:
                 payload.terminate(self.cfg.monitor.kill_grace)
                 break
             poll = min(poll * 2, 0.2)
+        self.settle_signal(payload)
         prmon.write_summary(self.workdir / PRMON_SUMMARY, sampler.stats)
         self.apply_memory_summary(sampler.summary())
         self.memory_series = (times, memory)
+
+    def settle_signal(self, payload: Payload) -> None:
+        """A payload that died of a signal while the pilot is being stopped ends with the pilot's code.
+
+        A batch system (scancel, preemption) signals every process of the step at once, payloads
+        included: the payload's exit can be seen a moment before the rank's own stop request.
+        """
+        code = payload.exit_code
+        if self.record.failed or code is None or 0 <= code <= SHELL_SIGNAL_BASE:
+            return
+        if self.control.kill_event.wait(SIGNAL_SETTLE_SECONDS):
+            self.record.fail(self.control.kill_code, self.control.kill_diag)
 
     def debug_tail(self) -> str:
         if not self.control.debug:

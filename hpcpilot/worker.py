@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hpcpilot.config import SiteConfig
-from hpcpilot.errors import ErrorCode
+from hpcpilot.errors import ErrorCode, signal_error
 from hpcpilot.joblife import JobContext, JobControl, run_job
 from hpcpilot.monitor import diskscan
 from hpcpilot.node import node_info
@@ -131,8 +132,12 @@ class Worker:
         """A signal on a worker rank winds the whole pilot down: rank 0 decides, in order."""
         if self.signals is not None and self.signals.signum is not None and not self.signal_sent:
             self.signal_sent = True
-            log.warning("received signal %d: asking rank 0 to stop every rank", self.signals.signum)
-            self.send(Signalled(self.rank, self.signals.signum))
+            signum = self.signals.signum
+            log.warning("received signal %d: asking rank 0 to stop every rank", signum)
+            if self.running is not None:  # a batch system signals the payload too: the job carries our code
+                diag = f"pilot received {signal.Signals(signum).name}"
+                self.running.control.request_kill(int(signal_error(signum)), diag)
+            self.send(Signalled(self.rank, signum))
 
     def send(self, message: Message) -> None:
         self.transport.send(CONTROLLER, message)
