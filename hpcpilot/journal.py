@@ -12,7 +12,9 @@ Choice: SQLite in WAL mode with ``synchronous=FULL``, one file in the pilot work
 
 Tables: ``leases`` (jobs and event ranges handed to this pilot; ``leased`` until their final
 status is queued, then ``reported``), ``outbox`` (updates in send order, deleted once the server
-acknowledged them), ``rejected`` (updates the server refused, kept for the post-mortem), ``meta``
+acknowledged them; ``uncertain`` once an attempt may have been committed without an answer that
+proves it, so the sender asks the server before sending it again), ``rejected`` (updates the server
+refused, kept for the post-mortem), ``meta``
 (the run counter: each opening of the journal is a new run, so a restarted pilot can tell the
 previous run's leftovers from its own).  Secrets are never stored here.
 """
@@ -39,7 +41,8 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, rev INTEGER NOT NULL DEFAULT 0, kind TEXT NOT NULL,
     panda_id INTEGER NOT NULL, final INTEGER NOT NULL, body TEXT NOT NULL, run INTEGER NOT NULL,
-    created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '');
+    created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+    uncertain INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, panda_id INTEGER NOT NULL, final INTEGER NOT NULL,
     body TEXT NOT NULL, reason TEXT NOT NULL, created REAL NOT NULL);
@@ -63,6 +66,7 @@ class OutboxEntry:
     body: dict[str, Any]
     run: int
     attempts: int
+    uncertain: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "uncertain" not in columns:  # a journal written before the column existed
+            self._db.execute("ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0")
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key='run'").fetchone()
             self.run = (int(row[0]) if row else 0) + 1
@@ -182,7 +189,7 @@ class Journal:
 
     def pending(self, before_run: int | None = None, limit: int | None = None) -> list[OutboxEntry]:
         """Queued updates in send order (only those queued by runs before ``before_run`` if given)."""
-        query = "SELECT seq, rev, kind, panda_id, final, body, run, attempts FROM outbox"
+        query = "SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain FROM outbox"
         params: list[Any] = []
         if before_run is not None:
             query += " WHERE run < ?"
@@ -193,8 +200,8 @@ class Journal:
             params.append(limit)
         with self._lock:
             rows = self._db.execute(query, params).fetchall()
-        return [OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts)
-                for seq, rev, kind, pid, final, body, run, attempts in rows]
+        return [OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
+                for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows]
 
     def pending_count(self, before_run: int | None = None) -> int:
         with self._lock:
@@ -214,6 +221,25 @@ class Journal:
         with self._tx() as db:
             db.execute("UPDATE outbox SET attempts=attempts+1, last_error=? WHERE seq=?",
                        (error[:500], entry.seq))
+
+    def mark_uncertain(self, entry: OutboxEntry, error: str) -> None:
+        """The server may have committed this update: it is checked with the server before it is sent again."""
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, uncertain=1 WHERE seq=?",
+                       (error[:500], entry.seq))
+
+    def mark_run_uncertain(self, before_run: int) -> int:
+        """Every update queued by an earlier run may have been in flight when it ended; returns how many."""
+        with self._tx() as db:
+            return db.execute("UPDATE outbox SET uncertain=1 WHERE run < ?", (before_run,)).rowcount
+
+    def narrow(self, entry: OutboxEntry, body: Mapping[str, Any]) -> OutboxEntry:
+        """Replace an update's body by what the server still lacks (checked, so no longer uncertain)."""
+        text = json.dumps(dict(body))
+        with self._tx() as db:
+            db.execute("UPDATE outbox SET body=?, uncertain=0 WHERE seq=?", (text, entry.seq))
+        return OutboxEntry(entry.seq, entry.rev, entry.kind, entry.panda_id, entry.final, json.loads(text),
+                           entry.run, entry.attempts, False)
 
     def reject(self, entry: OutboxEntry, reason: str) -> None:
         """Move an update the server refused out of the outbox (kept in ``rejected``)."""

@@ -35,6 +35,24 @@ class OutputBundle:
     path_convention: int
     path: str = ""
     range_ids: tuple[str, ...] = field(default_factory=tuple)
+    guid: str = ""
+    """One GUID for the zip, the same in every range's entry (Harvester gives an entry without one a new GUID)."""
+
+
+@dataclass
+class Delivery:
+    """What the job source has acknowledged, and what is still owed to it.
+
+    ``ranges[PandaID]`` counts event ranges by the status the source acknowledged (``finished``,
+    ``failed``, ``fatal``), plus ``rejected`` (refused for good) and ``owed`` (queued, not yet
+    acknowledged).  ``jobs[PandaID]`` is ``acknowledged``, ``owed`` or ``rejected`` for the final
+    update.  ``owed`` counts updates not yet acknowledged; ``journal`` names the file that holds them.
+    """
+
+    ranges: dict[int, dict[str, int]] = field(default_factory=dict)
+    jobs: dict[int, str] = field(default_factory=dict)
+    owed: int = 0
+    journal: str = ""
 
 
 class JobSource(Protocol):

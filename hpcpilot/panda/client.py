@@ -1,10 +1,22 @@
 """HTTP client for the PanDA server (rank 0 only): both APIs, retries, deadlines, credentials.
 
-One ``requests.Session`` (connection reuse).  Every call retries transport failures (connection
-refused, timeouts, HTTP 5xx/429/408/401) with exponential back-off and jitter until its deadline
-(``panda.call_deadline`` unless the caller gives a shorter one), then raises ``ServerUnavailable``.
-A reply the server means as a refusal (other 4xx, a non-zero StatusCode other than 10/20) raises
-``RequestRejected``; a reply that cannot be read raises ``BadReply``.  All three are one line.
+One ``requests.Session`` (connection reuse).  What a reply proves is decided by ``replies.py``; this
+module decides what a *failure* means, because that decides whether a request may be sent again:
+
+* ``ServerUnavailable``: nothing usable came back before the call's deadline, and nothing was
+  delivered either (connection refused, connect timeout, 401/408/425/429), or the call is one that
+  may be repeated (getJob, getEventRanges, a heartbeat).  Retried with back-off and jitter until the
+  deadline (``panda.call_deadline`` unless the caller gives a shorter one).
+* ``Ambiguous`` (a ServerUnavailable): a final updateJob or an updateEventRanges may have been
+  committed -- HTTP 5xx, a read timeout or a dropped connection after the body was sent, or a reply
+  that proves nothing.  Never re-sent blindly: the caller asks the server (``job_statuses``,
+  ``range_statuses``) and sends only what it does not have.
+* ``ServerUnusable``: will not heal by waiting -- a server certificate that does not verify, a
+  bearer token that would travel over plain http to another host, a URL that is not http(s).
+* ``RequestRejected``: the server refused the request; sending it again will not help.
+
+Failures are logged once per episode (the first at WARNING, with the real cause; the rest at DEBUG;
+the recovery at INFO), so a long outage does not flood the log.
 
 ``api = "auto"`` tries v1 first and, the first time a v1 endpoint answers 404, remembers to use the
 legacy path for that call from then on (panda-server < 0.8 has no v1; >= 1.0 has only v1).
@@ -12,26 +24,32 @@ legacy path for that call from then on (panda-server < 0.8 has no v1; >= 1.0 has
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
 import random
+import ssl
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 
 from hpcpilot.config import PandaConfig, SiteSection
-from hpcpilot.panda import wire
+from hpcpilot.panda import replies, wire
 from hpcpilot.panda.auth import AuthError, Credentials, install_log_redaction, register_secret
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_HTTP = frozenset({401, 408, 425, 429})
+NOT_DELIVERED_HTTP = frozenset({401, 408, 425, 429})
+"""HTTP answers that prove the request was not processed: safe to send again as it is."""
 USER_AGENT = "hpcpilot/0.1"
+FINAL_STATES = frozenset({"finished", "failed"})
 
 
 class PandaError(Exception):
@@ -42,16 +60,28 @@ class ServerUnavailable(PandaError):
     """No usable answer before the call's deadline (server down, 5xx, timeouts); try again later."""
 
 
+class Ambiguous(ServerUnavailable):
+    """The server may have committed the update: ask it before sending again."""
+
+
+class ServerUnusable(PandaError):
+    """Retrying will not help: bad certificate, unsafe token transport, not an http(s) URL."""
+
+
 class RequestRejected(PandaError):
     """The server refused the request; sending it again will not help."""
 
 
-class BadReply(PandaError):
-    """The server answered something that is not a PanDA reply."""
-
-
 class _Missing(Exception):
     """A v1 endpoint answered 404."""
+
+
+class _NotSent(Exception):
+    """One attempt failed before the server could act on it."""
+
+
+class _MaybeSent(Exception):
+    """One attempt failed after the server may have acted on it."""
 
 
 @dataclass
@@ -60,7 +90,6 @@ class EventRangesResult:
 
     returns: list[Any] = field(default_factory=list)
     commands: dict[int, list[str]] = field(default_factory=dict)
-    assumed_delivered: str = ""  # why the reply could not be read although the update was made
 
 
 @dataclass
@@ -70,8 +99,69 @@ class _Reply:
     api: str
 
 
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_server_url(url: str, carries_token: bool) -> None:
+    """Refuse, in one line, a server URL that cannot work: not http(s), no host, or a token over plain
+    http to a host that is not this machine."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        _port = parts.port
+    except ValueError as exc:
+        raise ServerUnusable(f"panda.server {url!r} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise ServerUnusable(f"panda.server {url!r} is not an http:// or https:// URL with a host")
+    if carries_token and parts.scheme == "http" and not is_loopback(host):
+        raise ServerUnusable(f"refusing to send a bearer token over plain http to {host}: use https")
+
+
+def _chain(exc: BaseException, depth: int = 8) -> Iterator[BaseException]:
+    """An exception and what it wraps (urllib3's ``reason``, args, __cause__/__context__)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < depth * 4:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
+        todo += [x for x in (getattr(current, "reason", None), current.__cause__, current.__context__)
+                 if isinstance(x, BaseException)]
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost useful text of a transport failure (e.g. '[Errno 111] Connection refused')."""
+    texts = [str(e) for e in _chain(exc) if str(e)]
+    text = texts[-1] if texts else type(exc).__name__
+    for candidate in texts:
+        if "[Errno" in candidate:
+            text = candidate[candidate.index("[Errno"):]
+            break
+    return wire.snippet(text, 200)
+
+
+def _never_sent(exc: BaseException) -> bool:
+    """A connection that was never made: nothing reached the server."""
+    return any(isinstance(e, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+                          | ConnectionRefusedError) for e in _chain(exc))
+
+
+def _certificate_rejected(exc: BaseException) -> bool:
+    return any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc))
+
+
 class PandaClient:
-    """The four pilot calls against one PanDA server, in the dialect the config asks for."""
+    """The pilot's calls against one PanDA server, in the dialect the config asks for."""
 
     def __init__(self, panda: PandaConfig, site: SiteSection, credentials: Credentials | None = None,
                  *, legacy_accept_json: bool = True) -> None:
@@ -82,6 +172,7 @@ class PandaClient:
         self.site = site
         self.base = panda.server.rstrip("/")
         self.credentials = credentials if credentials is not None else Credentials.from_environ(panda.ca_dir)
+        check_server_url(self.base, self.credentials.token is not None)
         self.legacy_accept_json = legacy_accept_json
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
@@ -89,6 +180,7 @@ class PandaClient:
         self._resolved: dict[str, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._trouble = ""
         logger.info("PanDA client for %s (api %s; %s)", self.base, panda.api, self.credentials.describe())
 
     # ------------------------------------------------------------------------------ public calls
@@ -102,23 +194,20 @@ class PandaClient:
 
     def acquire_jobs(self, n: int, node_info: Mapping[str, Any],
                      deadline: float | None = None) -> tuple[int, list[dict[str, Any]]]:
-        """Ask for up to ``n`` jobs.  Returns (StatusCode, jobs); 20 = no jobs (not an error)."""
-        fields = self.get_job_fields(n, node_info)
-        reply = self._call(wire.GET_JOB, fields, deadline)
-        data = self._decode(reply, wire.GET_JOB)
-        if reply.api == "v1":
-            status, jobs, message = wire.parse_acquire_jobs(data)
-        else:
-            status, jobs = self._parse(wire.parse_get_job, data)
-            message = str(data.get("errorDialog") or "")
-        if status not in (wire.STATUS_OK, wire.STATUS_NO_JOBS):
-            logger.warning("getJob answered StatusCode %s: %s", status, wire.snippet(message or "-", 200))
-        for job in jobs:
+        """Ask for up to ``n`` jobs.  Returns (StatusCode, jobs); 20 = the server said "no jobs"."""
+        reply = self._call(wire.GET_JOB, self.get_job_fields(n, node_info), deadline, repeatable=True)
+        answer = self._parse(reply, wire.GET_JOB, replies.parse_jobs, ambiguous=False)
+        if answer.status == wire.STATUS_TIMEOUT:
+            raise ServerUnavailable(f"getJob: the server timed out (StatusCode 10) {answer.message}".strip())
+        if answer.status not in (wire.STATUS_OK, wire.STATUS_NO_JOBS):
+            logger.warning("getJob answered StatusCode %s: %s", answer.status, wire.snippet(answer.message or "-", 200))
+        for job in answer.jobs:
             for key in ("pilotSecrets", "secrets"):
                 if not wire.is_null(job.get(key)):
                     register_secret(job[key])
-        logger.info("getJob (%s): StatusCode %s, %d job(s) for %d asked", reply.api, status, len(jobs), n)
-        return status, jobs
+        logger.info("getJob (%s): StatusCode %s, %d job(s) for %d asked", reply.api, answer.status,
+                    len(answer.jobs), n)
+        return answer.status, answer.jobs
 
     def get_job_fields(self, n: int, node_info: Mapping[str, Any]) -> dict[str, Any]:
         """The getJob request (legacy names, panda-wire B.3)."""
@@ -140,70 +229,83 @@ class PandaClient:
         return fields
 
     def update_job(self, fields: Mapping[str, Any], deadline: float | None = None) -> list[str]:
-        """Send one updateJob (legacy field names); returns the backchannel commands of the reply."""
+        """Send one updateJob (legacy field names); returns the backchannel commands of the reply.
+
+        A final update whose fate is unknown raises ``Ambiguous``; a heartbeat is simply repeated."""
         prepared = wire.prepare_update(fields)
-        reply = self._call(wire.UPDATE_JOB, prepared, deadline)
-        data = self._decode(reply, wire.UPDATE_JOB)
-        status, commands, secrets, message = self._parse(wire.parse_update_job, data, reply.api == "v1")
-        job_id = int(prepared.get("jobId", 0) or 0)
-        if status == wire.STATUS_TIMEOUT:
-            raise ServerUnavailable(f"updateJob {job_id}: server timed out (StatusCode 10)")
-        if status != wire.STATUS_OK:
-            raise RequestRejected(f"updateJob {job_id}: StatusCode {status}: "
-                                  f"{wire.snippet(message or '-', 200)}")
-        if secrets is not None:
-            register_secret(secrets)
-            self.pilot_secrets[job_id] = secrets
+        final = str(prepared.get("state")) in FINAL_STATES
+        reply = self._call(wire.UPDATE_JOB, prepared, deadline, repeatable=not final)
+        answer = self._parse(reply, wire.UPDATE_JOB, replies.parse_job_update, ambiguous=final)
+        job_id = prepared.get("jobId")
+        if answer.status == wire.STATUS_TIMEOUT:
+            error = Ambiguous if final else ServerUnavailable
+            raise error(f"updateJob {job_id}: the server timed out (StatusCode 10)")
+        if answer.status != wire.STATUS_OK:
+            raise RequestRejected(f"updateJob {job_id}: StatusCode {answer.status}: "
+                                  f"{wire.snippet(answer.message or '-', 200)}")
+        if answer.secrets is not None:
+            register_secret(answer.secrets)
+            self.pilot_secrets[int(str(job_id))] = answer.secrets
         logger.info("updateJob %s state=%s (%s): command %s", job_id, prepared.get("state"), reply.api,
-                    ",".join(commands) or "NULL")
-        return commands
+                    ",".join(answer.commands) or "NULL")
+        return answer.commands
 
     def acquire_event_ranges(self, panda_id: int, jobset_id: int | None, task_id: int | None, n: int,
                              deadline: float | None = None) -> list[dict[str, Any]]:
         """Lease up to ``n`` event ranges of a job; an empty list means no more ranges."""
         fields: dict[str, Any] = {"pandaID": panda_id, "jobsetID": jobset_id, "taskID": task_id,
                                   "nRanges": max(1, int(n))}
-        reply = self._call(wire.GET_EVENT_RANGES, fields, deadline)
-        data = self._decode(reply, wire.GET_EVENT_RANGES)
-        status, ranges, message = self._parse(wire.parse_get_event_ranges, data, reply.api == "v1")
-        if status != wire.STATUS_OK:
-            raise RequestRejected(f"getEventRanges {panda_id}: StatusCode {status}: "
-                                  f"{wire.snippet(message or '-', 200)}")
-        logger.info("getEventRanges %s (%s): %d range(s) for %d asked", panda_id, reply.api, len(ranges), n)
-        return ranges
+        reply = self._call(wire.GET_EVENT_RANGES, fields, deadline, repeatable=True)
+        answer = self._parse(reply, wire.GET_EVENT_RANGES, replies.parse_ranges, ambiguous=False)
+        if answer.status == wire.STATUS_TIMEOUT:
+            raise ServerUnavailable(f"getEventRanges {panda_id}: the server timed out (StatusCode 10)")
+        if answer.status != wire.STATUS_OK:
+            raise RequestRejected(f"getEventRanges {panda_id}: StatusCode {answer.status}: "
+                                  f"{wire.snippet(answer.message or '-', 200)}")
+        logger.info("getEventRanges %s (%s): %d range(s) for %d asked", panda_id, reply.api, len(answer.ranges), n)
+        return answer.ranges
 
     def update_event_ranges(self, payload: Sequence[Mapping[str, Any]], version: int = 0,
                             deadline: float | None = None) -> EventRangesResult:
-        """Report event-range statuses (payload as in panda-wire C.2)."""
+        """Report event-range statuses (payload as in panda-wire C.2).  Any answer that does not prove
+        the update (including v1's HTTP 500 after committing, panda-wire A.5) raises ``Ambiguous``."""
         ids = wire.range_ids_of(payload)
         fields = {"eventRanges": json.dumps(list(payload)), "version": int(version)}
-        reply = self._call(wire.UPDATE_EVENT_RANGES, fields, deadline)
-        if reply.status == 500:
-            # v1 update_event_ranges serialises a set and fails after committing (panda-wire A.5).
-            note = f"v1 update_event_ranges answered HTTP 500 ({wire.snippet(reply.content, 100)})"
-            logger.warning("%s; the update is stored by the server, taking it as delivered", note)
-            return EventRangesResult([None] * len(ids), {}, note)
-        data = self._decode(reply, wire.UPDATE_EVENT_RANGES)
-        try:
-            status, returns, commands = wire.parse_update_event_ranges(data, reply.api == "v1")
-        except wire.WireError as exc:
-            if self._status0(data):
-                # A.6.4: status 0 with garbage; the server could not use our input, resending won't help.
-                logger.warning("updateEventRanges answered StatusCode 0 with garbage (%s); not resending",
-                               exc)
-                return EventRangesResult([None] * len(ids), {}, str(exc))
-            raise BadReply(f"updateEventRanges: {exc}") from None
-        if status != wire.STATUS_OK:
-            raise RequestRejected(f"updateEventRanges: StatusCode {status}")
-        if len(returns) > len(ids):
-            logger.debug("updateEventRanges: %d extra Returns entries ignored", len(returns) - len(ids))
-        returns = (list(returns) + [None] * len(ids))[:len(ids)]
+        reply = self._call(wire.UPDATE_EVENT_RANGES, fields, deadline, repeatable=False)
+        answer = self._parse(reply, wire.UPDATE_EVENT_RANGES, replies.parse_range_update, ambiguous=True)
+        if answer.status == wire.STATUS_TIMEOUT:
+            raise Ambiguous("updateEventRanges: the server timed out (StatusCode 10)")
+        if answer.status != wire.STATUS_OK:
+            raise RequestRejected(f"updateEventRanges: StatusCode {answer.status}: "
+                                  f"{wire.snippet(answer.message or '-', 200)}")
+        returns = (list(answer.returns) + [None] * len(ids))[:len(ids)]  # A.6.5: a trailing extra false
         rejected = [rid for rid, ok in zip(ids, returns, strict=True) if ok is False]
         if rejected:
             logger.warning("updateEventRanges: server rejected %d range(s): %s", len(rejected),
                            ", ".join(rejected[:5]))
         logger.info("updateEventRanges (%s): %d range(s) version %s", reply.api, len(ids), version)
-        return EventRangesResult(returns, commands)
+        return EventRangesResult(returns, answer.commands)
+
+    def job_statuses(self, panda_ids: Sequence[int], deadline: float | None = None) -> dict[int, str]:
+        """The server's state of jobs ('not found'/'notfound' for unknown ones): v1 get_job_status,
+        legacy getStatus."""
+        ids = [int(i) for i in panda_ids]
+        if self.api_for(wire.GET_JOB_STATUS) == "v1":
+            query: dict[str, Any] = {"job_ids": json.dumps(ids)}
+        else:
+            query = {"ids": ",".join(str(i) for i in ids)}
+        reply = self._call(wire.GET_JOB_STATUS, query, deadline, repeatable=True)
+        return self._parse(reply, wire.GET_JOB_STATUS,
+                           lambda data, v1: replies.parse_job_statuses(data, v1, ids), ambiguous=False)
+
+    def range_statuses(self, job_tasks: Sequence[tuple[int, int | None]],
+                       deadline: float | None = None) -> dict[str, str]:
+        """The server's status of every event range of the given (PandaID, jediTaskID) jobs:
+        v1 get_event_range_statuses, legacy get_events_status."""
+        pairs = json.dumps([{"task_id": task, "job_id": job} for job, task in job_tasks])
+        key = "job_task_ids" if self.api_for(wire.GET_EVENTS_STATUS) == "v1" else "ids"
+        reply = self._call(wire.GET_EVENTS_STATUS, {key: pairs}, deadline, repeatable=True)
+        return self._parse(reply, wire.GET_EVENTS_STATUS, replies.parse_range_statuses, ambiguous=False)
 
     def close(self) -> None:
         """Interrupt back-off waits and close the session."""
@@ -213,32 +315,26 @@ class PandaClient:
     # ------------------------------------------------------------------------------- internals
 
     @staticmethod
-    def _status0(data: Mapping[str, Any]) -> bool:
+    def _parse(reply: _Reply, method: str, parser: Any, ambiguous: bool) -> Any:
+        """Decode and parse a reply; one that proves nothing is ``Ambiguous`` for an update that may
+        have been committed, ``ServerUnavailable`` otherwise."""
         try:
-            return wire.status_of(data) == wire.STATUS_OK
-        except wire.WireError:
-            return False
-
-    @staticmethod
-    def _parse(parser: Any, *args: Any) -> Any:
-        try:
-            return parser(*args)
+            return parser(replies.decode_body(reply.content), reply.api == "v1")
         except wire.WireError as exc:
-            raise BadReply(str(exc)) from None
+            error = Ambiguous if ambiguous else ServerUnavailable
+            raise error(f"{method}: not acknowledged: {exc}") from None
 
-    @staticmethod
-    def _decode(reply: _Reply, method: str) -> dict[str, Any]:
-        try:
-            return wire.decode_body(reply.content)
-        except wire.WireError as exc:
-            raise BadReply(f"{method}: {exc}") from None
-
-    def _call(self, method: str, fields: Mapping[str, Any], deadline: float | None) -> _Reply:
+    def _call(self, method: str, fields: Mapping[str, Any], deadline: float | None, repeatable: bool) -> _Reply:
         end = time.monotonic() + (self.panda.call_deadline if deadline is None else deadline)
+        lookup = method in wire.LOOKUPS
         if self.api_for(method) == "v1":
-            body, headers = wire.encode_v1(wire.to_v1(method, fields))
+            if lookup:  # v1 look-ups are GETs with query parameters
+                request = _Request("GET", wire.V1_PATHS[method], b"", {"Accept": "application/json"}, dict(fields))
+            else:
+                body, headers = wire.encode_v1(wire.to_v1(method, fields))
+                request = _Request("POST", wire.V1_PATHS[method], body, headers)
             try:
-                return self._request(method, wire.V1_PATHS[method], body, headers, end, "v1")
+                return self._request(method, request, end, "v1", repeatable)
             except _Missing:
                 if self.panda.api != "auto":
                     raise RequestRejected(f"{method}: {wire.V1_PATHS[method]} not found (HTTP 404) "
@@ -249,11 +345,10 @@ class PandaClient:
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if self.legacy_accept_json:
             headers["Accept"] = "application/json"
-        return self._request(method, wire.LEGACY_PREFIX + method, wire.encode_legacy(fields), headers, end,
-                             "legacy")
+        request = _Request("POST", wire.LEGACY_PREFIX + method, wire.encode_legacy(fields), headers)
+        return self._request(method, request, end, "legacy", repeatable)
 
-    def _request(self, method: str, path: str, body: bytes, headers: dict[str, str], end: float,
-                 api: str) -> _Reply:
+    def _request(self, method: str, request: _Request, end: float, api: str, repeatable: bool) -> _Reply:
         backoff = max(self.panda.retry_initial, 0.01)
         last_error = "no attempt made"
         attempt = 0
@@ -263,12 +358,18 @@ class PandaClient:
                 break
             attempt += 1
             try:
-                reply = self._attempt(method, path, body, headers, remaining, api)
-            except _Transient as exc:
+                reply = self._attempt(request, remaining, api)
+            except _NotSent as exc:
                 last_error = str(exc)
-                logger.warning("%s attempt %d: %s", method, attempt, last_error)
+            except _MaybeSent as exc:
+                last_error = str(exc)
+                if not repeatable:
+                    self._episode(method, last_error)
+                    raise Ambiguous(f"{method}: {last_error}") from None
             else:
+                self._recovered()
                 return reply
+            self._episode(method, last_error)
             pause = min(backoff * random.uniform(0.5, 1.5), self.panda.retry_max, end - time.monotonic())
             if pause > 0 and self._stop.wait(pause):
                 break
@@ -276,38 +377,70 @@ class PandaClient:
         why = "client closed" if self._stop.is_set() else f"gave up after {attempt} attempt(s)"
         raise ServerUnavailable(f"{method}: {why}: {last_error}")
 
-    def _attempt(self, method: str, path: str, body: bytes, headers: dict[str, str], remaining: float,
-                 api: str) -> _Reply:
+    def _episode(self, method: str, error: str) -> None:
+        """Log the first failure of an outage at WARNING with its cause, later ones at DEBUG."""
+        with self._lock:
+            first, self._trouble = not self._trouble, self._trouble or error
+        if first:
+            logger.warning("%s: %s (retrying with back-off)", method, error)
+        else:
+            logger.debug("%s: %s", method, error)
+
+    def _recovered(self) -> None:
+        with self._lock:
+            trouble, self._trouble = self._trouble, ""
+        if trouble:
+            logger.info("PanDA server %s answers again (last failure: %s)", self.base, trouble)
+
+    def _attempt(self, request: _Request, remaining: float, api: str) -> _Reply:
         try:
-            all_headers = {**headers, **self.credentials.headers()}
+            headers = {**request.headers, **self.credentials.headers()}
         except AuthError as exc:
-            raise _Transient(str(exc)) from None
+            raise _NotSent(str(exc)) from None
         timeout = (min(self.panda.connect_timeout, remaining), min(self.panda.read_timeout, remaining))
         started = time.monotonic()
         try:
-            response = self.session.post(self.base + path, data=body, headers=all_headers, timeout=timeout,
-                                         verify=self.credentials.verify, cert=self.credentials.client_cert)
+            response = self.session.request(request.verb, self.base + request.path, data=request.body or None,
+                                            params=request.query, headers=headers, timeout=timeout,
+                                            verify=self.credentials.verify, cert=self.credentials.client_cert)
         except requests.exceptions.SSLError as exc:
-            raise _Transient(f"TLS failure talking to {self.base} (server certificate not trusted by the "
-                             f"configured CA?): {wire.snippet(str(exc), 160)}") from None
+            if _certificate_rejected(exc):
+                raise ServerUnusable(f"TLS failure talking to {self.base}: its certificate does not verify "
+                                     f"against the configured CA ({_cause(exc)})") from None
+            raise _NotSent(f"TLS failure talking to {self.base}: {_cause(exc)}") from None
+        except requests.exceptions.ConnectTimeout:
+            raise _NotSent(f"no connection to {self.base} within {timeout[0]:.1f}s") from None
         except requests.exceptions.Timeout:
-            raise _Transient(f"no answer from {self.base} within {timeout[1]:.1f}s") from None
+            raise _MaybeSent(f"no answer from {self.base} within {timeout[1]:.1f}s") from None
+        except requests.exceptions.ConnectionError as exc:
+            if _never_sent(exc):
+                raise _NotSent(f"cannot reach {self.base}: {_cause(exc)}") from None
+            raise _MaybeSent(f"connection to {self.base} lost: {_cause(exc)}") from None
         except requests.exceptions.RequestException as exc:
-            raise _Transient(f"cannot reach {self.base}: {type(exc).__name__}: "
-                             f"{wire.snippet(str(exc), 160)}") from None
-        code = response.status_code
-        logger.debug("POST %s -> HTTP %d in %.2fs", path, code, time.monotonic() - started)
-        if code == 200:
-            return _Reply(200, response.content, api)
-        if code == 404 and api == "v1":
-            raise _Missing()
-        if code == 500 and api == "v1" and method == wire.UPDATE_EVENT_RANGES \
-                and b"serializable" in response.content:
-            return _Reply(500, response.content, api)
-        if code >= 500 or code in TRANSIENT_HTTP:
-            raise _Transient(f"HTTP {code} from {path}: {wire.snippet(response.content)}")
-        raise RequestRejected(f"{method}: HTTP {code} from {path}: {wire.snippet(response.content)}")
+            raise ServerUnusable(f"cannot send to {self.base}: {type(exc).__name__}: {_cause(exc)}") from None
+        logger.debug("%s %s -> HTTP %d in %.2fs", request.verb, request.path, response.status_code,
+                     time.monotonic() - started)
+        return _classify(response, request, api)
 
 
-class _Transient(Exception):
-    """One attempt failed in a way worth retrying."""
+def _classify(response: requests.Response, request: _Request, api: str) -> _Reply:
+    """What an HTTP status means for the request: a reply, not processed, perhaps processed, refused."""
+    code = response.status_code
+    if code == 200:
+        return _Reply(200, response.content, api)
+    if code == 404 and api == "v1":
+        raise _Missing()
+    if code in NOT_DELIVERED_HTTP:
+        raise _NotSent(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
+    if code >= 500:
+        raise _MaybeSent(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
+    raise RequestRejected(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
+
+
+@dataclass(frozen=True)
+class _Request:
+    verb: str
+    path: str
+    body: bytes
+    headers: dict[str, str]
+    query: dict[str, Any] | None = None

@@ -2,10 +2,14 @@
 
     hpcpilot serve --port P --state FILE --jobs FILE... [--ranges-per-job N] [--events-per-range M]
                    [--api both|v1|legacy] [--tls-cert C --tls-key K]
+                   [--fault KIND [--fault-count N] [--fault-method M] [--fault-after-commit] [--fault-delay S]]
     hpcpilot serve --dump STATE
 
 Job files hold getJob dicts: a Harvester ``HPCJobs.json`` map ``{PandaID: job}``, a list of jobs or
 one job.  Event-service jobs (``eventService: "True"``) get ``--ranges-per-job`` ranges.
+``--fault`` answers the next N requests (of one method, e.g. updateEventRanges) with a fault, before
+or after the server committed the call: 5xx, 500, garbage, no-data, status-zero, truncated, slow,
+reset (see hpcpilot/panda/faults.py); ``--no-v1-bug`` makes v1 update_event_ranges answer 200.
 """
 
 from __future__ import annotations
@@ -35,6 +39,14 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--dump", type=Path, metavar="STATE", help="print STATE's final state as JSON")
+    parser.add_argument("--fault", help="inject this fault (5xx, 500, garbage, no-data, status-zero, truncated, "
+                                        "slow, reset)")
+    parser.add_argument("--fault-count", type=int, help="how many requests get the fault (default: all)")
+    parser.add_argument("--fault-method", help="only requests of this legacy method name (e.g. updateJob)")
+    parser.add_argument("--fault-after-commit", action="store_true", help="commit the call, then answer the fault")
+    parser.add_argument("--fault-delay", type=float, default=0.0, help="seconds of delay for the 'slow' fault")
+    parser.add_argument("--no-v1-bug", action="store_true",
+                        help="v1 update_event_ranges answers 200 (panda-server 0.8.1 answers 500 after committing)")
     parser.set_defaults(func=run_serve)
     return parser
 
@@ -69,8 +81,11 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     apis = ("v1", "legacy") if args.api == "both" else (args.api,)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    server = PandaTestServer(args.state, args.port, apis=apis, tls=tls)
+    server = PandaTestServer(args.state, args.port, apis=apis, tls=tls, v1_event_update_bug=not args.no_v1_bug)
     try:
+        if args.fault:
+            server.set_fault(args.fault, args.fault_count, args.fault_delay, method=args.fault_method,
+                             after_commit=args.fault_after_commit)
         for path in args.jobs:
             added = server.load_jobs(_load_job_file(path), args.ranges_per_job, args.events_per_range)
             logger.info("%s: %d job(s) loaded", path, len(added))

@@ -9,12 +9,16 @@ observed behaviours of panda-wire A.6: ``tobekilled`` for an unknown/archived jo
 attemptNr, status 0 and no change for an invalid state, empty ranges for unknown or killed jobs,
 ``StatusCode=0&Returns=%22&Command=E`` for non-JSON event input, the extra trailing ``false`` when
 events finish, 403 for unknown methods, 500 with the exception text, and v1 update_event_ranges
-answering HTTP 500 after committing.
+answering HTTP 500 after committing (its body depends on ``version``, A.5).  The status look-ups
+the pilot asks when an update's fate is open are served too: v1 ``pilot/get_job_status`` and
+``event/get_event_range_statuses`` (GET), legacy ``getStatus`` and ``get_events_status``; a job
+the pilot reported finished or failed reads ``holding``, as on the real server before its Adder.
 
 State (jobs, event ranges, every request received) lives in SQLite, so the server can be stopped
 and started again on the same port ("down") without losing anything, and ``dump_state`` reads the
-final state of every job and range for assertions.  Faults for tests: ``set_fault("5xx"|"slow"|
-"garbage", count=..., delay=...)`` in-process or ``POST /admin/fault`` from another process.
+final state of every job and range for assertions.  Faults for tests (``hpcpilot.panda.faults``):
+``set_fault(kind, count, delay, method=..., after_commit=...)`` in-process, ``POST /admin/fault``
+from another process, or ``hpcpilot serve --fault``.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from hpcpilot.panda import wire
+from hpcpilot.panda import replies, wire
+from hpcpilot.panda.faults import Fault, FaultBox, fault_answer
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +78,11 @@ def _int(value: Any, default: int | None = None) -> int | None:
 class _Reply:
     """What a method returns: a legacy-style dict, or a ready HTTP answer."""
 
-    def __init__(self, data: Any, http_status: int = 200, raw: bytes | None = None) -> None:
+    def __init__(self, data: Any, http_status: int = 200, raw: bytes | None = None, v1: Any = None) -> None:
         self.data = data
         self.http_status = http_status
         self.raw = raw
+        self.v1 = v1  # the v1 ``data`` where it is not derived from the legacy reply
 
 
 class PandaTestServer:
@@ -101,7 +107,7 @@ class PandaTestServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._release = threading.Event()
-        self._fault: dict[str, Any] = {}
+        self.faults = FaultBox()
 
     # ---------------------------------------------------------------------------- control
 
@@ -154,13 +160,11 @@ class PandaTestServer:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def set_fault(self, kind: str | None, count: int | None = None, delay: float = 0.0) -> None:
-        """Inject a fault for the next ``count`` requests (all if None): '5xx' (HTTP 503), 'slow'
-        (answer after ``delay`` s), 'garbage' (an HTML page with HTTP 200); None clears."""
-        if kind not in (None, "5xx", "slow", "garbage"):
-            raise ValueError(f"unknown fault {kind!r}")
-        with self._lock:
-            self._fault = {} if kind is None else {"kind": kind, "count": count, "delay": float(delay)}
+    def set_fault(self, kind: str | None, count: int | None = None, delay: float = 0.0, *,
+                  method: str | None = None, after_commit: bool = False) -> None:
+        """Inject a fault (``hpcpilot.panda.faults``) for the next ``count`` requests (all if None) of
+        ``method`` (a legacy method name; all if None), before or after the call is committed; None clears."""
+        self.faults.set(None if kind is None else Fault(kind, count, float(delay), method, after_commit))
 
     def set_command(self, panda_id: int, command: str) -> None:
         """Queue a backchannel command (tobekilled, softkill, debug, debugoff) for a job."""
@@ -236,7 +240,8 @@ class PandaTestServer:
     def call(self, method: str, fields: dict[str, Any]) -> _Reply:
         handler = {wire.GET_JOB: self._get_job, wire.UPDATE_JOB: self._update_job,
                    wire.GET_EVENT_RANGES: self._get_event_ranges,
-                   wire.UPDATE_EVENT_RANGES: self._update_event_ranges}[method]
+                   wire.UPDATE_EVENT_RANGES: self._update_event_ranges,
+                   wire.GET_JOB_STATUS: self._get_status, wire.GET_EVENTS_STATUS: self._get_events_status}[method]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -323,6 +328,45 @@ class PandaTestServer:
             returns.append(False)  # A.6.5: nEvents update fails on PostgreSQL after the events were stored
         return _Reply({"StatusCode": 0, "Returns": json.dumps(returns), "Command": json.dumps(commands)})
 
+    def job_states(self, panda_ids: Iterable[Any]) -> list[tuple[Any, str, int]]:
+        """(PandaID, state, attemptNr) as the real server tells them: 'not found' for an unknown job,
+        'holding' for a job the pilot reported finished or failed (the Adder has not run, A.3)."""
+        out = []
+        for panda_id in panda_ids:
+            row = self._db.execute("SELECT status, attempt_nr FROM jobs WHERE panda_id=?",
+                                   (_int(panda_id),)).fetchone()
+            if row is None:
+                out.append((panda_id, "not found", 0))
+            else:
+                out.append((panda_id, "holding" if row[0] in ("finished", "failed") else row[0], row[1]))
+        return out
+
+    def range_states(self, job_task_ids: Any) -> dict[str, dict[str, Any]]:
+        """{job_id: {eventRangeID: {status, error, dialog}}} for [{task_id, job_id}, ...] (A.5)."""
+        pairs = json.loads(job_task_ids) if isinstance(job_task_ids, str) else job_task_ids
+        out: dict[str, dict[str, Any]] = {}
+        for pair in pairs:
+            job_id = _int(pair.get("job_id"))
+            rows = self._db.execute("SELECT event_range_id, status, error_code, error_diag FROM events "
+                                    "WHERE panda_id=? ORDER BY ord", (job_id,)).fetchall()
+            if rows:
+                out[str(job_id)] = {rid: {"status": status, "error": code, "dialog": diag}
+                                    for rid, status, code, diag in rows}
+        return out
+
+    def _get_status(self, fields: Mapping[str, Any]) -> _Reply:
+        """Legacy getStatus: ``status=a+b&attemptNr=1+2`` aligned with ``ids`` ('notfound' if unknown)."""
+        ids = [x for x in str(fields.get("ids", "")).split(",") if x.strip()]
+        states = self.job_states(ids)
+        legacy = {"StatusCode": 0, "status": "+".join(s.replace("not found", "notfound") for _i, s, _a in states),
+                  "attemptNr": "+".join(str(a) for _i, _s, a in states)}
+        return _Reply(legacy, v1=[{"job_id": _int(i, i), "status": s, "attempt_number": a} for i, s, a in states])
+
+    def _get_events_status(self, fields: Mapping[str, Any]) -> _Reply:
+        """Legacy get_events_status: the bare JSON dict, no StatusCode."""
+        data = self.range_states(fields.get("ids", "[]"))
+        return _Reply(data, raw=json.dumps(data).encode(), v1=data)
+
     def _update_one_event(self, event: Mapping[str, Any], zip_info: Any) -> tuple[bool | None, int | None]:
         range_id = str(event.get("eventRangeID", ""))
         parts = range_id.split("-")
@@ -345,17 +389,6 @@ class PandaTestServer:
         return True, panda_id
 
     # ---------------------------------------------------------------------------- plumbing
-
-    def take_fault(self) -> dict[str, Any] | None:
-        with self._lock:
-            if not self._fault:
-                return None
-            fault = dict(self._fault)
-            if fault["count"] is not None:
-                self._fault["count"] -= 1
-                if self._fault["count"] <= 0:
-                    self._fault = {}
-            return fault
 
     def record(self, api: str, method: str, fields: Mapping[str, Any], http_status: int, auth: str) -> None:
         with self._lock:
@@ -423,6 +456,13 @@ def _dump(db: sqlite3.Connection) -> dict[str, Any]:
                   "ORDER BY ord")]
     n_requests = db.execute("SELECT count(*) FROM requests").fetchone()[0]
     return {"jobs": jobs, "event_ranges": ranges, "requests": n_requests}
+
+
+def _v1_event_update_bug_body(version: Any) -> bytes:
+    """What v1 update_event_ranges answers (HTTP 500, after committing) on panda-server 0.8.1 (A.5)."""
+    if (_int(version, 0) or 0) >= 1:
+        return b"unhashable type: 'list'"
+    return b"Type not serializable for {'Returns', 'Commands'} (<class 'set'>)"
 
 
 def token_fingerprint(token: str) -> str:
@@ -496,16 +536,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         if self.app._httpd is not self.server:  # this listener was stopped: behave like a dead server
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
+            self._hang_up()
             return
         path = urlsplit(self.path).path
         body = self._read_body()
         if path.startswith("/admin/"):
             self._admin(path[len("/admin/"):], body)
-            return
-        if self._apply_fault():
             return
         try:
             if path.startswith(wire.LEGACY_PREFIX) and "legacy" in self.app.apis:
@@ -518,18 +554,10 @@ class _Handler(BaseHTTPRequestHandler):
             logger.exception("test server: error in %s", path)
             self._send(500, f"{type(exc).__name__}: {exc}".encode())
 
-    def _apply_fault(self) -> bool:
-        fault = self.app.take_fault()
-        if fault is None:
-            return False
-        if fault["kind"] == "slow":
-            self.app.wait_released(fault["delay"])
-            return False
-        if fault["kind"] == "5xx":
-            self._send(503, b"Service Unavailable")
-        else:
-            self._send(200, b"<html><body>Maintenance</body></html>", "text/html")
-        return True
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     def _legacy_fields(self, body: bytes) -> dict[str, Any]:
         query = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
@@ -540,7 +568,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _legacy(self, method: str, body: bytes) -> None:
         fields = self._legacy_fields(body)
-        if method not in wire.METHODS:
+        if method not in wire.METHODS + wire.LOOKUPS:
             self.app.record("legacy", method, fields, 403, self._auth())
             self._send(403, f"ERROR : method {method} is forbidden".encode())
             return
@@ -548,18 +576,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.app.record("legacy", method, fields, 401, self._auth())
             self._send(401, b"invalid token")
             return
-        reply = self.app.call(method, fields)
-        self.app.record("legacy", method, fields, reply.http_status, self._auth())
-        if "application/json" in self.headers.get("Accept", ""):
-            self._send(reply.http_status, json.dumps(reply.data).encode(), "application/json")
-        elif reply.raw is not None:
-            self._send(reply.http_status, reply.raw)
-        else:
-            flat = {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict) else str(v))
-                    for k, v in reply.data.items()}
-            self._send(reply.http_status, urlencode(flat).encode())
+        self._serve("legacy", method, fields, fields)
 
     def _v1(self, method: str, body: bytes) -> None:
+        if method in wire.LOOKUPS:
+            fields: dict[str, Any] = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
+            ids = fields.get("job_ids", fields.get("job_task_ids", "[]"))
+            legacy = {"ids": ",".join(str(i) for i in json.loads(ids))} if method == wire.GET_JOB_STATUS \
+                else {"ids": ids}
+            self._serve("v1", method, fields, legacy)
+            return
         if "application/json" not in self.headers.get("Content-Type", ""):
             fields = dict(parse_qsl(body.decode(), keep_blank_values=True))
             self.app.record("v1", method, fields, 200, self._auth())
@@ -579,31 +605,68 @@ class _Handler(BaseHTTPRequestHandler):
                             "message": f"Type error: '{bad[0]}' must be of type int, got "
                                        f"{type(fields[bad[0]]).__name__}."})
             return
-        reply = self.app.call(method, wire.from_v1(method, fields))
-        self._v1_answer(method, fields, reply)
+        self._serve("v1", method, fields, wire.from_v1(method, fields))
 
-    def _v1_answer(self, method: str, fields: Mapping[str, Any], reply: _Reply) -> None:
+    def _serve(self, api: str, method: str, fields: Mapping[str, Any], legacy_fields: dict[str, Any]) -> None:
+        """Run one call (with the fault set for it, before or after committing) and answer it."""
+        fault = self.app.faults.take(method)
+        if fault is not None and not fault.after_commit:
+            if fault.kind == "slow":
+                self.app.wait_released(fault.delay)
+            else:
+                self._send_fault(api, method, fields, fault, None)
+                return
+        status, body, content_type = self._encode(api, method, fields, self.app.call(method, legacy_fields))
+        if fault is not None and fault.after_commit:
+            if fault.kind == "slow":
+                self.app.wait_released(fault.delay)
+            else:
+                self._send_fault(api, method, fields, fault, body)
+                return
+        self.app.record(api, method, fields, status, self._auth())
+        self._send(status, body, content_type)
+
+    def _send_fault(self, api: str, method: str, fields: Mapping[str, Any], fault: Fault,
+                    real_body: bytes | None) -> None:
+        answer = fault_answer(fault, api == "v1", real_body)
+        self.app.record(api, method, fields, answer[0] if answer else 0, self._auth())
+        if answer is None:
+            self._hang_up()
+        else:
+            self._send(*answer)
+
+    def _encode(self, api: str, method: str, fields: Mapping[str, Any], reply: _Reply) -> tuple[int, bytes, str]:
+        """(HTTP status, body, content type) of a method's reply in the request's dialect."""
+        if api == "v1":
+            return self._v1_encode(method, fields, reply)
+        if "application/json" in self.headers.get("Accept", ""):
+            return reply.http_status, json.dumps(reply.data).encode(), "application/json"
+        if reply.raw is not None:
+            return reply.http_status, reply.raw, "text/plain"
+        flat = {k: (v if isinstance(v, str) else json.dumps(v) if isinstance(v, list | dict) else str(v))
+                for k, v in reply.data.items()}
+        return reply.http_status, urlencode(flat).encode(), "text/plain"
+
+    def _v1_encode(self, method: str, fields: Mapping[str, Any], reply: _Reply) -> tuple[int, bytes, str]:
         data = reply.data
         if method == wire.UPDATE_EVENT_RANGES and self.app.v1_event_update_bug:
-            self.app.record("v1", method, fields, 500, self._auth())
-            self._send(500, b"Type not serializable: {...} (<class 'set'>)")  # A.5: committed, then 500
-            return
-        self.app.record("v1", method, fields, 200, self._auth())
+            return 500, _v1_event_update_bug_body(fields.get("version")), "text/plain"  # A.5: committed, then 500
         if method == wire.GET_JOB:
             if data.get("StatusCode") == wire.STATUS_NO_JOBS:
-                out = {"success": False, "message": "No jobs in PanDA", "data": None}
+                out: dict[str, Any] = {"success": False, "message": "No jobs in PanDA", "data": None}
             else:
-                jobs = data.get("jobs") or [data]
-                out = {"success": True, "message": "", "data": {"StatusCode": 0, "jobs": jobs}}
+                out = {"success": True, "message": "", "data": {"StatusCode": 0, "jobs": data.get("jobs") or [data]}}
         elif method == wire.GET_EVENT_RANGES:
             out = {"success": True, "message": "", "data": data.get("eventRanges", [])}
         elif method == wire.UPDATE_EVENT_RANGES:
             out = {"success": True, "message": "",
-                   "data": {"StatusCode": 0, "Returns": wire.nested_json(data["Returns"], "Returns"),
-                            "Commands": wire.nested_json(data["Command"], "Command")}}
+                   "data": {"StatusCode": 0, "Returns": replies.nested_json(data["Returns"], "Returns"),
+                            "Commands": replies.nested_json(data["Command"], "Command")}}
+        elif reply.v1 is not None:
+            out = {"success": True, "message": "", "data": reply.v1}
         else:
             out = {"success": True, "message": "", "data": data}
-        self._v1_reply(out)
+        return 200, json.dumps(out).encode(), "application/json"
 
     def _v1_reply(self, out: Mapping[str, Any]) -> None:
         self._send(200, json.dumps(out).encode(), "application/json")
@@ -611,7 +674,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _admin(self, name: str, body: bytes) -> None:
         data = json.loads(body) if body else {}
         if name == "fault":
-            self.app.set_fault(data.get("kind"), data.get("count"), float(data.get("delay", 0.0)))
+            self.app.set_fault(data.get("kind"), data.get("count"), float(data.get("delay", 0.0)),
+                               method=data.get("method"), after_commit=bool(data.get("after_commit")))
             out: Any = {"ok": True}
         elif name == "command":
             self.app.set_command(int(data["PandaID"]), str(data["command"]))

@@ -6,15 +6,19 @@
   (0 ok, 20 no jobs, ``FETCH_UNREACHABLE``, ``FETCH_REPLAYING``, or another server StatusCode).
 * ``update_job``/``update_event_ranges`` only journal and wake the sender; one background thread
   drains the outbox in order, so rank 0's loop never waits for HTTP.  An update leaves the outbox
-  only when the server acknowledged it (or refused it for good: then it is kept in the journal's
-  ``rejected`` table and logged).  While the server is down the sender keeps retrying with
-  back-off; nothing is lost and payloads go on.
+  only when the server proved it has it: an acknowledging reply (``replies.py``), or -- after an
+  answer that leaves its fate open (HTTP 5xx, a timeout after sending, a reply that proves nothing,
+  or a restart) -- the server's own status of the job or ranges, asked before anything is sent
+  again; then only what the server lacks is sent.  A refusal for good is kept in the journal's
+  ``rejected`` table and logged.  While the server is down the sender keeps retrying with back-off;
+  nothing is lost and payloads go on.  ``delivery()`` tells what was acknowledged and what is owed.
 * ``poll`` returns backchannel commands (updateJob ``command`` and updateEventRanges ``Command``),
   only for jobs this pilot is running, and one ``Command(panda_id, "lostheartbeat")`` per running
   job once no job update has succeeded for ``panda.lost_heartbeat`` seconds (the controller fails
   those with EXCEEDEDMAXWAITTIME 1317, as pilot3 does after 3 h).
 * On construction, what a previous run on the same workdir left is handled first: its queued
-  updates are replayed, and jobs/ranges it had leased without a final status are reported failed
+  updates are replayed (each checked with the server first, since the old run may have died while
+  it was in flight), and jobs/ranges it had leased without a final status are reported failed
   -- jobs with KILLSIGNAL (1200), because a pilot that left work in flight was, in practice, killed
   (SIGKILL by the batch system, node loss); ranges with UNKNOWNPAYLOADFAILURE (1220), "pilot
   restarted", so the server hands them out again.  No new job or range is leased before that
@@ -25,12 +29,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +47,9 @@ from hpcpilot.errors import ErrorCode
 from hpcpilot.journal import JOB, RANGE, Journal, OutboxEntry
 from hpcpilot.panda import wire
 from hpcpilot.panda.auth import register_secret
-from hpcpilot.panda.client import PandaClient, PandaError, RequestRejected
+from hpcpilot.panda.client import Ambiguous, PandaClient, PandaError, RequestRejected, ServerUnusable
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
-from hpcpilot.sources import Command, OutputBundle
+from hpcpilot.sources import Command, Delivery, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
 
 logger = logging.getLogger(__name__)
@@ -51,6 +57,14 @@ logger = logging.getLogger(__name__)
 JOURNAL_NAME = "panda-journal.sqlite"
 FETCH_UNREACHABLE = -1
 FETCH_REPLAYING = -2
+FETCH_REFUSED = -3
+FETCH_UNUSABLE = -4
+SERVER_FINAL_JOB_STATES = frozenset({"holding", "finished", "failed", "cancelled", "closed", "merging"})
+"""Job states that prove the server has a final update (finished/failed are 'holding' until its Adder)."""
+SERVER_FINAL_RANGE_STATES = {"finished": "finished", "done": "finished", "merged": "finished",
+                             "failed": "failed", "fatal": "fatal", "cancelled": "failed",
+                             "discarded": "failed", "corrupted": "failed"}
+"""Event-range states that prove the server has a final status, and what it counts as."""
 LOST_HEARTBEAT = "lostheartbeat"
 RESTART_JOB_ERROR = ErrorCode.KILLSIGNAL
 RESTART_JOB_DIAG = ("pilot restarted: the job was in flight when the previous pilot process on this workdir "
@@ -88,6 +102,8 @@ class PandaSource:
         self.fetch_deadline = fetch_deadline if fetch_deadline is not None else min(30.0, cap)
         self.close_deadline = close_deadline if close_deadline is not None else min(60.0, cap)
         self.fetch_status = 0
+        self.fetch_error = ""
+        self.fetch_hopeless = False  # the last failure will not heal by asking again
         self.journal = Journal(Path(workdir) / JOURNAL_NAME)
         self.client = client if client is not None else PandaClient(config.panda, config.site)
         self._lock = threading.Lock()
@@ -96,6 +112,9 @@ class PandaSource:
         self._running: dict[int, float] = {}  # PandaID -> monotonic time leased
         self._secrets: dict[int, dict[str, Any]] = {}
         self._lost_reported: set[int] = set()
+        self._acked: dict[int, Counter[str]] = {}
+        self._final: dict[int, str] = {}
+        self._closing_delivery: Delivery | None = None  # the last word, once the journal is closed
         self._last_success: float | None = None
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -111,7 +130,8 @@ class PandaSource:
         return []
 
     def fetch_jobs(self, n: int) -> list[dict[str, Any]]:
-        """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs; journaled before they are returned."""
+        """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs; journaled before they are returned.
+        An empty answer with a negative ``fetch_status`` is a failed request (``fetch_error`` says why)."""
         if n <= 0:
             return []
         if not self._wait_replayed():
@@ -119,29 +139,36 @@ class PandaSource:
         try:
             status, jobs = self.client.acquire_jobs(min(n, max(1, self.panda.jobs_per_fetch)), self.node,
                                                     deadline=self.fetch_deadline)
+        except ServerUnusable as exc:
+            return self._fetch_failed(FETCH_UNUSABLE, str(exc))
         except PandaError as exc:
-            logger.warning("getJob failed: %s", exc)
-            self.fetch_status = FETCH_UNREACHABLE
-            return []
-        self.fetch_status = status
-        leased = []
-        for job in jobs:
-            try:
-                panda_id = int(str(job.get("PandaID")))
-            except ValueError:
-                logger.error("getJob returned a job without a valid PandaID (%s); ignored",
-                             wire.snippet(str(job.get("PandaID")), 40))
-                continue
-            secrets = {k: job[k] for k in ("pilotSecrets", "secrets") if k in job}
-            clean = {k: v for k, v in job.items() if k not in secrets}
-            if secrets:
-                register_secret(secrets)
-                self._secrets[panda_id] = secrets
-            self.journal.record_job_lease(panda_id, clean)
-            with self._lock:
-                self._running[panda_id] = time.monotonic()
-            leased.append(clean)
-        return leased
+            return self._fetch_failed(FETCH_UNREACHABLE, str(exc))
+        if status not in (wire.STATUS_OK, wire.STATUS_NO_JOBS):
+            return self._fetch_failed(FETCH_REFUSED, f"getJob answered StatusCode {status}")
+        self.fetch_status, self.fetch_error, self.fetch_hopeless = status, "", False
+        return [job for job in (self._lease(job) for job in jobs) if job is not None]
+
+    def _fetch_failed(self, status: int, why: str) -> list[dict[str, Any]]:
+        logger.warning("getJob failed: %s", why)
+        self.fetch_status, self.fetch_error, self.fetch_hopeless = status, why, status == FETCH_UNUSABLE
+        return []
+
+    def _lease(self, job: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Journal one leased job (secrets kept in memory only); None for a job without a PandaID."""
+        panda_id = _as_int(job.get("PandaID"))
+        if panda_id is None:
+            logger.error("getJob returned a job without a valid PandaID (%s); ignored",
+                         wire.snippet(str(job.get("PandaID")), 40))
+            return None
+        secrets = {k: job[k] for k in ("pilotSecrets", "secrets") if k in job}
+        clean = {k: v for k, v in job.items() if k not in secrets}
+        if secrets:
+            register_secret(secrets)
+            self._secrets[panda_id] = secrets
+        self.journal.record_job_lease(panda_id, clean)
+        with self._lock:
+            self._running[panda_id] = time.monotonic()
+        return clean
 
     def update_job(self, record: JobRecord, final: bool) -> None:
         """Journal a heartbeat or the final update; the sender delivers it."""
@@ -161,9 +188,9 @@ class PandaSource:
                                                       deadline=self.fetch_deadline)
         except PandaError as exc:
             logger.warning("getEventRanges for %s failed: %s", job.panda_id, exc)
-            self.fetch_status = FETCH_UNREACHABLE
+            self.fetch_status, self.fetch_error = FETCH_UNREACHABLE, str(exc)
             return []
-        self.fetch_status = 0
+        self.fetch_status, self.fetch_error = 0, ""
         good = [r for r in ranges if not wire.is_null(r.get("eventRangeID"))]
         if len(good) != len(ranges):
             logger.error("getEventRanges for %s: %d range(s) without eventRangeID ignored", job.panda_id,
@@ -222,7 +249,8 @@ class PandaSource:
         self._wake.set()
         self.client.close()
         self._sender.join(timeout=min(self.panda.read_timeout + 1.0, 5.0))
-        left = self.journal.pending_count()
+        self._closing_delivery = self.delivery()
+        left = self._closing_delivery.owed
         if not delivered or left:
             logger.warning("closing with %d update(s) not yet acknowledged; they stay in %s for the next run",
                            left, self.journal.path)
@@ -264,8 +292,9 @@ class PandaSource:
         job = self.journal.leased_job(record.panda_id) or {}
         fields.setdefault("siteName", self.config.site.queue)
         fields.setdefault("node", str(self.node.get("node", "")))
-        if not wire.is_null(job.get("attemptNr")):
-            fields["attemptNr"] = int(str(job["attemptNr"]))  # the server kills a job on a wrong attemptNr
+        attempt = _as_int(job.get("attemptNr"))
+        if attempt is not None:
+            fields["attemptNr"] = attempt  # the server kills a job on a wrong attemptNr
         if final and record.state not in (JobState.FINISHED, JobState.FAILED):
             logger.warning("job %s: final update with state %s", record.panda_id, record.state)
         if "xml" in fields:
@@ -291,7 +320,11 @@ class PandaSource:
             record = JobRecord(panda_id=lease.panda_id, state=JobState.FAILED)
             record.fail(RESTART_JOB_ERROR, RESTART_JOB_DIAG)
             self.journal.enqueue_job_update(lease.panda_id, self._job_fields(record, True), True)
+        uncertain = self.journal.mark_run_uncertain(self.journal.run)
         replay = self.journal.pending()
+        if uncertain:
+            logger.warning("journal %s: %d update(s) of a previous run may have reached the server; each is "
+                           "checked with the server before it is sent", self.journal.path, uncertain)
         if replay or jobs or ranges:
             logger.warning("journal %s from a previous run: %d job(s) and %d event range(s) were in flight "
                            "and are reported failed; %d update(s) to replay before leasing new work",
@@ -339,33 +372,141 @@ class PandaSource:
             self._cond.notify_all()
 
     def _send(self, entry: OutboxEntry) -> bool:
-        """Deliver one outbox entry; False if it must be tried again later."""
+        """Deliver one outbox entry; False if it must be tried again later.  An answer that leaves the
+        update's fate open is followed at once by one look-up: the server that answered is up."""
+        outcome = self._send_once(entry)
+        if outcome is None:
+            outcome = self._send_once(dataclasses.replace(entry, uncertain=True)) is True
+        return outcome
+
+    def _send_once(self, entry: OutboxEntry) -> bool | None:
+        """True: done with it; False: try again later; None: its fate is open (marked uncertain)."""
         try:
-            if entry.kind == JOB:
-                names = self.client.update_job(entry.body)
-                with self._lock:
-                    self._last_success = time.monotonic()
-                commands = {entry.panda_id: names}
-            else:
-                result = self.client.update_event_ranges(entry.body["payload"], entry.body["version"])
-                commands = result.commands
+            if entry.uncertain:
+                checked = self._check_with_server(entry)
+                if checked is None:
+                    return True
+                entry = checked
+            commands = self._deliver(entry)
         except RequestRejected as exc:
             logger.error("server refused update #%d for job %s, not resending: %s", entry.seq, entry.panda_id,
                          exc)
+            self._count(entry, wire.range_ids_of(entry.body["payload"]) if entry.kind != JOB else [], "rejected")
             self.journal.reject(entry, str(exc))
             return True
+        except Ambiguous as exc:
+            logger.warning("update #%d for job %s: %s; asking the server what it has before sending again",
+                           entry.seq, entry.panda_id, exc)
+            self.journal.mark_uncertain(entry, str(exc))
+            return None
         except PandaError as exc:
             if entry.attempts == 0:
                 logger.warning("update #%d for job %s not delivered yet: %s", entry.seq, entry.panda_id, exc)
             self.journal.note_failure(entry, str(exc))
             return False
-        except Exception:
-            logger.exception("unexpected error sending update #%d for job %s", entry.seq, entry.panda_id)
+        except Exception as exc:  # the sender thread must live on: the journal keeps the update
+            logger.error("unexpected error sending update #%d for job %s: %s: %s", entry.seq, entry.panda_id,
+                         type(exc).__name__, wire.snippet(str(exc), 200))
             self.journal.note_failure(entry, "internal error")
             return False
-        self.journal.acknowledge(entry)
         self._queue_commands(commands)
         return True
+
+    def _deliver(self, entry: OutboxEntry) -> Mapping[int, list[str]]:
+        """Send one entry; on an acknowledging reply, remove it (or narrow it to what was not taken)."""
+        if entry.kind == JOB:
+            names = self.client.update_job(entry.body)
+            with self._lock:
+                self._last_success = time.monotonic()
+            if entry.final:
+                self._final[entry.panda_id] = "acknowledged"
+            self.journal.acknowledge(entry)
+            return {entry.panda_id: names}
+        result = self.client.update_event_ranges(entry.body["payload"], entry.body["version"])
+        ids = wire.range_ids_of(entry.body["payload"])
+        taken = {rid for rid, ok in zip(ids, result.returns, strict=True) if ok is True}
+        refused = [rid for rid, ok in zip(ids, result.returns, strict=True) if ok is False]
+        self._count(entry, [rid for rid in ids if rid in taken], None)
+        self._count(entry, refused, "rejected")
+        unknown = set(ids) - taken - set(refused)
+        if unknown:  # null for a final status: not stored, or not said; the server is asked next time
+            narrowed = self.journal.narrow(entry, _only(entry.body, unknown))
+            self.journal.mark_uncertain(narrowed, f"{len(unknown)} range(s) without a true/false answer")
+        else:
+            self.journal.acknowledge(entry)
+        return result.commands
+
+    def _check_with_server(self, entry: OutboxEntry) -> OutboxEntry | None:
+        """An update whose fate is unknown: ask the server.  None when it has everything (the entry is
+        then acknowledged); otherwise the entry narrowed to what the server lacks, to be sent."""
+        if entry.kind == JOB:
+            if not entry.final:
+                return entry  # a heartbeat: repeating it is harmless
+            state = self.client.job_statuses([entry.panda_id], deadline=self.fetch_deadline).get(entry.panda_id)
+            if state not in SERVER_FINAL_JOB_STATES:
+                logger.info("job %s: the server's state is %s; sending the final update again", entry.panda_id,
+                            state)
+                return entry
+            logger.info("job %s: the server already has a final state (%s); not sent again", entry.panda_id, state)
+            self._final[entry.panda_id] = "acknowledged"
+            self.journal.acknowledge(entry)
+            return None
+        ids = wire.range_ids_of(entry.body["payload"])
+        known = self.client.range_statuses([(entry.panda_id, self._task_of(entry.panda_id, ids))],
+                                           deadline=self.fetch_deadline)
+        have = {rid: SERVER_FINAL_RANGE_STATES[known[rid]] for rid in ids
+                if known.get(rid) in SERVER_FINAL_RANGE_STATES}
+        for status in set(have.values()):
+            self._count(entry, [rid for rid, s in have.items() if s == status], status)
+        missing = [rid for rid in ids if rid not in have]
+        logger.info("job %s: the server has %d of %d range(s) of update #%d; %s", entry.panda_id, len(have),
+                    len(ids), entry.seq, f"sending the other {len(missing)}" if missing else "nothing to send")
+        if not missing:
+            self.journal.acknowledge(entry)
+            return None
+        return self.journal.narrow(entry, _only(entry.body, set(missing)))
+
+    def _task_of(self, panda_id: int, range_ids: Sequence[str]) -> int | None:
+        """The jediTaskID of a job: the first field of its eventRangeIDs, else the journaled definition."""
+        for range_id in range_ids:
+            task = _as_int(range_id.split("-", 1)[0])
+            if task is not None:
+                return task
+        job = self.journal.leased_job(panda_id) or {}
+        return _as_int(job.get("taskID", job.get("jediTaskID")))
+
+    def _count(self, entry: OutboxEntry, range_ids: Sequence[str], status: str | None) -> None:
+        """Count acknowledged (or rejected) outcomes; ``status`` None = the status each range was sent with."""
+        if entry.kind == JOB:
+            if entry.final and status == "rejected":
+                self._final[entry.panda_id] = "rejected"
+            return
+        if not range_ids:
+            return
+        sent = _statuses(entry.body["payload"]) if status is None else {}
+        counter = self._acked.setdefault(entry.panda_id, Counter())
+        for range_id in range_ids:
+            counter[status or sent.get(range_id, "finished")] += 1
+
+    def delivery(self) -> Delivery:
+        """What the server acknowledged this run, and what is still owed (from the journal)."""
+        if self._closing_delivery is not None:
+            return self._closing_delivery
+        owed_ranges: Counter[int] = Counter()
+        owed_jobs: set[int] = set()
+        pending = self.journal.pending()
+        for entry in pending:
+            if entry.kind == JOB:
+                if entry.final:
+                    owed_jobs.add(entry.panda_id)
+            else:
+                owed_ranges[entry.panda_id] += len(wire.range_ids_of(entry.body["payload"]))
+        ranges = {pid: dict(counts) for pid, counts in self._acked.items()}
+        for pid, n in owed_ranges.items():
+            ranges.setdefault(pid, {})["owed"] = n
+        jobs = dict(self._final)
+        jobs.update({pid: "owed" for pid in owed_jobs})
+        return Delivery(ranges, jobs, len(pending), str(self.journal.path))
 
     def _queue_commands(self, commands: Mapping[int, list[str]]) -> None:
         with self._lock:
@@ -389,4 +530,36 @@ def _with_guids(report: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, 
         if wire.is_null(entry.get("guid")):
             entry["guid"] = log_guid if lfn == log_file and not wire.is_null(log_guid) else str(uuid.uuid4())
         out[lfn] = entry
+    return out
+
+
+def _as_int(value: Any) -> int | None:
+    """An integer field of a job definition or id, or None (never an exception: definitions are untrusted)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    text = str(value).strip() if isinstance(value, str) else ""
+    return int(text) if text.lstrip("-").isdigit() and len(text) < 20 else None
+
+
+def _only(body: Mapping[str, Any], keep: set[str]) -> dict[str, Any]:
+    """An updateEventRanges body narrowed to the ranges in ``keep`` (version 1 chunks keep their zipFile)."""
+    payload: list[dict[str, Any]] = []
+    for item in body["payload"]:
+        if "eventRanges" in item:
+            ranges = [r for r in item["eventRanges"] if str(r.get("eventRangeID")) in keep]
+            if ranges:
+                payload.append({**item, "eventRanges": ranges})
+        elif str(item.get("eventRangeID")) in keep:
+            payload.append(dict(item))
+    return {**body, "payload": payload}
+
+
+def _statuses(payload: Sequence[Mapping[str, Any]]) -> dict[str, str]:
+    """eventRangeID -> the status it was sent with."""
+    out: dict[str, str] = {}
+    for item in payload:
+        for event in item.get("eventRanges", [item]):
+            out[str(event.get("eventRangeID"))] = str(event.get("eventStatus"))
     return out

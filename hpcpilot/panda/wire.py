@@ -1,4 +1,4 @@
-"""PanDA wire formats: legacy <-> v1 field names, request bodies, reply decoding.
+"""PanDA wire formats: legacy <-> v1 field names and request bodies (replies: ``replies.py``).
 
 Two dialects of the same four calls (getJob, updateJob, getEventRanges, updateEventRanges):
 
@@ -9,8 +9,8 @@ Two dialects of the same four calls (getJob, updateJob, getEventRanges, updateEv
 * v1 ``/api/v1/...``: JSON request with snake_case names, reply ``{success, message, data}``.
 
 Everything in hpcpilot speaks legacy names (``JobRecord.to_wire()``); ``to_v1`` maps them on with
-the single table ``LEGACY_TO_V1``.  Decoders raise ``WireError`` with a one-line message naming
-what was wrong with the server's reply.
+the single table ``LEGACY_TO_V1``.  ``WireError`` is the one-line error of anything on the wire
+that hpcpilot cannot read or encode.
 """
 
 from __future__ import annotations
@@ -21,13 +21,17 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 GET_JOB = "getJob"
 UPDATE_JOB = "updateJob"
 GET_EVENT_RANGES = "getEventRanges"
 UPDATE_EVENT_RANGES = "updateEventRanges"
 METHODS = (GET_JOB, UPDATE_JOB, GET_EVENT_RANGES, UPDATE_EVENT_RANGES)
+# Status look-ups, asked when an update's fate is unknown (panda-wire A.5): legacy method names.
+GET_JOB_STATUS = "getStatus"
+GET_EVENTS_STATUS = "get_events_status"
+LOOKUPS = (GET_JOB_STATUS, GET_EVENTS_STATUS)
 
 LEGACY_PREFIX = "/server/panda/"
 V1_PATHS: dict[str, str] = {
@@ -35,6 +39,8 @@ V1_PATHS: dict[str, str] = {
     UPDATE_JOB: "/api/v1/pilot/update_job",
     GET_EVENT_RANGES: "/api/v1/event/acquire_event_ranges",
     UPDATE_EVENT_RANGES: "/api/v1/event/update_event_ranges",
+    GET_JOB_STATUS: "/api/v1/pilot/get_job_status",
+    GET_EVENTS_STATUS: "/api/v1/event/get_event_range_statuses",
 }
 V1_METHOD_BY_PATH = {path: method for method, path in V1_PATHS.items()}
 
@@ -263,190 +269,6 @@ def prepare_update(fields: Mapping[str, Any]) -> dict[str, Any]:
 def timestamp() -> str:
     """Local ISO-8601 time with UTC offset, as pilot3 sends in ``timestamp``."""
     return datetime.fromtimestamp(time.time()).astimezone().isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------------------------------ replies
-
-def decode_body(body: bytes) -> dict[str, Any]:
-    """A reply body as a dict: a JSON object, or URL-encoded ``key=value&...`` (values stay strings)."""
-    text = body.decode("utf-8", "replace").strip()
-    if text.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            raise WireError(f"server reply is broken JSON: {snippet(text)!r}") from None
-        if not isinstance(value, dict):
-            raise WireError(f"server reply is not a JSON object: {snippet(text)!r}")
-        return value
-    if text == "Succeeded":
-        return {"StatusCode": "0"}
-    if "=" in text and not text.startswith("<"):
-        try:
-            pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
-        except ValueError:
-            raise WireError(f"server reply is neither JSON nor URL-encoded: {snippet(text)!r}") from None
-        return dict(pairs)
-    raise WireError(f"server reply is neither JSON nor URL-encoded: {snippet(text)!r}")
-
-
-def status_of(reply: Mapping[str, Any]) -> int:
-    """The StatusCode of a legacy-style reply (int or numeric string)."""
-    value = reply.get("StatusCode")
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        return int(str(value).strip())
-    except (TypeError, ValueError):
-        raise WireError(f"server reply has no valid StatusCode: {snippet(str(value))!r}") from None
-
-
-def nested_json(value: Any, what: str) -> Any:
-    """A value that may be a JSON string inside the reply (URL-encoded mode, Returns/Command)."""
-    if not isinstance(value, str):
-        return value
-    if is_null(value):
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        raise WireError(f"{what} in the server reply is not JSON: {snippet(value)!r}") from None
-
-
-def unwrap_v1(reply: Mapping[str, Any]) -> tuple[bool, str, Any]:
-    """(success, message, data) of a v1 reply."""
-    if "success" not in reply:
-        raise WireError(f"v1 reply without 'success': {snippet(json.dumps(reply))!r}")
-    return bool(reply.get("success")), str(reply.get("message") or ""), reply.get("data")
-
-
-def split_commands(value: Any) -> list[str]:
-    """A backchannel command field -> command names ('debug,tobekilled' -> two; NULL -> none)."""
-    if is_null(value):
-        return []
-    return [part.strip() for part in str(value).split(",") if not is_null(part.strip())]
-
-
-def _job_list(value: Any) -> list[dict[str, Any]]:
-    jobs = nested_json(value, "jobs")
-    if jobs is None:
-        return []
-    if isinstance(jobs, dict):
-        jobs = [jobs]
-    if not isinstance(jobs, list) or not all(isinstance(j, dict) for j in jobs):
-        raise WireError(f"jobs in the server reply is not a list of objects: {snippet(str(value))!r}")
-    return jobs
-
-
-def parse_get_job(reply: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]]]:
-    """Legacy getJob reply -> (StatusCode, jobs); the job may be flat (no nJobs) or a ``jobs`` list."""
-    status = status_of(reply)
-    if status != STATUS_OK:
-        return status, []
-    if "jobs" in reply:
-        return status, _job_list(reply["jobs"])
-    if "PandaID" in reply:
-        return status, [dict(reply)]
-    return status, []
-
-
-def parse_acquire_jobs(reply: Mapping[str, Any]) -> tuple[int, list[dict[str, Any]], str]:
-    """v1 acquire_jobs reply -> (status, jobs, message); ``success: false`` 'No jobs' is status 20."""
-    success, message, data = unwrap_v1(reply)
-    if not success:
-        status = STATUS_NO_JOBS if "no job" in message.lower() else STATUS_FAILED
-        if isinstance(data, Mapping) and "StatusCode" in data:
-            status = status_of(data)
-        return status, [], message
-    if isinstance(data, list):
-        return STATUS_OK, _job_list(data), message
-    if isinstance(data, Mapping):
-        if "StatusCode" in data:
-            status, jobs = parse_get_job(data)
-        else:
-            status, jobs = STATUS_OK, _job_list(data.get("jobs"))
-        return status, jobs, message or str(data.get("errorDialog") or "")
-    if data is None:
-        return STATUS_NO_JOBS, [], message
-    raise WireError(f"acquire_jobs data is neither a list nor an object: {snippet(json.dumps(data))!r}")
-
-
-def parse_update_job(reply: Mapping[str, Any], v1: bool) -> tuple[int, list[str], Any, str]:
-    """updateJob reply -> (status, commands, pilotSecrets, message)."""
-    message = ""
-    if v1:
-        success, message, data = unwrap_v1(reply)
-        if not success:
-            return STATUS_FAILED, [], None, message
-        reply = data if isinstance(data, Mapping) else {"StatusCode": 0}
-    status = status_of(reply) if "StatusCode" in reply else STATUS_OK
-    secrets = reply.get("pilotSecrets")
-    return status, split_commands(reply.get("command")), None if is_null(secrets) else secrets, \
-        message or str(reply.get("errorDialog") or "")
-
-
-def _range_list(value: Any) -> list[dict[str, Any]]:
-    ranges = nested_json(value, "eventRanges")
-    if ranges is None:
-        return []
-    if not isinstance(ranges, list) or not all(isinstance(r, dict) for r in ranges):
-        raise WireError(f"eventRanges in the server reply is not a list of objects: {snippet(str(value))!r}")
-    return ranges
-
-
-def parse_get_event_ranges(reply: Mapping[str, Any], v1: bool) -> tuple[int, list[dict[str, Any]], str]:
-    """getEventRanges reply -> (status, ranges, message); an empty list means no more ranges."""
-    if v1:
-        success, message, data = unwrap_v1(reply)
-        if not success:
-            return STATUS_FAILED, [], message
-        if isinstance(data, Mapping):
-            status = status_of(data) if "StatusCode" in data else STATUS_OK
-            return status, _range_list(data.get("eventRanges")), message
-        return STATUS_OK, _range_list(data), message
-    status = status_of(reply)
-    return status, _range_list(reply.get("eventRanges")) if status == STATUS_OK else [], \
-        str(reply.get("errorDialog") or "")
-
-
-def _commands_map(value: Any) -> dict[int, list[str]]:
-    commands = nested_json(value, "Command")
-    if commands is None:
-        return {}
-    if not isinstance(commands, Mapping):
-        raise WireError(f"Command in the server reply is not an object: {snippet(str(value))!r}")
-    out: dict[int, list[str]] = {}
-    for key, command in commands.items():
-        try:
-            panda_id = int(str(key))
-        except ValueError:
-            raise WireError(f"Command in the server reply has a bad PandaID: {snippet(str(key))!r}") from None
-        names = split_commands(command)
-        if names:
-            out[panda_id] = names
-    return out
-
-
-def parse_update_event_ranges(reply: Mapping[str, Any],
-                              v1: bool) -> tuple[int, list[Any], dict[int, list[str]]]:
-    """updateEventRanges reply -> (status, Returns, {PandaID: commands}).
-
-    ``Returns``/``Command`` may be JSON strings even inside a JSON reply.  v1 servers may name them
-    ``Commands``.  A status-0 reply whose Returns is not JSON (the server's answer to input it could
-    not parse, panda-wire A.6.4) raises WireError.
-    """
-    if v1:
-        success, _message, data = unwrap_v1(reply)
-        if not success:
-            return STATUS_FAILED, [], {}
-        reply = data if isinstance(data, Mapping) else {"StatusCode": 0, "Returns": data}
-    status = status_of(reply) if "StatusCode" in reply else STATUS_OK
-    returns = nested_json(reply.get("Returns"), "Returns")
-    if returns is None:
-        returns = []
-    if not isinstance(returns, list):
-        raise WireError(f"Returns in the server reply is not a list: {snippet(str(reply.get('Returns')))!r}")
-    command_value = reply.get("Command", reply.get("Commands"))
-    return status, returns, _commands_map(command_value)
 
 
 def range_ids_of(payload: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from hpcpilot.panda import auth, wire
 from hpcpilot.panda.auth import Credentials
-from hpcpilot.panda.client import BadReply, PandaClient, RequestRejected, ServerUnavailable
+from hpcpilot.panda.client import Ambiguous, PandaClient, RequestRejected, ServerUnavailable, ServerUnusable
 from hpcpilot.panda.server import PandaTestServer, token_fingerprint
 from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.states import JobState
@@ -90,14 +90,17 @@ def test_both_apis_end_to_end(panda_server, api, accept_json):
             ],
         }
     ]
-    result = client.update_event_ranges(payload, version=1)
-    if api == "v1":
-        assert result.assumed_delivered  # the upstream v1 bug: HTTP 500 after committing
+    failed = [{"eventRangeID": ranges[2]["eventRangeID"], "eventStatus": "failed", "errorCode": 1220}]
+    if api == "v1":  # the upstream v1 bug: HTTP 500 after committing, a body that proves nothing
+        with pytest.raises(Ambiguous, match="unhashable type"):
+            client.update_event_ranges(payload, version=1)
+        with pytest.raises(Ambiguous, match="not serializable"):
+            client.update_event_ranges(failed)
+        statuses = client.range_statuses([(500, spec.task_id)])
+        assert statuses[ranges[0]["eventRangeID"]] == "finished" and statuses[ranges[2]["eventRangeID"]] == "failed"
     else:
-        assert result.returns == [True, True]  # the extra trailing false is dropped
-    client.update_event_ranges(
-        [{"eventRangeID": ranges[2]["eventRangeID"], "eventStatus": "failed", "errorCode": 1220}]
-    )
+        assert client.update_event_ranges(payload, version=1).returns == [True, True]  # trailing false dropped
+        client.update_event_ranges(failed)
     record = JobRecord(
         panda_id=500,
         state=JobState.FINISHED,
@@ -145,8 +148,8 @@ def test_auto_falls_back_to_legacy_once(tmp_path):
     try:
         client = _client(server.url, "auto")
         posted = []
-        original = client.session.post
-        client.session.post = lambda url, **kw: posted.append(url) or original(url, **kw)
+        original = client.session.request
+        client.session.request = lambda verb, url, **kw: posted.append(url) or original(verb, url, **kw)
         assert client.acquire_jobs(1, NODE)[1][0]["PandaID"] == 1000
         assert client.acquire_jobs(1, NODE)[1][0]["PandaID"] == 1001
         assert [u.split(server.url)[1] for u in posted] == [
@@ -194,13 +197,17 @@ def test_commands_come_back(panda_server):
     assert result.commands == {500: ["softkill"]}
 
 
-def test_5xx_storm_is_retried_until_it_passes(panda_server):
+def test_5xx_storm_is_retried_until_it_passes_but_a_final_update_is_never_resent_blindly(panda_server):
     panda_server.set_fault("5xx", count=4)
     client = _client(panda_server.url, "v1", call_deadline=5.0)
     assert client.acquire_jobs(1, NODE)[0] == 0
     panda_server.set_fault("5xx")
     with pytest.raises(ServerUnavailable, match="HTTP 503"):
         client.update_job({"jobId": 500, "state": "running"}, deadline=0.5)
+    before = len(panda_server.requests("updateJob"))
+    with pytest.raises(Ambiguous, match="HTTP 503"):
+        client.update_job({"jobId": 500, "state": "finished"}, deadline=5.0)
+    assert len(panda_server.requests("updateJob")) == before + 1  # one attempt, then ask the server
 
 
 def test_slow_server_timeouts_are_honoured(panda_server):
@@ -219,9 +226,75 @@ def test_server_down_connection_refused():
 
 def test_garbage_and_forbidden_replies_are_one_line_errors(panda_server):
     panda_server.set_fault("garbage", count=1)
-    with pytest.raises(BadReply) as info:
+    with pytest.raises(ServerUnavailable) as info:
         _client(panda_server.url, "legacy").acquire_jobs(1, NODE)
     assert "neither JSON nor URL-encoded" in str(info.value) and "\n" not in str(info.value)
+
+
+FAULTS_THAT_PROVE_NOTHING = ["garbage", "no-data", "status-zero", "truncated", "500", "reset"]
+
+
+@pytest.mark.parametrize("api", ["v1", "legacy"])
+@pytest.mark.parametrize("kind", FAULTS_THAT_PROVE_NOTHING)
+def test_no_answer_that_proves_nothing_is_taken_for_no_jobs_or_delivery(panda_server, api, kind):
+    """Every fault class, on both APIs: getJob is not "no jobs", updates are not "delivered"."""
+    client = _client(panda_server.url, api, call_deadline=2.0, retry_initial=0.05)
+    assert client.acquire_jobs(1, NODE)[1][0]["PandaID"] in (500, "500")
+    panda_server.set_fault(kind, method="getJob")
+    with pytest.raises(ServerUnavailable) as info:
+        client.acquire_jobs(1, NODE, deadline=0.5)
+    assert "\n" not in str(info.value)
+    panda_server.set_fault(kind, method="updateJob", after_commit=True)
+    with pytest.raises(Ambiguous):
+        client.update_job({"jobId": 500, "state": "failed", "pilotErrorCode": 1099}, deadline=1.0)
+    panda_server.set_fault(None)
+    assert client.job_statuses([500]) == {500: "holding"}  # committed although the answer proved nothing
+    panda_server.set_fault(kind, method="updateEventRanges", after_commit=True)
+    with pytest.raises(Ambiguous):
+        client.update_event_ranges([{"eventRangeID": "77-500-1-1-2", "eventStatus": "failed"}], deadline=1.0)
+    panda_server.set_fault(None)
+
+
+def test_status_lookups_on_both_apis(panda_server):
+    for api in ("v1", "legacy"):
+        client = _client(panda_server.url, api)
+        assert client.job_statuses([500, 999]) == {500: "activated", 999: "not found" if api == "v1" else "notfound"}
+    client = _client(panda_server.url, "v1")
+    client.acquire_jobs(1, NODE)
+    legacy = _client(panda_server.url, "legacy")
+    legacy.acquire_event_ranges(500, None, None, 1)
+    assert legacy.range_statuses([(500, 77)])["77-500-1-1-2"] == "sent"
+    assert client.range_statuses([(500, 77)])["77-500-1-2-2"] == "ready"
+    client.update_job({"jobId": 500, "state": "finished"})
+    assert client.job_statuses([500]) == {500: "holding"}  # as the real server before its Adder
+
+
+def test_a_certificate_that_does_not_verify_is_not_retried(tmp_path, panda_certs):
+    server = PandaTestServer(tmp_path / "s.sqlite", tls=(str(panda_certs["server_cert"]),
+                                                         str(panda_certs["server_key"]))).start()
+    try:
+        wrong = _client(server.url, "v1", credentials=Credentials.from_environ(str(panda_certs["other_ca_dir"])))
+        with pytest.raises(ServerUnusable, match="does not verify"):
+            wrong.acquire_jobs(1, NODE, deadline=30.0)  # at once, not after 30 s of retries
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("url", ["ftp://example.org", "not-a-url", "http://", "https://host:99999"])
+def test_a_server_url_that_cannot_work_is_refused_in_one_line(url):
+    with pytest.raises(ServerUnusable) as info:
+        _client(url, "v1")
+    assert "\n" not in str(info.value)
+
+
+def test_a_bearer_token_never_goes_over_plain_http_to_another_host(tmp_path):
+    token = tmp_path / "token"
+    token.write_text("tok-123")
+    credentials = Credentials(token=auth.TokenFile(token, "atlas"))
+    with pytest.raises(ServerUnusable, match="plain http"):
+        _client("http://panda.example.org:25080", "v1", credentials=credentials)
+    _client("http://127.0.0.1:25080", "v1", credentials=credentials)  # loopback is fine
+    _client("https://panda.example.org:25443", "v1", credentials=credentials)
 
 
 class _Replay(BaseHTTPRequestHandler):
@@ -334,12 +407,12 @@ def test_tls_server_signed_by_another_ca_is_refused(tmp_path, panda_certs):
         wrong = _client(
             server.url, "v1", credentials=Credentials.from_environ(str(panda_certs["other_ca_dir"]))
         )
-        with pytest.raises(ServerUnavailable, match="TLS failure"):
+        with pytest.raises(ServerUnusable, match="TLS failure"):
             wrong.acquire_jobs(1, NODE, deadline=0.5)
         assert server.requests() == []
         system_store = _client(server.url, "v1", credentials=Credentials.from_environ(""))
         assert system_store.credentials.verify is True
-        with pytest.raises(ServerUnavailable, match="TLS failure"):
+        with pytest.raises(ServerUnusable, match="TLS failure"):
             system_store.acquire_jobs(1, NODE, deadline=0.5)
         right = _client(server.url, "v1", credentials=Credentials.from_environ(str(panda_certs["ca_dir"])))
         assert right.acquire_jobs(1, NODE)[0] == 0

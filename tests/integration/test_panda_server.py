@@ -155,9 +155,14 @@ def test_v1_update_event_ranges_answers_500_after_committing(panda_server):
     reply = _v1(
         panda_server, "event/update_event_ranges", {"event_ranges": json.dumps(payload), "version": 1}
     )
-    assert reply.status_code == 500 and "serializable" in reply.text
+    assert reply.status_code == 500 and reply.text == "unhashable type: 'list'"  # version 1 (A.5)
     stored = panda_server.dump()["event_ranges"][0]
     assert stored["status"] == "finished" and stored["zipFile"]["lfn"] == "z.tar"
+    ranges = _v1(panda_server, "event/acquire_event_ranges", {"job_id": 100, "n_ranges": 1}).json()["data"]
+    flat = [{"eventRangeID": ranges[0]["eventRangeID"], "eventStatus": "failed", "errorCode": 1220}]
+    reply = _v1(panda_server, "event/update_event_ranges", {"event_ranges": json.dumps(flat), "version": 0})
+    assert reply.status_code == 500 and "Type not serializable" in reply.text  # version 0 (A.5)
+    assert panda_server.dump()["event_ranges"][1]["status"] == "failed"
 
 
 def test_v1_form_post_fails_type_check_and_unknown_method_is_forbidden(panda_server):

@@ -1,4 +1,4 @@
-"""PanDA wire formats: decoding the captured real-server replies, name mapping, request encoding."""
+"""PanDA wire formats: name mapping and request encoding (replies: test_panda_replies.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from hpcpilot.panda import wire
-from hpcpilot.records import JobRecord, JobSpec
+from hpcpilot.panda import replies, wire
+from hpcpilot.records import JobRecord
 from hpcpilot.states import JobState
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "panda"
@@ -18,107 +18,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "panda"
 
 def _fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
-
-
-def test_urlencoded_get_job_is_flat_with_strings_and_null():
-    reply = wire.decode_body(_fixture("getJob-urlencoded.txt"))
-    status, jobs = wire.parse_get_job(reply)
-    assert status == 0 and len(jobs) == 1
-    job = jobs[0]
-    assert job["PandaID"] == "1" and job["taskID"] == "NULL" and job["ioIntensity"] == "None"
-    spec = JobSpec.from_wire(job)
-    assert spec.panda_id == 1 and spec.task_id is None and spec.max_walltime is None
-    assert spec.log_file is not None and spec.log_file.guid == job["logGUID"]
-
-
-def test_json_get_job_and_v1_acquire_jobs():
-    status, jobs = wire.parse_get_job(wire.decode_body(_fixture("getJob-4.json")))
-    assert status == 0 and jobs[0]["PandaID"] == 4
-    status, jobs, _message = wire.parse_acquire_jobs(wire.decode_body(_fixture("acquire_jobs.json")))
-    assert status == 0 and [j["PandaID"] for j in jobs] == [3]
-    JobSpec.from_wire(jobs[0])
-
-
-def test_v1_acquire_jobs_variants():
-    assert wire.parse_acquire_jobs({"success": False, "message": "No jobs in PanDA", "data": None})[0] == 20
-    assert wire.parse_acquire_jobs({"success": True, "data": [{"PandaID": 7}]})[1] == [{"PandaID": 7}]
-    assert (
-        wire.parse_acquire_jobs({"success": False, "message": "no production role"})[0] == wire.STATUS_FAILED
-    )
-
-
-def test_legacy_get_job_with_njobs_json_string_and_no_jobs():
-    body = b"StatusCode=0&jobs=" + json.dumps([{"PandaID": 1}, {"PandaID": 2}]).replace(" ", "").encode()
-    assert [j["PandaID"] for j in wire.parse_get_job(wire.decode_body(body))[1]] == [1, 2]
-    assert wire.parse_get_job(wire.decode_body(b'{"StatusCode": 20, "errorDialog": "no jobs in PanDA"}')) == (
-        20,
-        [],
-    )
-    assert wire.parse_get_job(wire.decode_body(b"StatusCode=20")) == (20, [])
-
-
-def test_event_ranges_replies_all_forms():
-    for name, v1 in (
-        ("getEventRanges-urlencoded.txt", False),
-        ("getEventRanges.json", False),
-        ("acquire_event_ranges.json", True),
-    ):
-        status, ranges, _ = wire.parse_get_event_ranges(wire.decode_body(_fixture(name)), v1)
-        assert status == 0 and len(ranges) == 2
-        assert all(isinstance(r["startEvent"], int) and r["eventRangeID"].count("-") == 4 for r in ranges)
-
-
-def test_update_event_ranges_nested_json_strings_and_trailing_false():
-    status, returns, commands = wire.parse_update_event_ranges(
-        wire.decode_body(_fixture("updateEventRanges.json")), v1=False
-    )
-    assert (status, returns, commands) == (0, [None, False], {})
-    status, returns, commands = wire.parse_update_event_ranges(
-        wire.decode_body(_fixture("updateEventRanges-urlencoded.txt")), v1=False
-    )
-    assert returns == [True, True, False] and commands == {}
-    reply = {"StatusCode": 0, "Returns": "[true]", "Command": '{"12": "softkill", "13": null}'}
-    assert wire.parse_update_event_ranges(reply, v1=False)[2] == {12: ["softkill"]}
-    v1 = {"success": True, "data": {"Returns": [True], "Commands": {"5": "tobekilled"}}}
-    assert wire.parse_update_event_ranges(v1, v1=True) == (0, [True], {5: ["tobekilled"]})
-
-
-def test_update_event_ranges_garbage_with_status_zero_is_a_one_line_error():
-    reply = wire.decode_body(b"StatusCode=0&Returns=%22&Command=E")
-    assert wire.status_of(reply) == 0
-    with pytest.raises(wire.WireError) as info:
-        wire.parse_update_event_ranges(reply, v1=False)
-    assert "Returns" in str(info.value) and "\n" not in str(info.value)
-
-
-def test_update_job_replies():
-    assert wire.parse_update_job(wire.decode_body(_fixture("update_job.json")), v1=True)[:2] == (0, [])
-    assert wire.parse_update_job(wire.decode_body(b"StatusCode=0&command=tobekilled"), v1=False)[1] == [
-        "tobekilled"
-    ]
-    assert wire.parse_update_job({"StatusCode": "0", "command": "debug,tobekilled"}, v1=False)[1] == [
-        "debug",
-        "tobekilled",
-    ]
-    status, commands, secrets, _ = wire.parse_update_job(
-        {"success": True, "data": {"StatusCode": 0, "command": None, "pilotSecrets": "s3cr3t-value"}}, v1=True
-    )
-    assert (status, commands, secrets) == (0, [], "s3cr3t-value")
-
-
-@pytest.mark.parametrize(
-    "body", [b"<html><body>502 Bad Gateway</body></html>", b"{not json", b"", b"[1, 2]", b"hello world"]
-)
-def test_garbage_replies_raise_one_line_errors(body):
-    with pytest.raises(wire.WireError) as info:
-        wire.decode_body(body)
-    assert "\n" not in str(info.value)
-
-
-def test_missing_status_code_is_an_error():
-    with pytest.raises(wire.WireError):
-        wire.status_of({"command": "NULL"})
-    assert wire.status_of({"StatusCode": "20"}) == 20
 
 
 def test_v1_names_from_job_record():
@@ -185,4 +84,4 @@ def test_times_and_limits():
 def test_range_ids_of_versions():
     assert wire.range_ids_of([{"eventRangeID": "a"}, {"eventRangeID": "b"}]) == ["a", "b"]
     assert wire.range_ids_of([{"zipFile": {}, "eventRanges": [{"eventRangeID": "c"}]}]) == ["c"]
-    assert wire.split_commands("NULL") == [] and wire.split_commands(None) == []
+    assert replies.split_commands("NULL") == [] and replies.split_commands(None) == []
