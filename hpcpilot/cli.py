@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hpcpilot import __version__
-from hpcpilot.config import SiteConfig, documented_keys, load_config
+from hpcpilot.config import SiteConfig, documented_keys, load_config, replace
 from hpcpilot.errors import ConfigError, exit_status_for_signal
 from hpcpilot.log import setup_logging
 
@@ -75,10 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--job-name", default="hpcpilot")
     render.add_argument("pilot_args", nargs=argparse.REMAINDER, help="arguments for 'hpcpilot run' (after --)")
 
+    from hpcpilot.panda.deliver import add_deliver_parser
     from hpcpilot.panda.serve_cli import add_serve_parser
     from hpcpilot.report import add_report_parser
 
     add_serve_parser(sub)
+    add_deliver_parser(sub)
     add_report_parser(sub)
     return parser
 
@@ -96,16 +99,32 @@ def main(argv: list[str] | None = None) -> int:
             from hpcpilot.panda.serve_cli import run_serve
 
             return run_serve(args)
+        if args.command == "deliver":
+            from hpcpilot.panda.deliver import run_deliver
+
+            return run_deliver(args)
         if args.command == "report":
             from hpcpilot.report import report_main
 
             return report_main(args)
     except ConfigError as exc:
-        print(f"hpcpilot: {exc}", file=sys.stderr)
+        if args.command != "run" or _launcher_rank(os.environ) == 0:  # every rank of a launch refuses alike
+            print(f"hpcpilot: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _launcher_rank(environ: Mapping[str, str]) -> int:
+    """This process's rank as the launcher set it (0 when not launched as one of several), read before MPI starts."""
+    from hpcpilot.slurm import RANK_VARIABLES
+
+    for name in RANK_VARIABLES:
+        value = environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return 0
 
 
 def check_config(path: Path) -> int:
@@ -131,6 +150,8 @@ def run_command(args: argparse.Namespace) -> int:
     config = load_config(args.site_config, _run_overrides(args))
     if not args.harvester_dir and not config.panda.server:
         raise ConfigError("run: give --harvester-dir DIR or --server URL (or panda.server in the site config)")
+    if not args.harvester_dir:
+        config = replace(config, "harvester", stage="pilot")  # without Harvester, the pilot moves every file
     from hpcpilot.transport import under_mpi_launcher
 
     if under_mpi_launcher(os.environ):
@@ -154,8 +175,8 @@ def _run_single(args: argparse.Namespace, config: SiteConfig) -> int:
     stop = threading.Event()
     worker = Worker(hub.transport(1), config, _jobs_dir(config, workdir, 0), workdir, stop, rank_label=0)
     thread = threading.Thread(target=_guarded(worker.run), name="worker", daemon=True)
-    controller, signals = _make_controller(args, config, hub.transport(0), workdir, worker_ranks=[1],
-                                           single_rank=True)
+    controller, _signals = _make_controller(args, config, hub.transport(0), workdir, worker_ranks=[1],
+                                            single_rank=True)
     thread.start()
     try:
         controller.run()
@@ -163,7 +184,7 @@ def _run_single(args: argparse.Namespace, config: SiteConfig) -> int:
         stop.set()
     thread.join(timeout=config.monitor.kill_grace + 30)
     print(controller.human_summary())
-    return exit_status_for_signal(signals.signum) if signals.signum else 0
+    return controller.exit_status()
 
 
 def _run_mpi(args: argparse.Namespace, config: SiteConfig) -> int:
@@ -198,7 +219,7 @@ def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> i
         controller.run()
         transport.flush()
         print(controller.human_summary())
-        return exit_status_for_signal(signals.signum) if signals.signum else 0
+        return controller.exit_status()
     if config.site.stagger_seconds:
         time.sleep(config.site.stagger_seconds * transport.rank / transport.size)
     signals = SignalFlag()
@@ -229,6 +250,8 @@ def _make_controller(args: argparse.Namespace, config: SiteConfig, transport: An
     source = _make_source(args, config, workdir)
     deadline = _deadline(config)
     policy = SchedulerPolicy.from_config(config, deadline, args.max_jobs)
+    if args.harvester_dir:  # an open request to Harvester is looked at every poll_interval
+        policy.fetch_retry = config.harvester.poll_interval
     scheduler = Scheduler(worker_ranks, config, policy)
     recorder = _make_recorder(workdir)
     controller = Controller(transport, source, scheduler, workdir, signals, recorder, single_rank=single_rank)
@@ -239,11 +262,15 @@ def _make_source(args: argparse.Namespace, config: SiteConfig, workdir: Path) ->
     if args.harvester_dir:
         from hpcpilot.harvester import HarvesterSource
 
-        return HarvesterSource(args.harvester_dir)
+        return HarvesterSource(args.harvester_dir, config.harvester)
     from hpcpilot.node import node_info
+    from hpcpilot.panda.client import PandaError
     from hpcpilot.panda.source import PandaSource
 
-    return PandaSource(config, workdir, node_info(workdir))
+    try:
+        return PandaSource(config, workdir, node_info(workdir))
+    except PandaError as exc:  # a server URL or credentials that cannot work: refuse in one line
+        raise ConfigError(str(exc)) from None
 
 
 def _make_recorder(workdir: Path) -> Any:

@@ -3,14 +3,20 @@
 Every default the pilot uses lives in the dataclasses below (pilot3's defaults, from its
 ``default.cfg``), so a site file only names what differs.  Precedence, lowest first:
 dataclass default < site TOML < ``HPCPILOT_<SECTION>_<KEY>`` environment variable < command
-line.  Validation errors name the file, the key and what was expected, in one line.
+line.  The whole configuration is validated before anything starts: types, choices, every number finite and
+within its key's ``Range`` (intervals > 0, counts >= 1, limits bounded), text without NUL, panda.server an http(s)
+URL.  Each refusal is one line naming the file (or environment variable, or command line), the key, the value and
+what was expected.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import reprlib
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -120,6 +126,8 @@ class PandaConfig:
     retry_initial: float = _doc("first retry back-off (s)", 1.0)
     retry_max: float = _doc("longest retry back-off (s)", 120.0)
     jobs_per_fetch: int = _doc("most jobs asked for in one getJob", 8)
+    getjob_failures: int = _doc("end the pilot after this many failed job requests in a row with nothing "
+                                "running (pilot3's --getjob-failures)", 5)
     ca_dir: str = _doc("CA directory ('' = $X509_CERT_DIR or the system store)", "")
 
 
@@ -140,6 +148,31 @@ class EventServiceConfig:
 
 
 @dataclass(frozen=True)
+class HarvesterConfig:
+    """A Harvester access point (--harvester-dir): who moves files, late binding, and the file names, which mirror
+    Harvester's per-queue [payload_interaction] keys (named in each key's meaning)."""
+
+    stage: str = _doc("who moves files: harvester (inputs used where Harvester placed them, outputs declared where "
+                      "the job wrote them) | pilot (the [stage] copy tools)", "harvester")
+    feed_timeout: float = _doc("seconds to wait for Harvester to answer a job or event-range request before "
+                               "concluding none is coming (0 = never ask: run what the access point holds)", 300.0)
+    poll_interval: float = _doc("seconds between looks at the access point while a request is open", 10.0)
+    job_spec_file: str = _doc("jobSpecFile: the job definition(s)", "HPCJobs.json")
+    job_spec_format: str = _doc("jobSpecFileFormat: json ({PandaID: job}) | cgi (one URL-encoded job)", "json")
+    event_ranges_file: str = _doc("eventRangesFile: event ranges fed by Harvester", "JobsEventRanges.json")
+    attributes_file: str = _doc("jsonAttrsFileName: a job's state and metrics", "worker_attributes.json")
+    event_status_file: str = _doc("jsonOutputsFileName: event statuses and files to stage out",
+                                  "event_status.dump.json")
+    job_request_file: str = _doc("jsonJobRequestFileName: the pilot asks for jobs", "worker_requestjob.json")
+    events_request_file: str = _doc("jsonEventsRequestFileName: the pilot asks for event ranges",
+                                    "worker_requestevents.json")
+    kill_worker_file: str = _doc("killWorkerFile: the worker is done", "kill_worker.json")
+    heartbeat_file: str = _doc("heartbeatFile: the worker is alive", "worker_heartbeat.json")
+    pool_catalog_file: str = _doc("xmlPoolCatalogFile: the inputs Harvester placed", "PoolFileCatalog_H.xml")
+    job_report_file: str = _doc("jobReportFile: a job's report (its metaData)", "jobReport.json")
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """The whole site configuration, one typed object."""
 
@@ -150,6 +183,7 @@ class SiteConfig:
     stage: StageConfig = field(default_factory=StageConfig)
     panda: PandaConfig = field(default_factory=PandaConfig)
     eventservice: EventServiceConfig = field(default_factory=EventServiceConfig)
+    harvester: HarvesterConfig = field(default_factory=HarvesterConfig)
     source: str = "<defaults>"
 
     def describe(self) -> str:
@@ -171,59 +205,211 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("stage", "checksum_type"): ("adler32", "md5"),
     ("panda", "api"): ("v1", "legacy", "auto"),
     ("eventservice", "payload_mode"): ("per-range", "protocol", "noop"),
+    ("harvester", "stage"): ("harvester", "pilot"),
+    ("harvester", "job_spec_format"): ("json", "cgi"),
 }
 
 
+@dataclass(frozen=True)
+class Range:
+    """Where a numeric key must lie (always finite).
+
+    A value outside is a typo or a unit mistake, never a wish: refused at start it costs a minute, accepted it
+    costs an allocation (a nan interval never fires, 0 spins, a 20-digit limit overflows a sleep or a deadline).
+    """
+
+    low: int | float
+    high: int | float
+    above_low: bool = False  # the value must be strictly greater than ``low``
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value) or value > self.high:
+            return False
+        return value > self.low if self.above_low else value >= self.low
+
+    def text(self) -> str:
+        return f"{'>' if self.above_low else '>='} {self.low} and <= {self.high}"
+
+
+MAX_SECONDS = 366 * 24 * 3600  # one year: longer than any allocation, job, heartbeat or timeout a site means
+MAX_COUNT = 10**6  # more nodes, ranks, jobs per request or events per bundle than any machine has
+MAX_SIZE = 10**12  # in the key's unit (kB or MB): beyond any disk, only refuses runaway digits
+MAX_PERCENT = 10**4  # a grace of 100 times the limit
+INTERVAL = Range(0, MAX_SECONDS, above_low=True)  # a period or timeout: 0 would spin or never wait
+DURATION = Range(0, MAX_SECONDS)  # a time where 0 means off, unlimited or at once (as documented per key)
+COUNT = Range(1, MAX_COUNT)
+SIZE = Range(0, MAX_SIZE)  # 0 = no limit or no check
+PERCENT = Range(0, MAX_PERCENT)
+INT64 = Range(-(2**63), 2**63 - 1)  # identifiers PanDA stores as database integers
+
+_RANGES: dict[tuple[str, str], Range] = {
+    ("site", "stagger_seconds"): DURATION,
+    ("launcher", "nodes"): COUNT,
+    ("launcher", "ranks_per_node"): COUNT,
+    ("launcher", "cores_per_node"): Range(0, MAX_COUNT),
+    ("launcher", "time_minutes"): Range(1, MAX_SECONDS // 60),
+    ("launcher", "warning_seconds"): DURATION,
+    ("walltime", "limit"): DURATION,
+    ("walltime", "margin"): DURATION,
+    **{("monitor", key): INTERVAL for key in ("report_interval", "memory_check_interval", "disk_check_interval",
+                                              "looping_check_interval", "status_interval")},
+    ("monitor", "looping_limit"): DURATION,
+    ("monitor", "kill_grace"): DURATION,
+    ("monitor", "lost_rank_intervals"): COUNT,
+    **{("monitor", key): SIZE for key in ("free_space_start_mb", "free_space_running_mb", "stdout_limit_kb",
+                                          "max_output_file_mb", "max_workdir_mb", "default_ram_per_core_mb")},
+    ("monitor", "workdir_grace_percent"): PERCENT,
+    ("monitor", "rss_grace_percent"): PERCENT,
+    ("stage", "timeout_base"): INTERVAL,
+    ("stage", "timeout_max"): INTERVAL,
+    **{("panda", key): INTERVAL for key in ("heartbeat", "debug_heartbeat", "lost_heartbeat", "connect_timeout",
+                                            "read_timeout", "call_deadline", "retry_initial", "retry_max")},
+    ("panda", "jobs_per_fetch"): COUNT,
+    ("eventservice", "ranges_per_request"): COUNT,
+    ("eventservice", "prefetch_seconds"): DURATION,
+    ("eventservice", "bundle_events"): COUNT,
+    ("eventservice", "bundle_seconds"): INTERVAL,
+    ("eventservice", "objstore_id"): INT64,
+    ("eventservice", "path_convention"): INT64,
+    ("eventservice", "report_interval"): DURATION,
+    ("harvester", "feed_timeout"): DURATION,
+    ("harvester", "poll_interval"): INTERVAL,
+}
+DEFAULT_RANGE = SIZE  # a numeric key not listed above: not negative, and bounded
+
+
+def value_range(section: str, key: str) -> Range:
+    """The allowed range of a numeric key (the one place that says it, shown in site_configs/README.md)."""
+    return _RANGES.get((section, key), DEFAULT_RANGE)
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 80
+_SHOW.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A hostile value for a one-line message: repr (control characters escaped), bounded in length and depth."""
+    return _SHOW.repr(value)
+
+
+def _name(name: Any) -> str:
+    """A section or key name as typed, unless it holds something that would break the line or flood it."""
+    return name if isinstance(name, str) and name.isprintable() and len(name) <= 80 else _show(name)
+
+
 def _coerce(value: Any, expected: type, where: str) -> Any:
-    """Check one value against its declared type; strings (env, CLI) are converted."""
+    """Check one value against its declared type; strings (env, CLI) are converted, other types are not."""
     if expected is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        raise ConfigError(f"{where}: expected true or false, got {_show(value)}")
     if expected in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, int | float) and (expected is float or isinstance(value, int)):
-            return expected(value)
-        try:
-            return expected(str(value))
-        except ValueError:
-            raise ConfigError(f"{where}: expected {'an integer' if expected is int else 'a number'}, "
-                              f"got {value!r}") from None
+        return _coerce_number(value, expected, where)
     if expected is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        raise ConfigError(f"{where}: expected a string, got {_show(value)}")
     # list[str]
     if isinstance(value, str):
         return [v for v in value.split() if v]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return list(value)
-    raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
+    raise ConfigError(f"{where}: expected a list of strings, got {_show(value)}")
+
+
+def _coerce_number(value: Any, expected: type, where: str) -> int | float:
+    """An int or float key's value; a TOML float for an int key is refused, not truncated."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and (expected is float or isinstance(value, int)):
+        try:
+            return expected(value)  # type: ignore[no-any-return]
+        except OverflowError:  # an integer beyond any float: out of every range
+            return math.inf
+    if isinstance(value, str):
+        try:
+            return expected(value.strip())  # type: ignore[no-any-return]
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected {'an integer' if expected is int else 'a number'}, got {_show(value)}")
+
+
+def _check_text(typed: str | list[str], where: str) -> None:
+    """Text goes into paths, argv and the environment: a NUL or an unencodable character can reach none of them."""
+    for item in typed if isinstance(typed, list) else [typed]:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{where}: expected UTF-8 text, got {_show(typed)}") from None
+        if "\0" in item:
+            raise ConfigError(f"{where}: expected text without NUL characters, got {_show(typed)}")
+
+
+_SERVER_EXPECTED = "'' or an http:// or https:// URL with a host"
+
+
+def _split_url(url: str) -> urllib.parse.SplitResult | None:
+    """``url`` split, or None when no HTTP client could ever reach it (scheme, host, port, blanks)."""
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return None
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0  # .port raises ValueError for a bad port
+    except ValueError:
+        return None
+    return parts if port_ok and parts.scheme in ("http", "https") and parts.hostname else None
+
+
+def _check_server(url: str, where: str) -> None:
+    """panda.server: '' or a well-formed http(s) URL.
+
+    Any other URL can never be reached, so it is a configuration error at start rather than a fault retried until
+    the walltime.  A user or password in it is refused without echoing it: the server URL is logged.
+    """
+    if not url:
+        return
+    parts = _split_url(url)
+    if parts is None:
+        raise ConfigError(f"{where}: expected {_SERVER_EXPECTED}, got {_show(url)}")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{where}: expected {_SERVER_EXPECTED} and no user or password (the URL is logged), "
+                          f"got a URL with credentials for {_show(parts.hostname)}")
+
+
+_TEXT_CHECKS = {("panda", "server"): _check_server}
 
 
 def _validate_key(cls: type, section: str, key: str, value: Any, origin: str) -> Any:
-    """Check one key of a section and return its typed value; the error names origin and key."""
+    """Check one key of a section and return its typed value; the error names origin, key, value and the rule."""
     hints = get_type_hints(cls)
     if key not in hints:
         known = ", ".join(sorted(f.name for f in fields(cls)))
-        raise ConfigError(f"{origin}: unknown key '{section}.{key}' (known: {known})")
+        raise ConfigError(f"{origin}: unknown key '{section}.{_name(key)}' (known: {known})")
     where = f"{origin}: key '{section}.{key}'"
     expected = hints[key]
     typed = _coerce(value, list if expected == list[str] else expected, where)
+    if isinstance(typed, str | list):
+        _check_text(typed, where)
+        if (section, key) in _TEXT_CHECKS:
+            _TEXT_CHECKS[(section, key)](typed, where)
     choices = _CHOICES.get((section, key))
     if choices and typed not in choices:
-        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {typed!r}")
-    if isinstance(typed, int | float) and not isinstance(typed, bool) and typed < 0:
-        raise ConfigError(f"{where}: expected a value >= 0, got {typed!r}")
+        raise ConfigError(f"{where}: expected one of {', '.join(choices)}, got {_show(typed)}")
+    if isinstance(typed, int | float) and not isinstance(typed, bool):
+        allowed = value_range(section, key)
+        if not allowed.admits(typed):
+            kind = "an integer" if isinstance(typed, int) else "a number"
+            raise ConfigError(f"{where}: expected {kind} {allowed.text()}, got {_show(typed)}")
     return typed
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
-    """``HPCPILOT_MONITOR_LOOPING_LIMIT=60`` -> {"monitor": {"looping_limit": "60"}}."""
-    out: dict[str, dict[str, str]] = {}
+Layer = dict[str, dict[str, tuple[Any, str]]]  # section -> key -> (value, where it came from)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> Layer:
+    """``HPCPILOT_MONITOR_LOOPING_LIMIT=60`` -> {"monitor": {"looping_limit": ("60", "environment HPCPILOT_...")}}."""
+    out: Layer = {}
     section_names = [f.name for f in fields(SiteConfig) if f.name != "source"]
     for key, value in environ.items():
         if not key.startswith(ENV_PREFIX):
@@ -231,9 +417,46 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
         rest = key[len(ENV_PREFIX):].lower()
         for section in section_names:
             if rest.startswith(section + "_"):
-                out.setdefault(section, {})[rest[len(section) + 1:]] = value
+                out.setdefault(section, {})[rest[len(section) + 1:]] = (value, f"environment {_name(key)}")
                 break
     return out
+
+
+def _tagged(layer: Mapping[str, Any], origin: str) -> Layer:
+    """A file's or the command line's sections with their origin; a section that is not a table is refused."""
+    out: Layer = {}
+    for section, values in layer.items():
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: '{_name(section)}' must be a table of keys, got {_show(values)}")
+        out[section] = {key: (value, origin) for key, value in values.items()}
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _read_toml(path: str | os.PathLike[str], origin: str) -> dict[str, Any]:
+    """The parsed file; every way reading it can fail is one ConfigError line naming the file.
+
+    Beyond syntax that covers bytes that are not UTF-8, nesting deeper than the parser's recursion limit and
+    integers longer than Python converts: tomllib raises UnicodeDecodeError, RecursionError and ValueError
+    for those, not TOMLDecodeError.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{origin}: no such site config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{origin}: cannot read site config ({exc.strerror or _one_line(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{origin}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+                          ) from None
+    except RecursionError:
+        raise ConfigError(f"{origin}: not usable TOML (arrays or tables nested too deeply)") from None
+    except ValueError as exc:  # TOMLDecodeError, or a number of thousands of digits
+        raise ConfigError(f"{origin}: not valid TOML ({_one_line(exc)})") from None
 
 
 def load_config(
@@ -241,43 +464,50 @@ def load_config(
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> SiteConfig:
-    """Load a site config file (or defaults), then apply environment and command-line overrides."""
+    """Load a site config file (or defaults), apply environment and command-line overrides, validate the whole.
+
+    Every refusal is a ConfigError of one line naming where the value came from (file, environment variable or
+    command line), the key, the value and what was expected.
+    """
     raw: dict[str, Any] = {}
     origin = "<defaults>"
     if path is not None:
-        origin = str(path)
-        try:
-            with open(path, "rb") as handle:
-                raw = tomllib.load(handle)
-        except FileNotFoundError:
-            raise ConfigError(f"{origin}: no such site config file") from None
-        except OSError as exc:
-            raise ConfigError(f"{origin}: cannot read site config ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{origin}: not valid TOML ({exc})") from None
-    merged: dict[str, dict[str, Any]] = {}
+        origin = _name(str(path))
+        raw = _read_toml(path, origin)
+    merged: Layer = {}
     env = _env_overrides(os.environ if environ is None else environ)
-    for layer, layer_origin in ((raw, origin), (env, "environment"), (overrides or {}, "command line")):
-        for section, values in layer.items():
-            if not isinstance(values, Mapping):
-                raise ConfigError(f"{layer_origin}: '{section}' must be a table of keys")
-            merged.setdefault(section, {}).update({k: (v, layer_origin) for k, v in values.items()})
-    return _assemble(merged, origin)
+    for layer in (_tagged(raw, origin), env, _tagged(overrides or {}, "command line")):
+        for section, entries in layer.items():
+            merged.setdefault(section, {}).update(entries)
+    config = _assemble(merged, origin)
+    _check_walltime(config, merged)
+    return config
 
 
-def _assemble(merged: dict[str, dict[str, Any]], origin: str) -> SiteConfig:
+def _assemble(merged: Layer, origin: str) -> SiteConfig:
     section_types = {f.name: f.default_factory for f in fields(SiteConfig) if f.name != "source"}  # type: ignore[misc]
     built: dict[str, Any] = {}
     for section, entries in merged.items():
         if section not in section_types:
             first_origin = next(iter(entries.values()))[1] if entries else origin
-            raise ConfigError(f"{first_origin}: unknown section '{section}' "
+            raise ConfigError(f"{first_origin}: unknown section '{_name(section)}' "
                               f"(known: {', '.join(section_types)})")
         cls = section_types[section]
         values = {key: _validate_key(cls, section, key, value, key_origin)
                   for key, (value, key_origin) in entries.items()}
         built[section] = cls(**values)
     return SiteConfig(**built, source=origin)
+
+
+def _check_walltime(config: SiteConfig, merged: Layer) -> None:
+    """A set walltime.limit must exceed walltime.margin: else the guard winds the pilot down before any job."""
+    limit, margin = config.walltime.limit, config.walltime.margin
+    if limit and margin >= limit:
+        given = merged.get("walltime", {})
+        limit_origin = given.get("limit", (limit, config.source))[1]
+        margin_origin = given.get("margin", (margin, "the default"))[1]
+        raise ConfigError(f"{limit_origin}: key 'walltime.limit': expected more than walltime.margin "
+                          f"({margin} s, from {margin_origin}), got {limit}")
 
 
 def replace(config: SiteConfig, section: str, **changes: Any) -> SiteConfig:
@@ -294,7 +524,11 @@ def documented_keys() -> list[tuple[str, str, Any, str]]:
             continue
         section = f.default_factory()  # type: ignore[misc]
         for sf in fields(section):
-            out.append((f.name, sf.name, getattr(section, sf.name), sf.metadata.get("doc", "")))
+            default = getattr(section, sf.name)
+            doc = sf.metadata.get("doc", "")
+            if isinstance(default, int | float) and not isinstance(default, bool):
+                doc = f"{doc}; allowed: {value_range(f.name, sf.name).text()}"
+            out.append((f.name, sf.name, default, doc))
     return out
 
 

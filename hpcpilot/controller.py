@@ -18,7 +18,7 @@ from typing import Any
 
 from hpcpilot import __version__
 from hpcpilot.config import resolve_path
-from hpcpilot.errors import ErrorCode, PilotError, signal_error
+from hpcpilot.errors import ErrorCode, PilotError, pilot_exit_status, signal_error
 from hpcpilot.eventservice import bundle
 from hpcpilot.eventservice.book import (
     BundleStaged,
@@ -51,7 +51,7 @@ from hpcpilot.protocol import (
     WorkerFailed,
     WorkRequest,
 )
-from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, panda_id_of
+from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, panda_id_of, range_id_of
 from hpcpilot.scheduler import (
     Abandon,
     Action,
@@ -78,7 +78,7 @@ from hpcpilot.scheduler import (
     WorkRequested,
 )
 from hpcpilot.signals import SignalFlag
-from hpcpilot.sources import Command, JobSource
+from hpcpilot.sources import Command, Delivery, JobSource
 from hpcpilot.states import EventRangeStatus, JobState
 from hpcpilot.transport import Backoff, Transport
 
@@ -284,11 +284,12 @@ class Controller:
         return JobsFetched((), tuple(records))
 
     def fetch(self, n: int) -> JobsFetched:
+        """Lease jobs (fetch thread); it always answers, whatever the source raised."""
         try:
             wires = self.source.fetch_jobs(n)
-        except PilotError as exc:
-            log.error("cannot fetch jobs: %s", exc)
-            wires = []
+        except Exception as exc:  # a source bug must not end every rank: it is a failed request
+            log.error("cannot fetch jobs: %s: %s", type(exc).__name__, exc)
+            return JobsFetched((), (), True, f"{type(exc).__name__}: {exc}"[:300])
         jobs, rejected = [], []
         for wire in wires:
             try:
@@ -304,7 +305,9 @@ class Controller:
         unavailable = self.source_unavailable(wires)
         if unavailable:
             log.warning("job source unavailable; asking again later")
-        return JobsFetched(tuple(jobs), tuple(rejected), unavailable)
+        reason = str(getattr(self.source, "fetch_error", "")) if unavailable else ""
+        hopeless = bool(getattr(self.source, "fetch_hopeless", False))
+        return JobsFetched(tuple(jobs), tuple(rejected), unavailable, reason, hopeless)
 
     def source_unavailable(self, answer: list[Any]) -> bool:
         """A PanDA source says why a fetch came back empty: a negative status is an outage, not the end."""
@@ -325,7 +328,7 @@ class Controller:
             try:
                 ranges.append(EventRange.from_wire(wire))
             except PilotError as exc:
-                range_id = str(wire.get("eventRangeID", "")) if isinstance(wire, dict) else ""
+                range_id = range_id_of(wire)
                 log.error("job %d: unusable event range: %s", job.panda_id, exc.diag)
                 if range_id:
                     bad.append(EventRangeUpdate(range_id, EventRangeStatus.FATAL, int(exc.code), exc.diag))
@@ -382,15 +385,29 @@ class Controller:
 
     # ---- summary --------------------------------------------------------------------------
 
+    def delivery(self) -> Delivery:
+        """What the source acknowledged and what is owed.  A source without acknowledgements (a Harvester
+        access point: a report is delivered once its file is written) counts what was reported."""
+        report = getattr(self.source, "delivery", None)
+        if report is not None:
+            return report()
+        return Delivery({pid: dict(counts) for pid, counts in self.range_counts.items()},
+                        {r.panda_id: "acknowledged" for r in self.scheduler.done})
+
     def write_summary(self) -> None:
-        """summary.json: every job this pilot ran, with PanDA field names and the rank."""
+        """summary.json: every job this pilot ran, with PanDA field names, the rank and whether the
+        source has acknowledged its final update; event ranges as acknowledged, rejected and owed."""
         done = self.scheduler.done
+        delivery = self.delivery()
         summary = {
             "pilot": {"version": __version__, "site": self.scheduler.config.site.name,
                       "ranks": self.n_ranks, "start": self.started, "end": self.clock(),
-                      "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None},
-            "jobs": [record.to_summary() for record in done],
-            "event_ranges": {str(panda_id): dict(counts) for panda_id, counts in self.range_counts.items()},
+                      "signal": signal.Signals(self.stop_signal).name if self.stop_signal else None,
+                      "owed": delivery.owed, "journal": delivery.journal or None,
+                      "gave_up": self.scheduler.gave_up or None},
+            "jobs": [{**record.to_summary(), "delivery": delivery.jobs.get(record.panda_id, "owed")}
+                     for record in done],
+            "event_ranges": {str(panda_id): counts for panda_id, counts in delivery.ranges.items()},
         }
         tmp = self.workdir / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=1, default=str))
@@ -402,7 +419,19 @@ class Controller:
         codes = Counter(r.pilot_error_code for r in failed)
         by_code = ", ".join(f"{code}: {n}" for code, n in sorted(codes.items()))
         elapsed = self.clock() - self.started
-        return (f"hpcpilot: {len(done)} job(s), {len(done) - len(failed)} finished, {len(failed)} failed"
+        line = (f"hpcpilot: {len(done)} job(s), {len(done) - len(failed)} finished, {len(failed)} failed"
                 f"{f' ({by_code})' if by_code else ''} in {elapsed:.0f} s on {self.n_ranks} rank(s); "
                 f"summary: {self.workdir / SUMMARY_FILE}")
+        delivery = self.delivery()
+        if delivery.owed:
+            line += (f"\nhpcpilot: {delivery.owed} update(s) NOT acknowledged by the server, kept in "
+                     f"{delivery.journal}; deliver them with `hpcpilot deliver --workdir {self.workdir}` "
+                     "(or start the next pilot on this work directory)")
+        if self.scheduler.gave_up:
+            line += f"\nhpcpilot: {self.scheduler.gave_up}"
+        return line
+
+    def exit_status(self) -> int:
+        """The process exit status (hpcpilot.errors: owed 3, signal 128+n, gave up 4, else 0)."""
+        return pilot_exit_status(self.stop_signal, self.delivery().owed, bool(self.scheduler.gave_up))
 

@@ -174,3 +174,27 @@ def transform_exit_error(exit_code: int) -> ErrorCode:
 def exit_status_for_signal(signum: int) -> int:
     """The shell convention for a process ended by a signal: 128 + signal number."""
     return 128 + int(signum)
+
+
+# ---- the pilot process's exit status ---------------------------------------------------------
+
+EXIT_OK = 0
+"""A normal end, also when the walltime guard wound the pilot down."""
+EXIT_CONFIG = 2
+"""Bad configuration or an unreadable access point: nothing was started."""
+EXIT_OWED = 3
+"""The pilot ended with updates the job source has not acknowledged; they stay in the journal
+(``hpcpilot deliver`` or the next pilot on the same workdir sends them)."""
+EXIT_GAVE_UP = 4
+"""The pilot stopped asking a job source that kept failing (``panda.getjob_failures``) or will not
+heal (a certificate that does not verify)."""
+
+
+def pilot_exit_status(signum: int | None, owed: int, gave_up: bool) -> int:
+    """The process exit status: anything still owed to the server wins (it needs an operator), then a
+    signal (128 + n), then giving up on the source."""
+    if owed:
+        return EXIT_OWED
+    if signum:
+        return exit_status_for_signal(signum)
+    return EXIT_GAVE_UP if gave_up else EXIT_OK

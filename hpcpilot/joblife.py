@@ -30,10 +30,10 @@ from hpcpilot.monitor import diskscan, prmon
 from hpcpilot.monitor.leakfit import fit_leak, job_metrics_fields
 from hpcpilot.monitor.metrics import limits_for_job
 from hpcpilot.monitor.sampler import PayloadSampler
-from hpcpilot.payload import Payload, start_payload
+from hpcpilot.payload import Payload, payload_cgroup_name, start_payload
 from hpcpilot.protocol import Heartbeat, JobUpdate, Message
 from hpcpilot.records import JobRecord, JobSpec, panda_id_of
-from hpcpilot.stageio import copytools, files
+from hpcpilot.stageio import files, staging
 from hpcpilot.states import JobState
 from hpcpilot.timing import Timing, panda_time
 
@@ -46,6 +46,10 @@ PRMON_SUMMARY = "memory_monitor_summary.json"
 JOB_DEFINITION_BACKUP = "pandaJob.json"
 JOB_SETUP_SCRIPT = "job_setup.sh"
 JOB_REPORT = "jobReport.json"
+# Files the pilot writes or reads in a job workdir: no input or zip member may replace them (refused with 1371;
+# see hpcpilot.stageio.files).  jobReport.json is the payload's, but the pilot trusts it for outputs and GUIDs.
+PILOT_FILES = (JOB_DEFINITION_BACKUP, JOB_SETUP_SCRIPT, PAYLOAD_STDOUT, PAYLOAD_STDERR, PRMON_TEXT, PRMON_SUMMARY,
+               JOB_REPORT)
 MAX_JOB_METRICS = 500  # the server keeps 500 characters of jobMetrics
 DEBUG_TAIL_BYTES = 2048  # the server keeps at most 2048 characters of stdout
 SHELL_SIGNAL_BASE = 128  # a shell reports a child killed by signal N as 128 + N
@@ -116,6 +120,8 @@ def job_metrics(times: list[float], memory: list[float], final: bool, n_events: 
 class _JobLife:
     """The phases of one job, in order; each phase raises PilotError to fail the job."""
 
+    pilot_files: tuple[str, ...] = PILOT_FILES  # names (or patterns) stage-in must not replace
+
     def __init__(self, spec: JobSpec, ctx: JobContext, control: JobControl, record: JobRecord,
                  timing: Timing) -> None:
         self.spec, self.ctx, self.control, self.record, self.timing = spec, ctx, control, record, timing
@@ -141,7 +147,7 @@ class _JobLife:
             self.make_workdir()
         self.report_state(JobState.STARTING)
         with self.timing.phase("stagein"):
-            copytools.stage_in(self.spec.inputs, self.input_dir(), self.workdir, self.cfg.stage)
+            staging.stage_in(self.spec, self.input_dir(), self.workdir, self.cfg, reserved=self.pilot_files)
         self.report_state(JobState.RUNNING)
 
     def check_local_space(self) -> None:
@@ -190,7 +196,7 @@ class _JobLife:
                                 self.cfg.monitor)
         cgroup = None
         if self.cfg.monitor.use_cgroup:
-            cgroup = PayloadCgroup.create(f"hpcpilot_{os.getpid()}_{self.spec.panda_id}",
+            cgroup = PayloadCgroup.create(payload_cgroup_name(self.ctx.pilot_dir, self.spec.panda_id),
                                           limits.memory_kb * 1024 if limits.memory_kb else None)
         env = {**os.environ, **self.payload_env_extra()}
         payload = start_payload(self.payload_command(), self.workdir, env, self.workdir / PAYLOAD_STDOUT,
@@ -299,8 +305,7 @@ class _JobLife:
             files.make_log_tarball(self.workdir, tarball, exclude=[log_spec.lfn])
             transfers.append((tarball, log_spec.lfn))
         try:
-            self.output_dir().mkdir(parents=True, exist_ok=True)
-            report = copytools.stage_out(transfers, self.output_dir(), self.cfg.stage)
+            report = staging.stage_out(transfers, self.output_dir(), self.cfg)
         except OSError as exc:
             self.record.fail(ErrorCode.STAGEOUTFAILED, f"cannot create {self.output_dir()}: {exc.strerror}")
             return

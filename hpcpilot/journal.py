@@ -169,6 +169,7 @@ class Journal:
                                                               time.time()))
             if final:
                 db.execute("UPDATE leases SET state='reported' WHERE kind=? AND key=?", (JOB, str(panda_id)))
+
             return int(cursor.lastrowid or 0)
 
     def enqueue_range_update(self, panda_id: int, payload: Sequence[Mapping[str, Any]], version: int,

@@ -14,10 +14,26 @@ double fork.  Four ways of finding them are combined, since none is complete on 
 Processes are remembered with their start time and signalled through a pidfd after the
 start time is checked, so a recycled pid is never killed by mistake.
 
-Joining the cgroup is race-free without ``preexec_fn`` (unsafe in a threaded pilot): the
-payload is started through ``/bin/sh`` which writes its own pid to ``cgroup.procs`` and then
-``exec``s the command, so the command and all its children start inside the cgroup; the
-parent also adds the pid after start (idempotent), in case the shell could not write.
+Joining the cgroup is race-free without Python code in the child: the payload is started
+through ``/bin/sh`` which writes its own pid to ``cgroup.procs`` and then ``exec``s the command,
+so the command and all its children start inside the cgroup; the parent also adds the pid after
+start (idempotent), in case the shell could not write.
+
+No payload outlives its rank.  Three layers, since none covers every way a rank ends:
+
+* ``PR_SET_PDEATHSIG``: the kernel SIGKILLs the payload's first process when the thread that
+  started it dies.  That thread is the job's own thread in the worker (``hpcpilot.worker``),
+  which always stops and reaps its payload before it ends, so the signal fires only when the
+  whole rank dies (SIGKILL, a crash).  It is set by ``preexec_fn`` between fork and exec; that
+  hook is unsafe in a threaded program when it needs a lock another thread held at the fork
+  (imports, logging, I/O), and this one only calls a ``prctl`` looked up before the fork,
+  ``getppid`` and, if the parent is already gone, ``kill``.  It survives ``exec`` but not
+  ``fork``, nor a set-uid program: the payload's children need the next layers.
+* A rank's guard process (``hpcpilot.rankguard``) kills, when its rank dies, every process that
+  carries the rank's identity (``HPCPILOT_RANK``, below) in its environment, and the rank's cgroups.
+* Payload cgroups are named after the pilot workdir and the rank that made them
+  (``payload_cgroup_name``): a pilot started on the same workdir kills and removes what a dead
+  rank left (``reap_stale_cgroups``), if even the guard was killed.
 
 CPU time is the rusage that ``wait4`` returns for the payload: its own user+system time
 plus that of the descendants it reaped itself.  Orphans that init reaps are not included.
@@ -26,23 +42,33 @@ plus that of the descendants it reaped itself.  Orphans that init reaps are not 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
+import hashlib
 import logging
 import os
+import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcpilot.cgroups import PayloadCgroup
+from hpcpilot.cgroups import CgroupLocation, PayloadCgroup, detect
 from hpcpilot.errors import ErrorCode, PilotError
 
 log = logging.getLogger(__name__)
 
 TOKEN_VAR = "HPCPILOT_PAYLOAD_ID"
+RANK_VAR = "HPCPILOT_RANK"
+"""Environment variable naming the rank (``owner_id()``) that started a payload; its children inherit it."""
+PR_SET_PDEATHSIG = 1
+CGROUP_PREFIX = "hpcpilot"
+_CGROUP_NAME = re.compile(rf"{CGROUP_PREFIX}_(?P<key>[0-9a-f]{{12}})_(?P<owner>\d+-\d+)_(?P<panda_id>\d+)")
 KILL_DEADLINE = 5.0  # after SIGKILL, how long to keep re-killing and reaping before giving up
 _JOIN_CGROUP = '{ echo $$ > "$1"; } 2>/dev/null; shift; exec "$@"'
 _MAX_SLEEP = 0.1
@@ -118,6 +144,136 @@ def signal_exact(pid: int, start: int, sig: int) -> None:
     finally:
         if fd is not None:
             os.close(fd)
+
+
+# ---- the rank's identity, and what a dead rank left -------------------------------------------
+
+
+@functools.lru_cache(maxsize=4)
+def _owner_of(pid: int) -> str:
+    info = read_stat(pid)
+    return f"{pid}-{info.start if info is not None else 0}"
+
+
+def owner_id() -> str:
+    """This process as ``<pid>-<start ticks>``: unique on the node until reboot, even when pids are reused."""
+    return _owner_of(os.getpid())
+
+
+def owner_alive(owner: str) -> bool:
+    """Is the process named by ``owner_id()``-style ``owner`` still running (not a zombie)?"""
+    pid, _, start = owner.partition("-")
+    info = read_stat(int(pid)) if pid.isdigit() else None
+    return info is not None and str(info.start) == start and info.state not in "ZX"
+
+
+def _env_has(pid: int, entry: bytes) -> bool:
+    """Does process ``pid``'s initial environment hold exactly the entry ``NAME=value``?"""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            data = handle.read()
+    except OSError:
+        return False
+    return data.startswith(entry + b"\0") or b"\0" + entry + b"\0" in data
+
+
+def kill_marked(owner: str, deadline: float = KILL_DEADLINE) -> int:
+    """SIGKILL every process whose environment names rank ``owner`` (its payloads and their children),
+    scanning again while forks race with us, for at most ``deadline`` s; returns how many were hit."""
+    entry, me = f"{RANK_VAR}={owner}".encode(), os.getpid()
+    hit: set[int] = set()
+    end = time.monotonic() + deadline
+    while True:
+        found = [info for info in process_table().values()
+                 if info.pid != me and info.state not in "ZX" and _env_has(info.pid, entry)]
+        for info in found:
+            signal_exact(info.pid, info.start, signal.SIGKILL)
+            hit.add(info.pid)
+        if not found or time.monotonic() >= end:
+            return len(hit)
+        time.sleep(_MAX_SLEEP / 2)
+
+
+def workdir_key(pilot_dir: Path) -> str:
+    """A short fixed-length name for a pilot workdir (cgroup names must stay short and safe)."""
+    return hashlib.sha256(os.fsencode(Path(pilot_dir).resolve())).hexdigest()[:12]
+
+
+def payload_cgroup_name(pilot_dir: Path, panda_id: int) -> str:
+    """``hpcpilot_<workdir key>_<owner>_<PandaID>``: which pilot workdir and which rank made the cgroup,
+    so that whoever comes after a dead rank can tell its leftovers from a live rank's payloads."""
+    return f"{CGROUP_PREFIX}_{workdir_key(pilot_dir)}_{owner_id()}_{int(panda_id)}"
+
+
+def reap_stale_cgroups(pilot_dir: Path, location: CgroupLocation | None = None,
+                       dead_owner: str | None = None) -> int:
+    """Kill and remove the payload cgroups that dead ranks of pilots on ``pilot_dir`` left behind.
+
+    Only this workdir's cgroups under the calling process's own cgroup are looked at (a predecessor
+    in another batch step had its step's cgroup, which the batch system cleans).  ``dead_owner`` is
+    a rank known to be dead even if its process is not gone yet (the guard of a rank that is exiting).
+    Returns how many cgroups were reaped; never raises.
+    """
+    loc = location if location is not None else detect()
+    if loc is None or not loc.memory:
+        return 0
+    key, reaped = workdir_key(pilot_dir), 0
+    try:
+        entries = sorted(loc.path.iterdir())
+    except OSError as exc:
+        log.debug("cannot list %s: %s", loc.path, exc.strerror or exc)
+        return 0
+    for entry in entries:
+        match = _CGROUP_NAME.fullmatch(entry.name)
+        if match is None or match["key"] != key or not entry.is_dir():
+            continue
+        if match["owner"] != dead_owner and owner_alive(match["owner"]):
+            continue
+        group = PayloadCgroup(loc.version, entry)
+        left = group.pids()
+        if group.remove():
+            reaped += 1
+        log.warning("payload cgroup %s of dead rank %s (job %s) removed; %d process(es) killed", entry,
+                    match["owner"], match["panda_id"], len(left))
+    return reaped
+
+
+# ---- parent-death signal -----------------------------------------------------------------------
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl, looked up once here: the forked child must not load libraries."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    return prctl
+
+
+_PRCTL = _load_prctl()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """The ``preexec_fn`` that makes the kernel SIGKILL the child when its parent thread dies.
+
+    If the parent died between fork and prctl (the child is already re-parented), the child kills
+    itself: it must not run without a rank.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    sigkill = int(signal.SIGKILL)
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), sigkill)
+
+    return arm
 
 
 class Payload:
@@ -281,7 +437,8 @@ def _argv(command: str | list[str]) -> list[str]:
 
 def start_payload(command: str | list[str], cwd: Path, env: Mapping[str, str], stdout_path: Path,
                   stderr_path: Path, cgroup: PayloadCgroup | None, append: bool = False) -> Payload:
-    """Start the payload in a new session, output to files, inside ``cgroup`` if given.
+    """Start the payload in a new session, output to files, inside ``cgroup`` if given, armed to die
+    with the calling thread (PR_SET_PDEATHSIG: call it from the thread that waits for the payload).
 
     A ``str`` runs through ``/bin/sh -c``.  ``env`` is the whole environment (plus the tracking
     token).  A list command that cannot be executed raises TRANSFORMNOTFOUND; inside a cgroup
@@ -290,18 +447,23 @@ def start_payload(command: str | list[str], cwd: Path, env: Mapping[str, str], s
     """
     argv = _argv(command)
     token = uuid.uuid4().hex
-    full_env = {**env, TOKEN_VAR: token}
+    full_env = {**env, TOKEN_VAR: token, RANK_VAR: owner_id()}
     if cgroup is not None:
         argv = ["/bin/sh", "-c", _JOIN_CGROUP, "hpcpilot-join-cgroup", os.fspath(cgroup.procs_file), *argv]
     try:
         mode = "ab" if append else "wb"
         with open(stdout_path, mode) as out, open(stderr_path, mode) as err:
             popen = subprocess.Popen(argv, cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=err, start_new_session=True, close_fds=True)
+                                     stderr=err, start_new_session=True, close_fds=True,
+                                     preexec_fn=_die_with_parent(os.getpid()))
     except OSError as exc:
         code = ErrorCode.TRANSFORMNOTFOUND if isinstance(exc, FileNotFoundError) else ErrorCode.SETUPFAILURE
         what = exc.filename if exc.filename is not None else argv[0]
         raise PilotError(code, f"cannot start payload: {exc.strerror or exc}: {what!r}") from None
+    except ValueError as exc:  # a NUL byte or a lone surrogate in argv, env or cwd (job fields are checked first)
+        raise PilotError(ErrorCode.SETUPFAILURE,
+                         f"cannot start payload: its command, environment or directory is not valid text "
+                         f"({type(exc).__name__})") from None
     if cgroup is not None:
         cgroup.add(popen.pid)
     log.debug("payload %d started: %s", popen.pid, str(command)[:200])

@@ -12,8 +12,16 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from hpcpilot.config import MonitorConfig
 from hpcpilot.monitor.samples import MonitorReport, TreeSample
 from hpcpilot.records import EventRangeUpdate
+
+
+def lost_after(monitor: MonitorConfig) -> float:
+    """Seconds of silence after which one side of the liveness signal gives the other up: rank 0 a
+    worker rank (any message counts; an idle rank sends ``Alive`` every report interval), and a
+    signalled worker rank its rank 0."""
+    return monitor.report_interval * monitor.lost_rank_intervals
 
 
 class Tag(IntEnum):
@@ -82,7 +90,7 @@ class Heartbeat:
 
 @dataclass(frozen=True, slots=True)
 class Alive:
-    """The rank's loop is alive while its job is in a phase without heartbeats (stage-in, stage-out)."""
+    """The rank's loop is alive: sent every report interval, with or without work."""
 
     rank: int
     tag = Tag.ALIVE

@@ -6,21 +6,60 @@ URL-encoded mode every number is a string.  It is parsed once, here, into a ``Jo
 The original dict is kept whole (``wire``) so ``to_wire()`` gives back exactly what the
 server sent, unknown keys included, with no re-encoding ambiguity between the JSON and the
 URL-encoded forms.
+
+Job definitions and event ranges are untrusted input (from the server, an access point, or
+the journal on a restart), so their parsers are total: any mapping gives a record or a
+``JobDefinitionError`` with a PanDA code and a one-line diagnostic, never another
+exception.  What is refused here never reaches a payload's argv, environment or a path:
+
+* numbers: an int or ASCII decimal digits, within the field's bounds (``INT_BOUNDS``), else
+  CONVERSIONFAILURE (1302) -- floats, unicode digits, ``1_000``, ``NaN``, bools, lists and
+  nested objects included;
+* text the pilot uses: a string (or an int, as URL-encoded mode sends numbers as text) without
+  NUL bytes and encodable as UTF-8 (no lone surrogates), else 1302;
+* flags: a bool, 0/1 or a true/false spelling, else 1302;
+* per-file lists of unequal length: NOTSAMELENGTH (1312); file names that are not plain names:
+  BADOUTPUTFILENAME (1371) or LFNTOOLONG (1190), by ``stageio.files.check_lfn``, and printable;
+* the whole definition must be encodable as JSON (it is journaled, sent to other ranks and
+  written to ``pandaJob.json``): else 1302 naming the field.
+
+``panda_id_of``, ``attempt_nr_of`` and ``range_id_of`` read one field of a definition that may
+not parse, for reporting it; they never raise.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from hpcpilot.errors import ErrorCode, JobDefinitionError
+from hpcpilot.errors import ErrorCode, JobDefinitionError, PilotError
 from hpcpilot.states import EventRangeStatus, JobState
 
 NULL_VALUES = frozenset({"NULL", "None", "null", ""})
 MAX_LFN_LENGTH = 255
+MAX_BIGINT = 2**63 - 1  # PanDA's ids and counters are 64-bit database columns
+SHOW_CHARS = 60  # how much of a bad value a diagnostic quotes
+
+# field -> (lowest, highest) accepted value; anything outside fails the job with CONVERSIONFAILURE.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "PandaID": (1, MAX_BIGINT),
+    "attemptNr": (0, 2**31 - 1),
+    "coreCount": (0, 1 << 20),
+    "minRamCount": (0, 1 << 40),  # MB
+    "maxWalltime": (0, 10**9),  # s: about 30 years, so deadlines stay finite floats
+    "taskID": (0, MAX_BIGINT),
+    "jobsetID": (0, MAX_BIGINT),
+    "fsize": (0, MAX_BIGINT),
+    "startEvent": (0, MAX_BIGINT),
+    "lastEvent": (0, MAX_BIGINT),
+}
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+_DECIMAL = re.compile(r"\s*([+-]?)0*([0-9]{1,20})\s*", re.ASCII)  # bounded: int() of 5000 digits raises
 
 
 def is_null(value: Any) -> bool:
@@ -28,39 +67,144 @@ def is_null(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() in NULL_VALUES)
 
 
+def show_value(value: Any, limit: int = SHOW_CHARS) -> str:
+    """Any wire value for a one-line diagnostic: ASCII, bounded, and never an exception.
+
+    (``repr`` of a nested object can recurse without end and ``str`` of a huge int raises.)
+    """
+    if isinstance(value, str):
+        text = ascii(value[:limit])  # escapes may make it longer than ``limit``: cut again
+        return text if len(text) <= limit and len(value) <= limit else text[: limit - 3] + "..."
+    if value is None or isinstance(value, bool | float):
+        return repr(value)
+    if isinstance(value, int):
+        return repr(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if isinstance(value, Mapping | list | tuple):
+        return f"a {type(value).__name__} of {len(value)} item(s)"
+    return f"a {type(value).__name__}"
+
+
+def parse_int(value: Any, what: str, bounds: tuple[int, int] = (-MAX_BIGINT, MAX_BIGINT)) -> int:
+    """An integer from the wire (an int or ASCII decimal digits) within ``bounds``.
+
+    Floats are refused, even integral ones: PanDA's integer columns never send them, and the server
+    would not read ``1.0`` back as the attemptNr it handed out.
+    """
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and (match := _DECIMAL.fullmatch(value)):
+        number = int(match.group(1) + match.group(2))
+    if number is None:
+        raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"{what} is not a number: {show_value(value)}")
+    low, high = bounds
+    if not low <= number <= high:
+        raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE,
+                                 f"{what} is out of range [{low}, {high}]: {show_value(number)}")
+    return number
+
+
+def _optional_int(value: Any, key: str) -> int | None:
+    """A number field of the wire, or None for a null or unreadable one (never raises)."""
+    if is_null(value):
+        return None
+    try:
+        return parse_int(value, key, INT_BOUNDS[key])
+    except JobDefinitionError:
+        return None
+
+
 def panda_id_of(wire: Any) -> int:
     """The PandaID of a job definition that may not parse (0 when it has none), for reporting it."""
+    return (_optional_int(wire.get("PandaID"), "PandaID") or 0) if isinstance(wire, Mapping) else 0
+
+
+def attempt_nr_of(wire: Any) -> int | None:
+    """The attemptNr of a job definition that may not parse, or None: an update must then leave
+    attemptNr out (the server kills a job whose update carries a wrong one)."""
+    return _optional_int(wire.get("attemptNr"), "attemptNr") if isinstance(wire, Mapping) else None
+
+
+def range_id_of(wire: Any) -> str:
+    """The eventRangeID of an event range that may not parse ("" when it has no usable one)."""
+    value = wire.get("eventRangeID") if isinstance(wire, Mapping) else None
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_BIGINT:
+        return str(value)
+    return value if isinstance(value, str) and not is_null(value) else ""
+
+
+def checked_text(text: str, what: str, code: ErrorCode = ErrorCode.CONVERSIONFAILURE) -> str:
+    """``text`` if it can reach argv, the environment or a path: no NUL byte, encodable as UTF-8."""
+    if "\0" in text:
+        raise JobDefinitionError(code, f"{what} holds a NUL byte: {show_value(text)}")
     try:
-        return int(wire["PandaID"])
-    except (KeyError, TypeError, ValueError):
-        return 0
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise JobDefinitionError(code, f"{what} is not valid Unicode text: {show_value(text)}") from None
+    return text
+
+
+def _text(value: Any, what: str, code: ErrorCode = ErrorCode.CONVERSIONFAILURE) -> str:
+    """A text value ("" for null); an int is taken as its digits (URL-encoded mode sends numbers as text)."""
+    if is_null(value):
+        return ""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_BIGINT:
+        return str(value)
+    if not isinstance(value, str):
+        raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"{what} is not text: {show_value(value)}")
+    return checked_text(value, what, code)
+
+
+def _text_field(wire: Mapping[str, Any], key: str, code: ErrorCode = ErrorCode.CONVERSIONFAILURE) -> str:
+    return _text(wire.get(key), f"field {key}", code)
 
 
 def _int_field(wire: Mapping[str, Any], key: str, default: int | None) -> int | None:
     value = wire.get(key)
-    if is_null(value):
-        return default
-    if isinstance(value, bool):
-        raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"field {key} is not a number: {value!r}")
-    try:
-        return int(str(value).strip())
-    except ValueError:
-        raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE,
-                                 f"field {key} is not a number: {str(value)[:60]!r}") from None
+    return default if is_null(value) else parse_int(value, f"field {key}", INT_BOUNDS[key])
 
 
 def _flag(wire: Mapping[str, Any], key: str, default: bool) -> bool:
     value = wire.get(key)
     if is_null(value):
         return default
-    return str(value).strip().lower() in ("true", "1", "yes")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"field {key} is not true or false: {show_value(value)}")
 
 
-def _split(wire: Mapping[str, Any], key: str) -> list[str]:
-    value = wire.get(key)
-    if is_null(value):
-        return []
-    return [item.strip() for item in str(value).split(",")]
+def _split(wire: Mapping[str, Any], key: str, code: ErrorCode = ErrorCode.CONVERSIONFAILURE) -> list[str]:
+    text = _text_field(wire, key, code)
+    return [item.strip() for item in text.split(",")] if text else []
+
+
+def _check_encodable(wire: Mapping[Any, Any], what: str) -> None:
+    """Every key is text and every value JSON: definitions and ranges are journaled, sent and written as JSON."""
+    for key, value in wire.items():
+        if not isinstance(key, str):
+            raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"{what} has a non-text key: {show_value(key)}")
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError, RecursionError):
+            raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE,
+                                     f"{what}: field {show_value(key)} cannot be encoded as JSON: "
+                                     f"{show_value(value)}") from None
+
+
+def _check_name(lfn: str) -> None:
+    """A file name of the definition is a plain name of printable characters (``stageio.files.check_lfn``)."""
+    # imported here: stageio.files imports this module (for MAX_LFN_LENGTH); the name rule lives there
+    from hpcpilot.stageio.files import check_lfn
+
+    try:
+        check_lfn(lfn)
+    except PilotError as exc:
+        raise JobDefinitionError(exc.code, exc.diag) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,8 +227,10 @@ def _column(values: list[str], index: int) -> str:
 
 
 def _aligned(wire: Mapping[str, Any], names_key: str, keys: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """The file names of ``names_key`` and each per-file list, checked to have the same length."""
-    names = [n for n in _split(wire, names_key) if n]
+    """The file names of ``names_key`` (each a plain name) and each per-file list, checked to have the same length."""
+    names = [n for n in _split(wire, names_key, ErrorCode.BADOUTPUTFILENAME) if n]
+    for name in names:
+        _check_name(name)
     columns = {}
     for key in keys:
         column = _split(wire, key)
@@ -102,11 +248,7 @@ def _parse_inputs(wire: Mapping[str, Any]) -> tuple[FileSpec, ...]:
     files = []
     for i, lfn in enumerate(names):
         size_text = _column(cols["fsize"], i)
-        try:
-            fsize = int(size_text) if size_text else None
-        except ValueError:
-            raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE,
-                                     f"fsize of input {lfn!r} is not a number: {size_text[:40]!r}") from None
+        fsize = parse_int(size_text, f"fsize of input {show_value(lfn)}", INT_BOUNDS["fsize"]) if size_text else None
         files.append(FileSpec(lfn=lfn, guid=_column(cols["GUID"], i), fsize=fsize,
                               checksum=_column(cols["checksum"], i), scope=_column(cols["scopeIn"], i),
                               dataset=_column(cols["realDatasetsIn"], i),
@@ -116,12 +258,13 @@ def _parse_inputs(wire: Mapping[str, Any]) -> tuple[FileSpec, ...]:
 
 def _parse_outputs(wire: Mapping[str, Any], log_lfn: str) -> tuple[FileSpec, ...]:
     names, cols = _aligned(wire, "outFiles", ["realDatasets", "ddmEndPointOut", "destinationDblock"])
-    scope_out = "" if is_null(wire.get("scopeOut")) else str(wire["scopeOut"]).split(",")[0]
-    scope_log = "" if is_null(wire.get("scopeLog")) else str(wire["scopeLog"])
+    scope_out = _text_field(wire, "scopeOut").split(",")[0]
+    scope_log = _text_field(wire, "scopeLog")
+    log_guid = _text_field(wire, "logGUID")
     files = []
     for i, lfn in enumerate(names):
         files.append(FileSpec(lfn=lfn, scope=scope_log if lfn == log_lfn else scope_out,
-                              guid=str(wire.get("logGUID", "")) if lfn == log_lfn else "",
+                              guid=log_guid if lfn == log_lfn else "",
                               dataset=_column(cols["realDatasets"], i),
                               ddm_endpoint=_column(cols["ddmEndPointOut"], i)))
     return tuple(files)
@@ -151,24 +294,27 @@ class JobSpec:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> JobSpec:
-        """Parse a getJob dict; raise JobDefinitionError naming the bad field."""
+        """Parse a getJob dict; raise JobDefinitionError naming the bad field (and nothing else, for any input)."""
         if not isinstance(wire, Mapping):
-            raise JobDefinitionError(ErrorCode.NOTDEFINED, f"job definition is not an object: {type(wire).__name__}")
+            raise JobDefinitionError(ErrorCode.NOTDEFINED, f"job definition is not an object: {show_value(wire)}")
         panda_id = _int_field(wire, "PandaID", None)
         if panda_id is None:
             raise JobDefinitionError(ErrorCode.NOTDEFINED, "job definition has no PandaID")
-        transformation = wire.get("transformation")
-        if is_null(transformation):
+        _check_encodable(wire, "job definition")
+        transformation = _text_field(wire, "transformation")
+        if not transformation.strip():
             raise JobDefinitionError(ErrorCode.TRANSFORMNOTFOUND, f"job {panda_id} has no transformation")
-        log_lfn = "" if is_null(wire.get("logFile")) else str(wire["logFile"])
+        log_lfn = _text_field(wire, "logFile", ErrorCode.BADOUTPUTFILENAME)
+        if log_lfn:
+            _check_name(log_lfn)
         outputs = _parse_outputs(wire, log_lfn)
         log = next((f for f in outputs if f.lfn == log_lfn), None)
         if log is None and log_lfn:
-            log = FileSpec(lfn=log_lfn, scope=str(wire.get("scopeLog", "") or ""), guid=str(wire.get("logGUID", "")))
+            log = FileSpec(lfn=log_lfn, scope=_text_field(wire, "scopeLog"), guid=_text_field(wire, "logGUID"))
         return cls(
             panda_id=panda_id,
-            transformation=str(transformation),
-            job_pars="" if is_null(wire.get("jobPars")) else str(wire["jobPars"]),
+            transformation=transformation,
+            job_pars=_text_field(wire, "jobPars"),
             core_count=max(1, _int_field(wire, "coreCount", 1) or 1),
             min_ram_count=_int_field(wire, "minRamCount", 0) or 0,
             max_walltime=_int_field(wire, "maxWalltime", None),
@@ -207,16 +353,27 @@ class EventRange:
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> EventRange:
-        if not isinstance(wire, Mapping) or is_null(wire.get("eventRangeID")):
-            raise JobDefinitionError(ErrorCode.NOTDEFINED, f"event range without eventRangeID: {str(wire)[:80]}")
-        try:
-            start, last = int(wire["startEvent"]), int(wire["lastEvent"])
-        except (KeyError, TypeError, ValueError):
-            raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE,
-                                     f"event range {wire['eventRangeID']} has bad startEvent/lastEvent") from None
+        """Parse one range; raise JobDefinitionError (and nothing else, for any input) if it is unusable.
+
+        Its ID, file and scope are substituted into range commands and its extra keys sent to the
+        payload as JSON, so they get the same checks as a job definition's fields.
+        """
+        if not isinstance(wire, Mapping):
+            raise JobDefinitionError(ErrorCode.NOTDEFINED, f"event range is not an object: {show_value(wire)}")
+        range_id = range_id_of(wire)
+        if not range_id:
+            raise JobDefinitionError(ErrorCode.NOTDEFINED,
+                                     f"event range without eventRangeID: {show_value(wire.get('eventRangeID'))}")
+        what = f"event range {show_value(range_id)}"
+        checked_text(range_id, what)
+        _check_encodable(wire, what)
+        start = parse_int(wire.get("startEvent"), f"startEvent of {what}", INT_BOUNDS["startEvent"])
+        last = parse_int(wire.get("lastEvent"), f"lastEvent of {what}", INT_BOUNDS["lastEvent"])
+        if last < start:
+            raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"{what} ends ({last}) before it starts ({start})")
+        texts = [_text(wire.get(key), f"{key} of {what}") for key in ("LFN", "GUID", "scope")]
         extra = {k: v for k, v in wire.items() if k not in cls._WIRE}
-        return cls(str(wire["eventRangeID"]), start, last, str(wire.get("LFN", "")), str(wire.get("GUID", "")),
-                   str(wire.get("scope", "")), MappingProxyType(extra))
+        return cls(range_id, start, last, *texts, MappingProxyType(extra))
 
     def to_wire(self) -> dict[str, Any]:
         out = {wire: getattr(self, attr) for wire, attr in self._WIRE.items()}
@@ -304,7 +461,7 @@ class JobRecord:
     panda_id: int
     state: JobState = JobState.STARTING
     rank: int = 0
-    attempt_nr: int = 0
+    attempt_nr: int | None = None  # None (left out of updates) until the job's definition parsed: never invented
     pilot_error_code: int = 0
     pilot_error_diag: str = ""
     trans_exit_code: int | None = None

@@ -8,7 +8,7 @@ by feeding events and asserting actions.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +28,7 @@ from hpcpilot.eventservice.book import (
 )
 from hpcpilot.monitor.metrics import Limits, check_report, limits_for_job
 from hpcpilot.monitor.samples import MonitorReport
+from hpcpilot.protocol import lost_after
 from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.states import JobState, RankState
 
@@ -43,7 +44,11 @@ class RankReady:
 
 @dataclass(frozen=True)
 class RankAlive:
-    """Any sign of life from a rank (it refreshes the lost-rank clock)."""
+    """A rank's alive signal, sent every report interval whether or not it has work.
+
+    Any event naming a rank refreshes its lost-rank clock; this one exists so that an idle rank has
+    something to say.
+    """
 
     rank: int
 
@@ -61,6 +66,11 @@ class JobsFetched:
     rejected: tuple[JobRecord, ...] = ()
     unavailable: bool = False
     """The source could not answer (server down): try again later, it is not empty."""
+    reason: str = ""
+    """Why the request failed, in one line ('' = it did not fail: the source asks to wait, e.g. for a
+    Harvester feed).  Failed requests count towards ``getjob_failures``."""
+    hopeless: bool = False
+    """The failure will not heal by asking again (a server certificate that does not verify)."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +205,6 @@ KILL_COMMANDS: dict[str, tuple[ErrorCode, str]] = {
 class _Rank:
     state: RankState = RankState.STARTING
     panda_id: int | None = None
-    last_seen: float = 0.0
 
 
 @dataclass
@@ -224,14 +233,16 @@ class SchedulerPolicy:
     jobs_per_fetch: int = 8
     startup_timeout: float = 120.0
     fetch_retry: float = 30.0
+    getjob_failures: int = 5
 
     @classmethod
     def from_config(cls, config: SiteConfig, deadline: float | None, max_jobs: int | None) -> SchedulerPolicy:
         return cls(deadline=deadline, margin=float(config.walltime.margin), max_jobs=max_jobs,
                    heartbeat=config.panda.heartbeat, debug_heartbeat=config.panda.debug_heartbeat,
-                   lost_after=config.monitor.report_interval * config.monitor.lost_rank_intervals,
+                   lost_after=lost_after(config.monitor),
                    jobs_per_fetch=config.panda.jobs_per_fetch,
-                   fetch_retry=min(30.0, max(1.0, config.panda.retry_max)))
+                   fetch_retry=min(30.0, max(1.0, config.panda.retry_max)),
+                   getjob_failures=config.panda.getjob_failures)
 
 
 @dataclass
@@ -256,6 +267,13 @@ class Scheduler:
     answered: set[int] = field(default_factory=set)
     fetch_retry_at: float = 0.0
     started_at: float | None = None
+    fetch_failures: int = 0
+    gave_up: str = ""
+    """Why the pilot stopped asking its job source for work ('' = it did not give up)."""
+    alive: OrderedDict[int, float] = field(default_factory=OrderedDict)
+    """Ranks believed alive -> when rank 0 last heard from them, least recently heard first: a rank
+    enters when it first speaks and leaves when it stops or is lost, so finding the silent ones costs
+    O(1) per message and O(lost) per pass, never a scan over all ranks."""
 
     def __post_init__(self) -> None:
         self.ranks = {r: _Rank() for r in self.worker_ranks}
@@ -276,15 +294,62 @@ class Scheduler:
         handler = getattr(self, f"_on_{type(event).__name__}")
         rank = getattr(event, "rank", None)
         if rank in self.ranks:
-            self.ranks[rank].last_seen = self.now
+            self._heard_from(rank)
         return handler(event)
+
+    # -- liveness -----------------------------------------------------------------------
+
+    def _heard_from(self, number: int) -> None:
+        """Any message from a rank is its sign of life; a rank already stopped or lost stays so."""
+        if self.ranks[number].state in (RankState.STOPPED, RankState.LOST):
+            return
+        self.alive[number] = self.now
+        self.alive.move_to_end(number)
+
+    def _gone(self, number: int, state: RankState) -> None:
+        """The rank will send nothing more that counts (stopped) or is given up (lost)."""
+        self.ranks[number].state = state
+        self.alive.pop(number, None)
+
+    def _check_liveness(self) -> list[Action]:
+        """Declare lost the ranks whose signal stopped for longer than the limit (oldest first)."""
+        actions: list[Action] = []
+        while self.alive:
+            number, seen = next(iter(self.alive.items()))
+            silent = self.now - seen
+            if silent <= self.policy.lost_after:
+                break
+            actions += self._rank_lost(number, f"rank {number} stopped reporting for {silent:.0f} s")
+        return actions
+
+    def _rank_lost(self, number: int, diag: str) -> list[Action]:
+        """Fail the lost rank's work with EXCEEDEDMAXWAITTIME and tell the rank to stop, in case it can
+        still hear: a rank that is only stuck then kills its payload and leaves instead of living on."""
+        rank = self.ranks[number]
+        panda_id, rank.panda_id = rank.panda_id, None
+        self._gone(number, RankState.LOST)
+        if number in self.idle:
+            self.idle.remove(number)
+        code = int(ErrorCode.EXCEEDEDMAXWAITTIME)
+        actions: list[Action] = [StopRank(number, code, diag)]
+        job = self.jobs.get(panda_id) if panda_id is not None else None
+        if job is not None and job.rank == number:
+            job.record.fail(code, diag)
+            actions += self._close_job(job.spec.panda_id, job.record)
+        book = self.es.get(panda_id) if panda_id is not None else None
+        if book is not None:
+            book.member_gone(number, code, diag)
+            if not book.members and not self.idle:  # idle ranks would join it in this pass
+                book.drop_queue(code, "no rank of the job is left to process it")
+        return actions
 
     # -- events -----------------------------------------------------------------------
 
     def _on_RankReady(self, event: RankReady) -> list[Action]:
         self.answered.add(event.rank)
-        if not event.ok:
-            self.ranks[event.rank].state = RankState.STOPPED
+        if not event.ok:  # it will never get work: let it leave (it waits for a word from rank 0)
+            self._gone(event.rank, RankState.STOPPED)
+            return [SendNoMoreWork(event.rank)]
         return []
 
     def _on_RankAlive(self, event: RankAlive) -> list[Action]:
@@ -305,13 +370,30 @@ class Scheduler:
         self.leased += len(event.jobs) + len(event.rejected)
         if event.unavailable:
             self.fetch_retry_at = self.now + self.policy.fetch_retry
-        elif not event.jobs and not event.rejected:
-            self.source_empty = True
+            if event.reason:
+                self.fetch_failures += 1
+                self._maybe_give_up(event)
+        else:
+            self.fetch_failures = 0
+            if not event.jobs and not event.rejected:
+                self.source_empty = True
         actions: list[Action] = []
         for record in event.rejected:
             self.done.append(record)
             actions.append(Report(record, final=True))
+        if self.stopping is not None:  # the answer to a fetch under way when the stop began: never started
+            actions += [Report(record, final=True) for record in self._drop_pending(*self.stopping)]
         return actions
+
+    def _maybe_give_up(self, event: JobsFetched) -> None:
+        """With nothing running, ``getjob_failures`` failed requests in a row (or one that will not heal)
+        end the leasing, so an allocation does not idle to its walltime asking a dead server."""
+        if self.jobs or self.es or self.pending:
+            return
+        if event.hopeless or self.fetch_failures >= self.policy.getjob_failures:
+            self.source_empty = True
+            self.gave_up = (f"gave up on the job source after {self.fetch_failures} failed request(s) in a row "
+                            f"with nothing running: {event.reason or 'no answer'}")
 
     def _on_JobProgress(self, event: JobProgress) -> list[Action]:
         book = self.es.get(event.record.panda_id)
@@ -352,7 +434,7 @@ class Scheduler:
     def _on_RankStopped(self, event: RankStopped) -> list[Action]:
         rank = self.ranks[event.rank]
         if rank.state != RankState.LOST:
-            rank.state = RankState.STOPPED
+            self._gone(event.rank, RankState.STOPPED)
         if event.rank in self.idle:
             self.idle.remove(event.rank)
         return []
@@ -391,6 +473,8 @@ class Scheduler:
         if book is None:
             return []
         book.on_fetched(self.now, event, self.policy.fetch_retry)
+        if not book.members and not self.idle:  # its ranks were lost while the fetch was under way
+            book.drop_queue(int(ErrorCode.EXCEEDEDMAXWAITTIME), "no rank of the job is left to process it")
         return list(book.serve_waiting(self._guard_at(), self.now))
 
     def _on_RangesReported(self, event: RangesReported) -> list[Action]:
@@ -479,7 +563,6 @@ class Scheduler:
     def _tick_es(self) -> list[Action]:
         actions: list[Action] = []
         for book in list(self.es.values()):
-            self._check_es_ranks(book)
             n = book.fetch_wanted(self.now, self._guard_at())
             if n:
                 book.fetching = True
@@ -496,21 +579,6 @@ class Scheduler:
                 actions.append(CloseEsJob(book.spec, book.final_record()))
         return actions
 
-    def _check_es_ranks(self, book: EsBook) -> None:
-        for number in list(book.members):
-            silence = self._lost(number)
-            if silence:
-                book.member_lost(number, int(ErrorCode.EXCEEDEDMAXWAITTIME), silence)
-
-    def _lost(self, number: int) -> str:
-        """Mark a rank lost when it has been silent too long; the diagnostic says so ('' if it is not)."""
-        rank = self.ranks[number]
-        silent = self.now - rank.last_seen
-        if silent <= self.policy.lost_after:
-            return ""
-        rank.state = RankState.LOST
-        return f"rank {number} stopped reporting for {silent:.0f} s"
-
     # -- time-driven decisions --------------------------------------------------------
 
     def _tick(self) -> list[Action]:
@@ -520,6 +588,9 @@ class Scheduler:
         if self.stopping is None and self._walltime_reached():
             actions += self._begin_stop(int(ErrorCode.REACHEDMAXTIME),
                                         "the pilot's walltime limit (less the margin) was reached")
+        actions += self._startup_timeout()
+        actions += self._check_liveness()
+        actions += self._no_rank_left()
         actions += self._check_jobs()
         actions += self._tick_es()
         if self._startup_complete():
@@ -530,31 +601,39 @@ class Scheduler:
         return actions
 
     def _startup_complete(self) -> bool:
-        """Every rank answered its start-up check (or timed out): only then is work leased."""
-        missing = [r for r in self.ranks if r not in self.answered]
-        if missing and self.started_at is not None and self.now - self.started_at > self.policy.startup_timeout:
-            for rank in missing:
-                self.ranks[rank].state = RankState.LOST
-                self.answered.add(rank)
-            missing = []
-        return not missing
+        """Every rank answered its start-up check (or was given up): only then is work leased."""
+        return len(self.answered) >= len(self.ranks)
+
+    def _startup_timeout(self) -> list[Action]:
+        """Ranks that did not answer within the start-up timeout are lost; they are told to stop, so that
+        one that comes up late leaves at once instead of waiting for work that never comes."""
+        if (self._startup_complete() or self.started_at is None
+                or self.now - self.started_at <= self.policy.startup_timeout):
+            return []
+        actions: list[Action] = []
+        diag = f"did not answer its start-up check within {self.policy.startup_timeout:.0f} s"
+        for number in self.ranks:
+            if number not in self.answered:
+                self.answered.add(number)
+                self._gone(number, RankState.LOST)
+                actions.append(StopRank(number, int(ErrorCode.EXCEEDEDMAXWAITTIME), f"rank {number} {diag}"))
+        return actions
+
+    def _no_rank_left(self) -> list[Action]:
+        """Every worker rank is lost or stopped while work still waits for one: nothing can ever run it,
+        so the pilot stops (queued jobs and ranges are failed at once instead of waiting for ever)."""
+        if self.alive or self.stopping is not None:
+            return []
+        if not self.pending and not any(book.wants_ranks() for book in self.es.values()):
+            return []
+        return self._begin_stop(int(ErrorCode.EXCEEDEDMAXWAITTIME), "no worker rank is left to run it")
 
     def _walltime_reached(self) -> bool:
         return self.policy.deadline is not None and self.now >= self.policy.deadline - self.policy.margin
 
     def _check_jobs(self) -> list[Action]:
         actions: list[Action] = []
-        for number, rank in self.ranks.items():
-            if rank.state == RankState.STOPPING and self.now - rank.last_seen > self.policy.lost_after:
-                rank.state = RankState.LOST  # never acknowledged its stop: do not wait for it forever
-                if number in self.idle:
-                    self.idle.remove(number)
         for job in list(self.jobs.values()):
-            silence = self._lost(job.rank)
-            if silence:
-                job.record.fail(ErrorCode.EXCEEDEDMAXWAITTIME, silence)
-                actions += self._close_job(job.spec.panda_id, job.record)
-                continue
             actions += self._job_walltime(job)
             interval = self.policy.debug_heartbeat if job.debug else self.policy.heartbeat
             if self.now - job.last_heartbeat >= interval:
@@ -594,12 +673,13 @@ class Scheduler:
             if self.policy.max_jobs is not None:
                 n = min(n, self.policy.max_jobs - self.leased)
             actions.append(Fetch(n))
-        if (not self.pending and not self.fetching and (self.stopping or not self._may_lease())
-                and not self._es_staging()):
+        # When stopping, idle ranks leave at once: a fetch under way (a server outage) must not keep them.
+        if self.stopping is not None or (not self.pending and not self.fetching and not self._may_lease()
+                                         and not self._es_staging()):
             while self.idle:
                 rank = self.idle.popleft()
                 self.ranks[rank].state = RankState.STOPPING
-                self.ranks[rank].last_seen = self.now  # the wait for its acknowledgement starts now
+                self._heard_from(rank)  # the wait for its acknowledgement starts now
                 actions.append(SendNoMoreWork(rank))
         return actions
 
@@ -635,7 +715,7 @@ class Scheduler:
             for rank in sorted(book.members - book.killing):
                 book.killing.add(rank)
                 actions.append(StopRank(rank, code, diag))
-        return actions
+        return actions  # (ranks believed lost got their Stop when they were declared lost)
 
     def _drop_pending(self, code: int, diag: str) -> list[JobRecord]:
         records = []
@@ -662,7 +742,7 @@ class Scheduler:
     def _all_stopped(self) -> bool:
         if self.jobs or self.es or self.fetching:
             return False
-        return all(r.state in (RankState.STOPPED, RankState.LOST) for r in self.ranks.values())
+        return not self.alive and self._startup_complete()  # every rank answered, and stopped or was lost
 
     # -- views --------------------------------------------------------------------------
 

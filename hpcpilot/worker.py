@@ -3,7 +3,14 @@
 The loop runs in the rank's main thread (the only thread that touches the transport, as
 mpi4py wants); each job runs in a thread of its own so the loop stays responsive to rank 0
 while a payload runs.  The job thread never sends: it hands messages to a queue that the
-loop forwards.
+loop forwards.  The job thread is also the one that starts the job's payloads and waits for
+them: their parent-death signal (``hpcpilot.payload``) is tied to it, and it never ends before
+its payload is stopped and reaped.
+
+Liveness: the loop sends ``Alive`` every ``monitor.report_interval`` whatever the rank is doing
+(idle and waiting for work, staging in, running a job or an event-service part), and rank 0
+declares the rank lost only when that signal stops.  The other way round, a rank that got a
+signal and hears nothing from rank 0 for the same limit stops its job and leaves by itself.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from hpcpilot.errors import ErrorCode, signal_error
 from hpcpilot.joblife import JobContext, JobControl, run_job
 from hpcpilot.monitor import diskscan
 from hpcpilot.node import node_info
+from hpcpilot.payload import owner_id, reap_stale_cgroups
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
@@ -40,7 +48,9 @@ from hpcpilot.protocol import (
     Stopped,
     WorkerFailed,
     WorkRequest,
+    lost_after,
 )
+from hpcpilot.rankguard import RankGuard
 from hpcpilot.records import panda_id_of
 from hpcpilot.transport import CONTROLLER, Backoff, Transport
 
@@ -87,6 +97,8 @@ class Worker:
         self.rank_label = transport.rank if rank_label is None else rank_label
         self.signals = signals
         self.signal_sent = False
+        self.signalled_at: float | None = None
+        self.silence_limit = lost_after(config.monitor)
         self.host = socket.gethostname().split(".")[0]
         self.jobs_dir, self.pilot_dir = jobs_dir, pilot_dir
         self.outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
@@ -97,6 +109,21 @@ class Worker:
 
     def run(self) -> None:
         """Check, then ask for jobs until rank 0 says there is no more work or stop."""
+        guard = self.start_guard()
+        try:
+            self.serve()
+        finally:
+            if guard is not None:
+                guard.close()
+
+    def start_guard(self) -> RankGuard | None:
+        """Kill what dead ranks of an earlier pilot left in this workdir's cgroups, then start the guard
+        that kills this rank's payloads if the rank dies (see hpcpilot.rankguard)."""
+        if self.config.monitor.use_cgroup:
+            reap_stale_cgroups(self.pilot_dir)
+        return RankGuard.start(owner_id(), self.pilot_dir)
+
+    def serve(self) -> None:
         problems = startup_problems(self.config, self.jobs_dir)
         self.send(Ready(self.rank, self.host, not problems, tuple(problems), self.node))
         if problems:
@@ -104,12 +131,12 @@ class Worker:
         else:
             self.send(WorkRequest(self.rank))
         backoff = Backoff()
-        next_alive = time.monotonic()
+        next_alive = time.monotonic() + self.config.monitor.report_interval
         while True:
             busy = self.forward_outbox()
             busy = self.pump_ranges() or busy
             self.check_signal()
-            if self.running is not None and time.monotonic() >= next_alive:
+            if time.monotonic() >= next_alive:  # idle or busy: rank 0 must hear from every rank
                 self.send(Alive(self.rank))
                 next_alive = time.monotonic() + self.config.monitor.report_interval
             incoming = self.transport.receive()
@@ -119,6 +146,7 @@ class Worker:
             if self.running is not None and not self.running.thread.is_alive():
                 self.finish_job()
                 busy = True
+            self.check_rank0_silence()
             if self.leaving and self.running is None:
                 self.forward_outbox()
                 self.send(Stopped(self.rank))
@@ -132,12 +160,26 @@ class Worker:
         """A signal on a worker rank winds the whole pilot down: rank 0 decides, in order."""
         if self.signals is not None and self.signals.signum is not None and not self.signal_sent:
             self.signal_sent = True
+            self.signalled_at = time.monotonic()
             signum = self.signals.signum
             log.warning("received signal %d: asking rank 0 to stop every rank", signum)
             if self.running is not None:  # a batch system signals the payload too: the job carries our code
                 diag = f"pilot received {signal.Signals(signum).name}"
                 self.running.control.request_kill(int(signal_error(signum)), diag)
             self.send(Signalled(self.rank, signum))
+
+    def check_rank0_silence(self) -> None:
+        """After a signal, rank 0 answers with Stop or NoMoreWork at once; if it stays silent as long as
+        rank 0 waits before declaring a rank lost, it is gone or stuck: leave, so the pilot ends."""
+        if (self.signalled_at is None or self.leaving
+                or time.monotonic() - self.signalled_at <= self.silence_limit):
+            return
+        assert self.signals is not None and self.signals.signum is not None
+        log.error("rank 0 did not answer the signal within %.0f s: this rank stops on its own", self.silence_limit)
+        self.leaving = True
+        if self.running is not None:
+            name = signal.Signals(self.signals.signum).name
+            self.running.control.request_kill(int(signal_error(self.signals.signum)), f"pilot received {name}")
 
     def send(self, message: Message) -> None:
         self.transport.send(CONTROLLER, message)
@@ -176,7 +218,7 @@ class Worker:
         elif isinstance(message, SetDebug):
             if self.running is not None and self.running.panda_id == message.panda_id:
                 self.running.control.debug = message.on
-        elif isinstance(message, Stop):
+        elif isinstance(message, Stop):  # also to a rank rank 0 believes lost: it must not outlive the pilot
             self.leaving = True
             if self.running is not None:
                 self.running.control.request_kill(message.error_code, message.diag)

@@ -198,6 +198,15 @@ class EsBook:
         self.waiting.pop(rank, None)
         self.fail_held(rank, code, diag)
 
+    def member_gone(self, rank: int, code: int, diag: str) -> None:
+        """The rank was lost: what it held is failed; a leader lost before the set-up ended ends the job
+        (no other rank may join a job that was never set up)."""
+        self.member_lost(rank, code, diag)
+        if rank == self.leader and not self.is_open:
+            self.leasing_stopped = True
+            if self.stop is None:
+                self.stop = (code, diag)
+
     def fail_held(self, rank: int, code: int, diag: str) -> None:
         for range_id in [rid for rid, (owner, _r) in self.dealt.items() if owner == rank]:
             del self.dealt[range_id]
@@ -228,8 +237,8 @@ class EsBook:
     def fetch_wanted(self, now: float, guard_at: float | None) -> int:
         """Ranges to lease now (0: none): keep ``prefetch_seconds`` of consumption queued."""
         if (not self.is_open or self.exhausted or self.leasing_stopped or self.fetching
-                or now < self.fetch_retry_at or self.closing):
-            return 0
+                or now < self.fetch_retry_at or self.closing or not self.members):
+            return 0  # (without members, ranges would only wait: lease again when a rank joins)
         per_request = max(1, self.config.ranges_per_request)
         target = 2 * per_request * max(1, len(self.members))
         rate = self.consumption_rate(now)
@@ -264,13 +273,18 @@ class EsBook:
         """Answer parked requests from the queue; 'no more' once nothing more can come."""
         actions: list[DealRanges] = []
         for rank, want in list(self.waiting.items()):
+            if not self.queue and self._no_more_coming():
+                del self.waiting[rank]
+                actions.append(DealRanges(rank, self.panda_id, (), no_more=True))
+                continue
             allowed = self.allowance(rank, want, guard_at, now)
             if allowed == 0 and self.held_by(rank) == 0 and not self.leasing_stopped:
-                # Not even one range fits before the guard on an idle rank: none will on any rank.
+                # Not even one range fits before the guard on an idle rank: none will on any rank.  The
+                # guard cuts the job with ranges left, so the job fails REACHEDMAXTIME like a normal one.
                 actions += self.stop_leasing(int(ErrorCode.REACHEDMAXTIME),
-                                             "no range can finish before the walltime guard", job_failure=False)
+                                             "no range can finish before the walltime guard", job_failure=True)
                 break
-            if allowed == 0 or (not self.queue and self._no_more_coming()):
+            if allowed == 0:
                 del self.waiting[rank]
                 actions.append(DealRanges(rank, self.panda_id, (), no_more=True))
                 continue
@@ -339,6 +353,12 @@ class EsBook:
         answers = [DealRanges(rank, self.panda_id, (), no_more=True) for rank in self.waiting]
         self.waiting.clear()
         return answers
+
+    def drop_queue(self, code: int, diag: str) -> None:
+        """Fail the queued ranges now (no rank is left to take them); leasing goes on when one joins."""
+        if self.queue:
+            log.warning("job %d: %d queued range(s) failed: %s", self.panda_id, len(self.queue), diag)
+        self._fail_queue(code, diag)
 
     def _fail_queue(self, code: int, diag: str) -> None:
         while self.queue:

@@ -3,7 +3,9 @@
 A bundle is a zip of finished ranges' outputs (stored, not deflated: event outputs are
 compressed already).  It is written to ``<name>.part`` and renamed, so a crash mid-bundle
 leaves no zip that could be mistaken for a complete one; it is then copied with the site's
-copy tool and verified (size and checksum at the destination).  Only after that are the
+copy tool and verified (size and checksum at the destination) -- or, when Harvester stages
+(``harvester.stage``), verified and declared where it is, for Harvester to transfer, with one
+GUID that every range in it is reported with.  Only after that are the
 per-range outputs removed and the ranges reported finished; a pilot killed before the report
 leaves the ranges in the journal, and the next run reports them failed (the server hands
 them out again), so no range is ever reported finished without its output saved.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +26,7 @@ from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.sources import OutputBundle
-from hpcpilot.stageio import checksum, copytools, files
+from hpcpilot.stageio import checksum, files, staging
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +65,19 @@ def stage_bundle(job: JobSpec, updates: Sequence[EventRangeUpdate], num_events: 
     except OSError as exc:
         raise PilotError(ErrorCode.STAGEOUTFAILED,
                          f"cannot write bundle {lfn}: {exc.strerror or exc}") from None
-    output_dir.mkdir(parents=True, exist_ok=True)
-    entry = copytools.stage_out([(local, lfn)], output_dir, config.stage)[lfn]
+    try:
+        entry = staging.stage_out([(local, lfn)], output_dir, config)[lfn]
+    except OSError as exc:
+        raise PilotError(ErrorCode.STAGEOUTFAILED, f"cannot create {output_dir}: {exc.strerror or exc}") from None
     adler = entry.get("adler32") or checksum.adler32(entry["surl"])
     for update in updates:
         _remove(Path(update.output))
-    _remove(local)
+    if not staging.harvester_stages(config):
+        _remove(local)  # the copy is verified; a zip declared in place is what Harvester transfers
     es = config.eventservice
     return OutputBundle(lfn=lfn, fsize=int(entry["fsize"]), adler32=adler, num_events=num_events,
                         objstore_id=es.objstore_id, path_convention=es.path_convention, path=entry["surl"],
-                        range_ids=tuple(u.event_range_id for u in updates))
+                        range_ids=tuple(u.event_range_id for u in updates), guid=str(uuid.uuid4()))
 
 
 def stage_job_log(job: JobSpec, record: JobRecord, job_dir: Path, output_dir: Path, config: SiteConfig) -> None:
@@ -84,8 +90,7 @@ def stage_job_log(job: JobSpec, record: JobRecord, job_dir: Path, output_dir: Pa
         files.check_lfn(log_spec.lfn)
         inputs = [f.lfn for f in job.inputs]
         files.make_log_tarball(job_dir, tarball, exclude=[BUNDLE_DIR, *inputs])
-        output_dir.mkdir(parents=True, exist_ok=True)
-        report = copytools.stage_out([(tarball, log_spec.lfn)], output_dir, config.stage)
+        report = staging.stage_out([(tarball, log_spec.lfn)], output_dir, config)
     except PilotError as exc:
         log.error("job %d: log not staged out: %s", job.panda_id, exc.diag)
         record.fail(exc.code, f"log not staged out: {exc.diag}")

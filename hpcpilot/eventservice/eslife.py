@@ -24,13 +24,14 @@ from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.eventservice.book import failed
 from hpcpilot.eventservice.executors import RangeContext, choose_executor
 from hpcpilot.eventservice.link import RangeLink
-from hpcpilot.joblife import JobContext, JobControl, _JobLife, job_metrics
+from hpcpilot.joblife import PILOT_FILES, JobContext, JobControl, _JobLife, job_metrics
 from hpcpilot.records import JobRecord, JobSpec, panda_id_of
 from hpcpilot.states import JobState
 from hpcpilot.timing import Timing, panda_time
 
 log = logging.getLogger(__name__)
 
+RANK_DIR_PREFIX = "rank"  # each rank of an ES job works in <job dir>/rank<N>/
 SHARED_WAIT = 60.0
 """Seconds a joining rank waits for the shared job directory to appear (shared filesystems lag)."""
 
@@ -70,12 +71,14 @@ def run_es_job(job_wire: dict[str, Any], ctx: JobContext, control: JobControl, l
 class _EsRankLife(_JobLife):
     """Set-up (first rank only), then the executor until the job's ranges run out."""
 
+    pilot_files = (*PILOT_FILES, f"{RANK_DIR_PREFIX}[0-9]*")  # and each rank's own directory, made after stage-in
+
     def __init__(self, spec: JobSpec, ctx: JobContext, control: JobControl, record: JobRecord, timing: Timing,
                  link: RangeLink, stage_in: bool) -> None:
         super().__init__(spec, ctx, control, record, timing)
         self.link, self.stage_in = link, stage_in
         self.workdir = es_job_dir(ctx.pilot_dir, spec.panda_id)
-        self.rank_dir = self.workdir / f"rank{ctx.rank}"
+        self.rank_dir = self.workdir / f"{RANK_DIR_PREFIX}{ctx.rank}"
 
     def run(self) -> None:
         if self.stage_in:

@@ -5,11 +5,11 @@ module decides what a *failure* means, because that decides whether a request ma
 
 * ``ServerUnavailable``: nothing usable came back before the call's deadline, and nothing was
   delivered either (connection refused, connect timeout, 401/408/425/429), or the call is one that
-  may be repeated (getJob, getEventRanges, a heartbeat).  Retried with back-off and jitter until the
-  deadline (``panda.call_deadline`` unless the caller gives a shorter one).
-* ``Ambiguous`` (a ServerUnavailable): a final updateJob or an updateEventRanges may have been
-  committed -- HTTP 5xx, a read timeout or a dropped connection after the body was sent, or a reply
-  that proves nothing.  Never re-sent blindly: the caller asks the server (``job_statuses``,
+  may be repeated (getJob, getEventRanges).  Retried with back-off and jitter until the deadline
+  (``panda.call_deadline`` unless the caller gives a shorter one).
+* ``Ambiguous`` (a ServerUnavailable): an updateJob or updateEventRanges may have been committed --
+  HTTP 5xx, a read timeout or a dropped connection after the body was sent, or a reply that proves
+  nothing.  Never re-sent blindly: the caller asks the server (``job_statuses``,
   ``range_statuses``) and sends only what it does not have.
 * ``ServerUnusable``: will not heal by waiting -- a server certificate that does not verify, a
   bearer token that would travel over plain http to another host, a URL that is not http(s).
@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 NOT_DELIVERED_HTTP = frozenset({401, 408, 425, 429})
 """HTTP answers that prove the request was not processed: safe to send again as it is."""
 USER_AGENT = "hpcpilot/0.1"
-FINAL_STATES = frozenset({"finished", "failed"})
 
 
 class PandaError(Exception):
@@ -231,15 +230,14 @@ class PandaClient:
     def update_job(self, fields: Mapping[str, Any], deadline: float | None = None) -> list[str]:
         """Send one updateJob (legacy field names); returns the backchannel commands of the reply.
 
-        A final update whose fate is unknown raises ``Ambiguous``; a heartbeat is simply repeated."""
+        An answer that leaves its fate open (5xx, a timeout after sending, a reply that proves nothing)
+        raises ``Ambiguous``: one look-up of the job's state then settles it, cheaper than repeating."""
         prepared = wire.prepare_update(fields)
-        final = str(prepared.get("state")) in FINAL_STATES
-        reply = self._call(wire.UPDATE_JOB, prepared, deadline, repeatable=not final)
-        answer = self._parse(reply, wire.UPDATE_JOB, replies.parse_job_update, ambiguous=final)
+        reply = self._call(wire.UPDATE_JOB, prepared, deadline, repeatable=False)
+        answer = self._parse(reply, wire.UPDATE_JOB, replies.parse_job_update, ambiguous=True)
         job_id = prepared.get("jobId")
         if answer.status == wire.STATUS_TIMEOUT:
-            error = Ambiguous if final else ServerUnavailable
-            raise error(f"updateJob {job_id}: the server timed out (StatusCode 10)")
+            raise Ambiguous(f"updateJob {job_id}: the server timed out (StatusCode 10)")
         if answer.status != wire.STATUS_OK:
             raise RequestRejected(f"updateJob {job_id}: StatusCode {answer.status}: "
                                   f"{wire.snippet(answer.message or '-', 200)}")
@@ -352,6 +350,7 @@ class PandaClient:
         backoff = max(self.panda.retry_initial, 0.01)
         last_error = "no attempt made"
         attempt = 0
+        maybe_sent = False
         while not self._stop.is_set():
             remaining = end - time.monotonic()
             if remaining <= 0:
@@ -362,7 +361,7 @@ class PandaClient:
             except _NotSent as exc:
                 last_error = str(exc)
             except _MaybeSent as exc:
-                last_error = str(exc)
+                last_error, maybe_sent = str(exc), True
                 if not repeatable:
                     self._episode(method, last_error)
                     raise Ambiguous(f"{method}: {last_error}") from None
@@ -375,7 +374,8 @@ class PandaClient:
                 break
             backoff = min(backoff * 2, max(self.panda.retry_max, 0.01))
         why = "client closed" if self._stop.is_set() else f"gave up after {attempt} attempt(s)"
-        raise ServerUnavailable(f"{method}: {why}: {last_error}")
+        error = Ambiguous if maybe_sent else ServerUnavailable  # a repeated request may have been taken too
+        raise error(f"{method}: {why}: {last_error}")
 
     def _episode(self, method: str, error: str) -> None:
         """Log the first failure of an outage at WARNING with its cause, later ones at DEBUG."""

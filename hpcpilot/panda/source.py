@@ -29,6 +29,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -43,12 +44,12 @@ from pathlib import Path
 from typing import Any
 
 from hpcpilot.config import SiteConfig
-from hpcpilot.errors import ErrorCode
+from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.journal import JOB, RANGE, Journal, OutboxEntry
 from hpcpilot.panda import wire
 from hpcpilot.panda.auth import register_secret
 from hpcpilot.panda.client import Ambiguous, PandaClient, PandaError, RequestRejected, ServerUnusable
-from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
+from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, attempt_nr_of, panda_id_of, parse_int, show_value
 from hpcpilot.sources import Command, Delivery, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
 
@@ -155,10 +156,10 @@ class PandaSource:
 
     def _lease(self, job: Mapping[str, Any]) -> dict[str, Any] | None:
         """Journal one leased job (secrets kept in memory only); None for a job without a PandaID."""
-        panda_id = _as_int(job.get("PandaID"))
+        panda_id = panda_id_of(job) or None
         if panda_id is None:
             logger.error("getJob returned a job without a valid PandaID (%s); ignored",
-                         wire.snippet(str(job.get("PandaID")), 40))
+                         show_value(job.get("PandaID"), 40))
             return None
         secrets = {k: job[k] for k in ("pilotSecrets", "secrets") if k in job}
         clean = {k: v for k, v in job.items() if k not in secrets}
@@ -292,7 +293,7 @@ class PandaSource:
         job = self.journal.leased_job(record.panda_id) or {}
         fields.setdefault("siteName", self.config.site.queue)
         fields.setdefault("node", str(self.node.get("node", "")))
-        attempt = _as_int(job.get("attemptNr"))
+        attempt = attempt_nr_of(job)
         if attempt is not None:
             fields["attemptNr"] = attempt  # the server kills a job on a wrong attemptNr
         if final and record.state not in (JobState.FINISHED, JobState.FAILED):
@@ -344,8 +345,8 @@ class PandaSource:
                     return True
                 remaining = end - time.monotonic()
                 if remaining <= 0:
-                    self.fetch_status = FETCH_REPLAYING
-                    logger.warning("updates from the previous run are not yet acknowledged; no new lease now")
+                    why = "updates of the previous run on this workdir are not yet acknowledged; no new lease now"
+                    self._fetch_failed(FETCH_REPLAYING, why)
                     return False
                 self._cond.wait(min(remaining, 0.5))
 
@@ -440,9 +441,12 @@ class PandaSource:
         """An update whose fate is unknown: ask the server.  None when it has everything (the entry is
         then acknowledged); otherwise the entry narrowed to what the server lacks, to be sent."""
         if entry.kind == JOB:
-            if not entry.final:
-                return entry  # a heartbeat: repeating it is harmless
             state = self.client.job_statuses([entry.panda_id], deadline=self.fetch_deadline).get(entry.panda_id)
+            if not entry.final:  # a heartbeat is done once the server's state is at or past it
+                if _progress(state) < _progress(entry.body.get("state")):
+                    return entry
+                self.journal.acknowledge(entry)
+                return None
             if state not in SERVER_FINAL_JOB_STATES:
                 logger.info("job %s: the server's state is %s; sending the final update again", entry.panda_id,
                             state)
@@ -468,12 +472,14 @@ class PandaSource:
 
     def _task_of(self, panda_id: int, range_ids: Sequence[str]) -> int | None:
         """The jediTaskID of a job: the first field of its eventRangeIDs, else the journaled definition."""
-        for range_id in range_ids:
-            task = _as_int(range_id.split("-", 1)[0])
-            if task is not None:
-                return task
+        for value in [*(rid.split("-", 1)[0] for rid in range_ids), *self._task_fields(panda_id)]:
+            with contextlib.suppress(PilotError):
+                return parse_int(value, "jediTaskID")
+        return None
+
+    def _task_fields(self, panda_id: int) -> list[Any]:
         job = self.journal.leased_job(panda_id) or {}
-        return _as_int(job.get("taskID", job.get("jediTaskID")))
+        return [job.get("taskID"), job.get("jediTaskID")]
 
     def _count(self, entry: OutboxEntry, range_ids: Sequence[str], status: str | None) -> None:
         """Count acknowledged (or rejected) outcomes; ``status`` None = the status each range was sent with."""
@@ -533,14 +539,14 @@ def _with_guids(report: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def _as_int(value: Any) -> int | None:
-    """An integer field of a job definition or id, or None (never an exception: definitions are untrusted)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    text = str(value).strip() if isinstance(value, str) else ""
-    return int(text) if text.lstrip("-").isdigit() and len(text) < 20 else None
+_PROGRESS = {"starting": 1, "running": 2, "transferring": 3}
+
+
+def _progress(state: Any) -> int:
+    """How far a job's server state is along starting -> running -> transferring -> final (0 = before)."""
+    if state in SERVER_FINAL_JOB_STATES:
+        return 4
+    return _PROGRESS.get(str(state), 0)
 
 
 def _only(body: Mapping[str, Any], keep: set[str]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import os
 import signal
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -30,7 +30,7 @@ from hpcpilot.config import StageConfig
 from hpcpilot.errors import ConfigError, ErrorCode, PilotError
 from hpcpilot.records import FileSpec
 from hpcpilot.stageio import checksum
-from hpcpilot.stageio.files import check_lfn, safe_join, safe_unzip, show_name
+from hpcpilot.stageio.files import check_lfn, check_not_reserved, safe_join, safe_unzip, show_name
 
 log = logging.getLogger(__name__)
 
@@ -171,8 +171,10 @@ def _discard(path: Path) -> None:
         log.warning("cannot remove partial copy %s: %s", show_name(str(path)), exc.strerror)
 
 
-def _stage_in_one(fspec: FileSpec, input_dir: Path, workdir: Path, tool: CopyTool, cfg: StageConfig) -> Path:
+def _stage_in_one(fspec: FileSpec, input_dir: Path, workdir: Path, tool: CopyTool, cfg: StageConfig,
+                  reserved: Collection[str]) -> Path:
     check_lfn(fspec.lfn)
+    check_not_reserved(fspec.lfn, reserved, "input")
     src = Path(input_dir) / fspec.lfn
     try:
         st = src.stat()
@@ -187,19 +189,22 @@ def _stage_in_one(fspec: FileSpec, input_dir: Path, workdir: Path, tool: CopyToo
               (ErrorCode.STAGEINFAILED, ErrorCode.STAGEINTIMEOUT))
     checksum.verify_input(dst, fspec)
     if fspec.lfn.endswith(".zip"):
-        safe_unzip(dst, workdir)
+        safe_unzip(dst, workdir, reserved)
     return dst
 
 
-def stage_in(files: Sequence[FileSpec], input_dir: Path, workdir: Path, cfg: StageConfig) -> list[Path]:
+def stage_in(files: Sequence[FileSpec], input_dir: Path, workdir: Path, cfg: StageConfig,
+             reserved: Collection[str] = ()) -> list[Path]:
     """Copy each input from ``input_dir`` into ``workdir`` and verify it; return the local paths.
 
     The result is aligned with ``files``.  Zip inputs are also unpacked into ``workdir``
-    (members are not listed).  The first failure raises PilotError: STAGEINFAILED (missing,
-    bad size), STAGEINTIMEOUT, GET*MISMATCH, LFNTOOLONG or BADOUTPUTFILENAME.
+    (members are not listed).  Neither an input nor a zip member may replace one of the
+    ``reserved`` pilot files (names or patterns, see ``files``).  The first failure raises
+    PilotError: STAGEINFAILED (missing, bad size), STAGEINTIMEOUT, GET*MISMATCH, LFNTOOLONG or
+    BADOUTPUTFILENAME (not a plain name, or a pilot file).
     """
     tool = _tool(cfg.copytool_in, ErrorCode.STAGEINFAILED)
-    return [_stage_in_one(f, input_dir, workdir, tool, cfg) for f in files]
+    return [_stage_in_one(f, input_dir, workdir, tool, cfg, reserved) for f in files]
 
 
 def _local_output(local: Path, lfn: str) -> int:

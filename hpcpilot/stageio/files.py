@@ -8,6 +8,14 @@ Plain-name rule (``check_lfn``), decided here and used for inputs and outputs al
 is refused when it is empty, ``.`` or ``..``, contains ``/``, ``\\``, NUL or any other
 control character (a newline would forge log and ``output.list`` lines), or starts with
 ``-`` (it would be read as an option by site copy commands that do not use ``--``).
+
+Pilot files (decided here, for inputs and zip members alike): the job life passes the names it
+writes or reads in the job workdir itself (``job_setup.sh``, ``pandaJob.json``, the payload's
+stdout/stderr, the memory monitor files, ``jobReport.json``, ...) as ``reserved``.  An input or a
+zip member whose first path component matches one is refused with BADOUTPUTFILENAME (1371)
+naming it, before anything is written: unpacking zips into a subdirectory instead would move
+the files payloads expect in their workdir, and a zip that clashes with the pilot is a broken
+or hostile input either way.  ``reserved`` entries are exact names or ``fnmatch`` patterns.
 """
 
 from __future__ import annotations
@@ -17,7 +25,8 @@ import os
 import stat
 import tarfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 from hpcpilot.errors import ErrorCode, PilotError
@@ -35,7 +44,9 @@ def show_name(name: object, limit: int = 80) -> str:
 
 
 def _bad_char(name: str) -> bool:
-    return any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in name)
+    """A separator, or a character that is not printable (controls, U+2028, U+0085, zero-width ones),
+    which would break or hide a diagnostic or log line that quotes the name."""
+    return any(ch in "/\\" or not ch.isprintable() for ch in name)
 
 
 def check_lfn(lfn: str) -> None:
@@ -47,6 +58,16 @@ def check_lfn(lfn: str) -> None:
                          f"file name has {len(lfn)} characters (max {MAX_LFN_LENGTH}): {show_name(lfn)}")
     if lfn in ("", ".", "..") or lfn.startswith("-") or _bad_char(lfn):
         raise PilotError(ErrorCode.BADOUTPUTFILENAME, f"not a plain file name: {show_name(lfn)}")
+
+
+def check_not_reserved(name: str, reserved: Collection[str], what: str) -> None:
+    """Refuse (BADOUTPUTFILENAME) a path whose first component is one of the pilot's own files."""
+    parts = PurePosixPath(name).parts
+    first = parts[0] if parts else ""
+    clash = next((pattern for pattern in reserved if fnmatchcase(first, pattern)), None)
+    if clash is not None:
+        raise PilotError(ErrorCode.BADOUTPUTFILENAME,
+                         f"{what} {show_name(name)} would replace the pilot's own {show_name(first)}")
 
 
 def safe_join(workdir: str | os.PathLike[str], name: str,
@@ -70,8 +91,8 @@ def _is_symlink_member(info: zipfile.ZipInfo) -> bool:
     return info.create_system == 3 and stat.S_ISLNK(mode)
 
 
-def _check_member(info: zipfile.ZipInfo, dest: Path, zip_name: str) -> Path:
-    """The extraction target of one zip member, or STAGEINFAILED naming the member."""
+def _check_member(info: zipfile.ZipInfo, dest: Path, zip_name: str, reserved: Collection[str] = ()) -> Path:
+    """The extraction target of one zip member, or STAGEINFAILED (BADOUTPUTFILENAME for a pilot file) naming it."""
     name = info.filename
     parts = PurePosixPath(name).parts
     bad = (not name or name.startswith("/") or "\\" in name or "\0" in name or ".." in parts
@@ -79,6 +100,7 @@ def _check_member(info: zipfile.ZipInfo, dest: Path, zip_name: str) -> Path:
     if bad:
         raise PilotError(ErrorCode.STAGEINFAILED,
                          f"zip {show_name(zip_name)} has unsafe member {show_name(name)}")
+    check_not_reserved(name, reserved, f"zip {show_name(os.path.basename(zip_name))} member")
     return safe_join(dest, name.rstrip("/"), code=ErrorCode.STAGEINFAILED)
 
 
@@ -96,11 +118,13 @@ def _extract_file(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path)
             out.write(chunk)
 
 
-def safe_unzip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
+def safe_unzip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str],
+               reserved: Collection[str] = ()) -> list[Path]:
     """Unpack a zip input into ``dest``; return the unpacked files.
 
     Every member is checked before anything is written (absolute names, ``..``, backslashes,
-    drive letters, symlink members are refused), so a hostile zip leaves nothing behind.
+    drive letters, symlink members are refused; so is a member that would replace one of the
+    ``reserved`` pilot files, see the module docstring), so a hostile zip leaves nothing behind.
     Parent directories are re-checked while unpacking through ``safe_join``.
     """
     dest = Path(dest)
@@ -113,9 +137,9 @@ def safe_unzip(zip_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -
     with archive:
         infos = archive.infolist()
         for info in infos:
-            _check_member(info, dest, zip_name)
+            _check_member(info, dest, zip_name, reserved)
         for info in infos:
-            target = _check_member(info, dest, zip_name)  # again: earlier members made directories
+            target = _check_member(info, dest, zip_name, reserved)  # again: earlier members made directories
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue

@@ -59,7 +59,7 @@ def test_jobs_finish_with_stage_out_and_harvester_files(tmp_path: Path) -> None:
     access_point = tmp_path / "access_point"
     attributes = json.loads((access_point / "11" / "worker_attributes.json").read_text())
     assert attributes["jobStatus"] == "finished"
-    dump = json.loads((access_point / "event_status.dump.json").read_text())
+    dump = json.loads((access_point / "11" / "event_status.dump.json").read_text())  # per job: several jobs
     assert {e["type"] for e in dump["11"]} == {"output", "log"}
     assert (access_point / "worker_heartbeat.json").exists()
     workdir = tmp_path / "work" / "jobs" / "rank0" / "PandaJob_11"

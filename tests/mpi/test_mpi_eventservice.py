@@ -228,7 +228,10 @@ def test_walltime_ends_the_job_with_every_range_reported(tmp_path: Path, server_
     assert counts["finished"] > 0 and counts["ready"] > 0, counts
     check_bundles(state["event_ranges"], tmp_path / "out")
     job = state["jobs"][0]
-    assert job["status"] in ("finished", "failed") and job["nEvents"] == counts["finished"]
+    assert job["nEvents"] == counts["finished"]
+    # cut by the guard with ranges left: failed REACHEDMAXTIME like a normal job (SIGTERM would give 1201)
+    assert job["status"] == "failed" and job["pilotErrorCode"] == 1213, job
+    assert {r["errorCode"] for r in state["event_ranges"] if r["status"] == "failed"} <= {1213}
 
 
 def test_server_outage_during_the_run(tmp_path: Path, server_factory: Any) -> None:

@@ -145,6 +145,20 @@ def test_stage_in_zip_is_unpacked_and_hostile_zip_refused(dirs: tuple[Path, Path
     assert not (site_in.parent / "escaped").exists()
 
 
+def test_stage_in_never_replaces_a_pilot_file(dirs: tuple[Path, Path, Path]) -> None:
+    """Neither an input called like a pilot file nor a zip member that is one reaches the workdir (1371)."""
+    site_in, work, _ = dirs
+    (work / "job_setup.sh").write_text("the pilot's script\n")
+    (site_in / "job_setup.sh").write_text("echo pwned\n")
+    with zipfile.ZipFile(site_in / "in.zip", "w") as archive:
+        archive.writestr("job_setup.sh", b"echo pwned\n")
+    for lfn in ("job_setup.sh", "in.zip"):
+        with pytest.raises(PilotError) as info:
+            stage_in([FileSpec(lfn=lfn)], site_in, work, StageConfig(), reserved=("job_setup.sh",))
+        assert info.value.code == ErrorCode.BADOUTPUTFILENAME and "'job_setup.sh'" in info.value.diag
+    assert (work / "job_setup.sh").read_text() == "the pilot's script\n"
+
+
 def test_stage_in_unknown_tool_and_plugin_errors(dirs: tuple[Path, Path, Path], plugin) -> None:
     site_in, work, _ = dirs
     (site_in / "f").write_bytes(b"abc")

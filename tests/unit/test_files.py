@@ -131,6 +131,31 @@ def test_safe_unzip_not_a_zip(tmp_path: Path) -> None:
     assert info.value.code == ErrorCode.STAGEINFAILED
 
 
+PILOT_NAMES = ("job_setup.sh", "pandaJob.json", "payload.stdout", "rank[0-9]*")
+
+
+@pytest.mark.parametrize("member", ["job_setup.sh", "./pandaJob.json", "payload.stdout/x", "pandaJob.json/",
+                                    "rank3/payload.stdout"])
+def test_safe_unzip_refuses_pilot_files_with_1371_and_writes_nothing(tmp_path: Path, member: str) -> None:
+    dest = tmp_path / "work"
+    dest.mkdir()
+    (dest / "job_setup.sh").write_text("the pilot's script\n")
+    archive = _zip(tmp_path / "in.zip", {"data.txt": b"x", member: b"echo pwned\n"})
+    with pytest.raises(PilotError) as info:
+        safe_unzip(archive, dest, reserved=PILOT_NAMES)
+    assert info.value.code == ErrorCode.BADOUTPUTFILENAME == 1371
+    assert repr(member)[:20] in info.value.diag and "'in.zip'" in info.value.diag
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in dest.iterdir()) == ["job_setup.sh"]
+    assert (dest / "job_setup.sh").read_text() == "the pilot's script\n"
+
+
+def test_safe_unzip_allows_names_that_only_resemble_pilot_files(tmp_path: Path) -> None:
+    names = {"ranking.txt": b"1", "sub/job_setup.sh": b"2", "pandaJob.json.orig": b"3", "rankx/y": b"4"}
+    written = safe_unzip(_zip(tmp_path / "in.zip", names), tmp_path / "work", reserved=PILOT_NAMES)
+    assert sorted(p.relative_to(tmp_path / "work").as_posix() for p in written) == sorted(names)
+
+
 def test_make_log_tarball(tmp_path: Path) -> None:
     work, outside = tmp_path / "PandaJob_1", tmp_path / "outside"
     work.mkdir()

@@ -143,7 +143,7 @@ def test_walltime_guard_stops_every_rank_and_abandons_what_was_not_started() -> 
 def test_a_job_that_cannot_finish_before_the_guard_is_not_started() -> None:
     scheduler = started(1, deadline=1000.0, margin=100.0)
     scheduler.handle(0.0, [WorkRequested(1)])
-    actions = scheduler.handle(500.0, [JobsFetched((spec(3, maxWalltime=600),))])
+    actions = scheduler.handle(500.0, [RankAlive(1), JobsFetched((spec(3, maxWalltime=600),))])
     assert not of_type(actions, Assign)
     assert [r.record.pilot_error_code for r in of_type(actions, Report)] == [ErrorCode.REACHEDMAXTIME]
 

@@ -1,0 +1,323 @@
+"""``HarvesterSource``: the JobSource for a Harvester access point (rank 0 only).
+
+Jobs and event ranges come in as files Harvester wrote; reports go out as files Harvester reads
+(see ``hpcpilot.harvester.layout`` for where, ``hpcpilot.harvester.files`` for how).
+
+Late binding.  When rank 0 asks for jobs and none is left, the source writes
+``worker_requestjob.json`` (``{"nJobs": n}``) and answers "nothing now" (``fetch_status`` < 0),
+so rank 0 asks again after ``harvester.poll_interval``; once Harvester has deleted the request
+(it does so after writing the new job files) the new jobs are read.  Event ranges likewise: when
+rank 0 leases ranges and fewer than it asked for are left in hand, ``worker_requestevents.json``
+asks for as many as rank 0 just wanted (its prefetch), so the next feed is on its way before the
+ranges in hand run out; each ``JobsEventRanges.json`` is renamed aside before it is read.  A feed
+with an empty list for a job means Harvester has no more ranges for it.  The pilot waits at
+most ``harvester.feed_timeout`` seconds after it found nothing in hand before it concludes that
+nothing is coming (jobs: the pilot winds down; ranges: the job ends), and ``close`` withdraws
+open requests and writes ``kill_worker.json``.  ``feed_timeout = 0`` never asks: the pilot runs
+what the access point held at start.
+
+Secrets: ``pilotSecrets``/``secrets`` are taken out of each job definition before it is queued
+(so they reach no rank, workdir, log tarball or report), registered for log redaction and kept
+in memory only, for ``job_secrets``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hpcpilot.config import HarvesterConfig
+from hpcpilot.errors import ConfigError
+from hpcpilot.harvester.catalog import place_inputs
+from hpcpilot.harvester.files import (
+    EventStatusFile,
+    Request,
+    load_json_object,
+    take_aside,
+    write_json_atomically,
+    write_text_atomically,
+)
+from hpcpilot.harvester.layout import AccessPoint, FoundJob
+from hpcpilot.panda.auth import install_log_redaction, register_secret
+from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, show_value
+from hpcpilot.sources import Command, OutputBundle
+
+log = logging.getLogger(__name__)
+
+FETCH_OK = 0
+FETCH_AWAITING_FEED = -1
+"""``fetch_status`` of an empty answer while a request to Harvester is open: ask again later."""
+HEARTBEAT_INTERVAL = 60.0
+SECRET_KEYS = ("pilotSecrets", "secrets")
+PUBLISHED_LEFT_OUT = ("xml",)
+"""updateJob fields not published in worker_attributes.json: outputs go to Harvester as event_status entries."""
+
+
+class HarvesterSource:
+    """Jobs from the access point's job-spec files; reports to the files Harvester reads."""
+
+    def __init__(self, access_point: Path, config: HarvesterConfig | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = config if config is not None else HarvesterConfig()
+        self.ap = AccessPoint(access_point, self.cfg)
+        self.dir = self.ap.dir
+        self.clock = clock
+        self.fetch_status = FETCH_OK
+        self.lock = threading.Lock()  # the fetch thread and rank 0's loop both use the job tables
+        self.seen: set[str] = set()
+        self.queue: list[Any] = []
+        self.job_dirs: dict[int, Path] = {}
+        self.log_files: dict[int, str] = {}
+        self.secrets: dict[int, dict[str, Any]] = {}
+        self.job_request = Request(self.ap.top(self.cfg.job_request_file))
+        self.jobs_wait_since: float | None = None
+        self.no_more_jobs = False
+        self.ranges: dict[int, list[Any]] = {}
+        self.range_requests: dict[Path, Request] = {}
+        self.range_wait_since: dict[int, float] = {}
+        self.no_more_ranges: set[int] = set()
+        self.status_files: dict[Path, EventStatusFile] = {}
+        self.last_heartbeat = 0.0
+        self.closed = False
+        install_log_redaction()
+        self._queue_jobs(self.ap.read_jobs(self.seen, strict=True))
+        self._take_range_feeds(strict=True)
+
+    # ---- JobSource: jobs ----------------------------------------------------------------
+
+    def fetch_jobs(self, n: int) -> list[Mapping[str, Any]]:
+        if n <= 0:
+            return []
+        if self.job_request.answered():
+            self.job_request.close()
+            found = self.ap.read_jobs(self.seen, strict=False)
+            if found:
+                log.info("Harvester fed %d job(s)", len(found))
+                self._queue_jobs(found)
+        with self.lock:
+            taken, self.queue = self.queue[:n], self.queue[n:]
+        if taken:
+            self.jobs_wait_since = None
+            self.fetch_status = FETCH_OK
+            return taken
+        self.fetch_status = self._wait_for_jobs(n)
+        return []
+
+    def _wait_for_jobs(self, n: int) -> int:
+        """Ask Harvester for ``n`` jobs, or conclude that none is coming; the fetch status to answer with."""
+        if self.cfg.feed_timeout <= 0 or self.no_more_jobs or self.closed:
+            return FETCH_OK
+        now = self.clock()
+        if self.jobs_wait_since is None:
+            self.jobs_wait_since = now
+        if now - self.jobs_wait_since >= self.cfg.feed_timeout:
+            log.info("Harvester fed no job within %.0f s of being asked: no more jobs", self.cfg.feed_timeout)
+            self.job_request.withdraw()
+            self.no_more_jobs = True
+            return FETCH_OK
+        if not self.job_request.is_open:
+            log.info("asking Harvester for %d job(s) (%s)", n, self.job_request.path.name)
+            self.job_request.open({"nJobs": n}, now)
+        return FETCH_AWAITING_FEED
+
+    def abandon(self) -> list[Mapping[str, Any]]:
+        """Jobs read from the access point and never started: the pilot is stopping."""
+        with self.lock:
+            taken, self.queue = self.queue, []
+        return taken
+
+    def _queue_jobs(self, found: Sequence[FoundJob]) -> None:
+        for item in found:
+            job = item.job
+            if isinstance(job, dict):
+                panda_id = panda_id_of(job)
+                if not panda_id and panda_id_of({"PandaID": item.key}):
+                    # Harvester files every job under its PandaID: that key is the job's identity
+                    panda_id = panda_id_of({"PandaID": item.key})
+                    log.error("job %s: its PandaID %s is not a number; taken from the access point", panda_id,
+                              show_value(job.get("PandaID"), 40))
+                    job["PandaID"] = panda_id
+                secrets = {k: job.pop(k) for k in SECRET_KEYS if k in job}
+                if secrets:
+                    register_secret(secrets)
+                    self.secrets[panda_id] = secrets
+                if self.cfg.stage == "harvester":
+                    place_inputs(job, item.job_dir, [item.job_dir / self.cfg.pool_catalog_file,
+                                                     self.ap.top(self.cfg.pool_catalog_file)])
+                with self.lock:
+                    self.job_dirs[panda_id] = item.job_dir
+                    self.log_files[panda_id] = job["logFile"] if isinstance(job.get("logFile"), str) else ""
+            with self.lock:
+                self.seen.add(item.key)
+                self.queue.append(job)
+
+    def job_secrets(self, panda_id: int) -> dict[str, Any]:
+        """pilotSecrets/secrets of a job (kept in memory only)."""
+        return dict(self.secrets.get(panda_id, {}))
+
+    # ---- JobSource: event ranges --------------------------------------------------------
+
+    def fetch_event_ranges(self, job: JobSpec, n: int) -> list[Mapping[str, Any]]:
+        panda_id = job.panda_id
+        self._take_range_feeds(strict=False)
+        in_hand = self.ranges.setdefault(panda_id, [])
+        taken = in_hand[:n]
+        del in_hand[:n]
+        self._ask_for_ranges(job, n)
+        if taken:
+            self.range_wait_since.pop(panda_id, None)
+            self.fetch_status = FETCH_OK
+            return taken
+        self.fetch_status = self._wait_for_ranges(panda_id)
+        return []
+
+    def _ask_for_ranges(self, job: JobSpec, n: int) -> None:
+        """Ahead of demand: ask for ``n`` more once fewer than ``n`` are in hand (one request open per directory)."""
+        panda_id = job.panda_id
+        if (self.cfg.feed_timeout <= 0 or panda_id in self.no_more_ranges or self.closed
+                or len(self.ranges.get(panda_id, [])) >= n):
+            return
+        request = self._range_request(self.job_dir(panda_id))
+        if request.is_open:
+            return
+        log.debug("job %d: asking Harvester for %d event range(s)", panda_id, n)
+        request.open({str(panda_id): {"nRanges": n, "pandaID": panda_id, "taskID": job.task_id,
+                                      "jobsetID": job.jobset_id}}, self.clock())
+
+    def _wait_for_ranges(self, panda_id: int) -> int:
+        if self.cfg.feed_timeout <= 0 or panda_id in self.no_more_ranges or self.closed:
+            return FETCH_OK
+        now = self.clock()
+        since = self.range_wait_since.setdefault(panda_id, now)
+        if now - since < self.cfg.feed_timeout:
+            return FETCH_AWAITING_FEED
+        log.info("job %d: Harvester fed no event range within %.0f s: no more ranges", panda_id,
+                 self.cfg.feed_timeout)
+        self.no_more_ranges.add(panda_id)
+        self._range_request(self.job_dir(panda_id)).withdraw()
+        return FETCH_OK
+
+    def _range_request(self, directory: Path) -> Request:
+        if directory not in self.range_requests:
+            self.range_requests[directory] = Request(directory / self.cfg.events_request_file)
+        return self.range_requests[directory]
+
+    def _take_range_feeds(self, strict: bool) -> None:
+        """Take every complete range feed: one in a directory whose request Harvester has answered (or without one)."""
+        with self.lock:
+            directories = {self.dir, *self.job_dirs.values()}
+        for directory in sorted(directories):
+            request = self.range_requests.get(directory)
+            if request is not None and request.is_open and not request.answered():
+                continue  # Harvester may be writing the feed right now
+            if request is not None:
+                request.close()
+            aside = take_aside(directory / self.cfg.event_ranges_file)
+            if aside is not None:
+                self._read_range_feed(aside, strict)
+
+    def _read_range_feed(self, path: Path, strict: bool) -> None:
+        try:
+            feed = load_json_object(path, self.cfg.event_ranges_file)
+        except ConfigError as exc:
+            if strict:
+                raise
+            log.error("%s; its ranges are not used", exc)
+            return
+        for key, items in feed.items():
+            panda_id = panda_id_of({"PandaID": key})
+            if not isinstance(items, list):
+                log.error("%s: ranges of job %s are not a list; not used", path, key)
+                continue
+            if not items:
+                log.info("job %d: Harvester has no more event ranges", panda_id)
+                self.no_more_ranges.add(panda_id)
+            self.ranges.setdefault(panda_id, []).extend(items)
+
+    def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
+                            bundle: OutputBundle | None = None) -> None:
+        entries = []
+        for update in updates:
+            entry: dict[str, Any] = {"eventRangeID": update.event_range_id, "eventStatus": str(update.status)}
+            if bundle is not None and (not bundle.range_ids or update.event_range_id in bundle.range_ids):
+                entry.update({"path": bundle.path, "type": "zip_output", "fsize": bundle.fsize,
+                              "chksum": bundle.adler32, "guid": bundle.guid})
+            elif update.output:
+                entry.update({"path": update.output, "type": "es_output", "fsize": update.fsize,
+                              "chksum": update.adler32})
+            if update.error_code:
+                entry["errorCode"] = update.error_code
+            entries.append(entry)
+        self._status_file(job.panda_id).add({str(job.panda_id): entries})
+
+    # ---- JobSource: reports ---------------------------------------------------------------
+
+    def update_job(self, record: JobRecord, final: bool) -> None:
+        job_dir = self.job_dir(record.panda_id)
+        job_dir.mkdir(parents=True, exist_ok=True)
+        attributes = {k: v for k, v in record.to_wire().items() if k not in PUBLISHED_LEFT_OUT}
+        attributes["jobStatus"] = str(record.state)
+        write_json_atomically(job_dir / self.cfg.attributes_file, attributes)
+        if final:
+            self.write_job_report(job_dir, record)
+            self._status_file(record.panda_id).add({str(record.panda_id): self.output_entries(record)})
+
+    def poll(self, now: float) -> list[Command]:
+        if now - self.last_heartbeat >= HEARTBEAT_INTERVAL:
+            self.write_heartbeat(now)
+        return []
+
+    def close(self) -> None:
+        """The worker is done: no request stays open, and Harvester is told (kill_worker.json)."""
+        self.closed = True
+        self.job_request.withdraw()
+        for request in self.range_requests.values():
+            request.withdraw()
+        now = self.clock()
+        self.write_heartbeat(now)
+        write_json_atomically(self.ap.top(self.cfg.kill_worker_file), {"time": now, "pid": os.getpid()})
+
+    # ---- files ------------------------------------------------------------------------
+
+    def job_dir(self, panda_id: int) -> Path:
+        """The directory of a job's per-job files (the access point itself for a job it never read)."""
+        with self.lock:
+            return self.job_dirs.get(panda_id, self.dir)
+
+    def _status_file(self, panda_id: int) -> EventStatusFile:
+        directory = self.job_dir(panda_id)
+        if directory not in self.status_files:
+            directory.mkdir(parents=True, exist_ok=True)
+            self.status_files[directory] = EventStatusFile(directory / self.cfg.event_status_file)
+        return self.status_files[directory]
+
+    def write_heartbeat(self, now: float) -> None:
+        self.last_heartbeat = now
+        write_json_atomically(self.ap.top(self.cfg.heartbeat_file), {"time": now, "pid": os.getpid()})
+
+    def write_job_report(self, job_dir: Path, record: JobRecord) -> None:
+        """The payload's own jobReport.json when it wrote one, else a minimal one from the record."""
+        path = job_dir / self.cfg.job_report_file
+        if record.meta_data:
+            write_text_atomically(path, record.meta_data)
+            return
+        outputs = [{"subFiles": [{"name": lfn, "file_guid": entry.get("guid", ""),
+                                  "file_size": entry.get("fsize", 0)}]}
+                   for lfn, entry in record.output_report.items()]
+        write_json_atomically(path, {
+            "exitCode": record.exe_error_code or (0 if not record.failed else record.pilot_error_code),
+            "exitMsg": record.exe_error_diag or record.pilot_error_diag or "OK",
+            "files": {"output": outputs}})
+
+    def output_entries(self, record: JobRecord) -> list[dict[str, Any]]:
+        """The job's outputs and log as event_status entries: what Harvester's stager transfers."""
+        log_file = self.log_files.get(record.panda_id)
+        return [{"eventStatus": "finished", "path": entry.get("surl", ""),
+                 "type": "log" if lfn == log_file else "output", "fsize": entry.get("fsize", 0),
+                 "chksum": entry.get("adler32", ""), "guid": entry.get("guid", "")}
+                for lfn, entry in record.output_report.items()]
