@@ -8,7 +8,8 @@ in its working directory and answers ``<path>,ID:<id>,CPU:<s>,WALL:<s>``.  On ``
 events`` it exits 0.  For tests it can fail ranges (``--fail-every N``: ``ERR_ATHENAMP_PROCESS``
 for every N-th range, ``--fatal-every N``: ``ERR_FATAL``) and crash once mid-range
 (``--crash-at N``: exit 3 after receiving its N-th range; a marker file keeps the fresh
-payload the pilot starts next from crashing again).
+payload the pilot starts next from crashing again).  ``--relative-every N`` answers every N-th
+range as recent AthenaMT does: with an output path relative to its working directory.
 
     PILOT_EVENTRANGECHANNEL=/path/to/socket python examples/es_payload.py --ms-per-event 10
 """
@@ -34,6 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fatal-every", type=int, default=0, help="fail every N-th range fatally (0: never)")
     parser.add_argument("--crash-at", type=int, default=0, help="crash once after receiving the N-th range")
     parser.add_argument("--output-bytes", type=int, default=1024, help="bytes written per range output")
+    parser.add_argument("--relative-every", type=int, default=0,
+                        help="answer every N-th range with a relative output path, as AthenaMT does (0: never)")
     return parser.parse_args(argv)
 
 
@@ -76,7 +79,9 @@ def process(item: dict, args: argparse.Namespace, count: int) -> str:
         return f"ERR_FATAL {range_id}: range {count} fails fatally on purpose"
     if args.fail_every and count % args.fail_every == 0:
         return f"ERR_ATHENAMP_PROCESS {range_id}: range {count} fails on purpose"
-    output = Path.cwd() / f"{range_id}.pool.root"
+    relative = bool(args.relative_every) and count % args.relative_every == 0
+    output = Path("athenamt") / f"{range_id}.pool.root" if relative else Path.cwd() / f"{range_id}.pool.root"
+    output.parent.mkdir(exist_ok=True)
     output.write_bytes(f"{range_id} {item.get('LFN', '')} {n_events}\n".encode().ljust(args.output_bytes, b"."))
     wall, cpu = time.monotonic() - started, time.process_time() - cpu0
     return f"{output},ID:{range_id},CPU:{cpu:.3f},WALL:{wall:.3f}"

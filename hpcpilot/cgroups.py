@@ -47,6 +47,13 @@ class CgroupMemory(NamedTuple):
     swap_kb: int
 
 
+def oom_diag(memory: CgroupMemory | None, limit_kb: int | None) -> str:
+    """The diagnostic of a payload the kernel killed at its cgroup's memory limit: its peak and the limit."""
+    used = f"peak {memory.peak_kb / 1024:.0f} MB" if memory is not None else "peak unknown"
+    limit = f"limit {limit_kb / 1024:.0f} MB" if limit_kb else "limit unknown"
+    return f"payload killed by its cgroup memory limit ({used}, {limit})"
+
+
 @dataclass(frozen=True)
 class CgroupLocation:
     """The current process's cgroup directory in one hierarchy, and whether memory is accounted there."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -21,10 +22,12 @@ from typing import Any
 
 from hpcpilot import __version__
 from hpcpilot.config import SiteConfig, documented_keys, load_config, replace
-from hpcpilot.errors import ConfigError, exit_status_for_signal
-from hpcpilot.log import setup_logging
+from hpcpilot.credentials import CredentialGuard
+from hpcpilot.errors import EXIT_STATUSES, ConfigError, cutting_signal, exit_status_for_signal, pilot_exit_status
+from hpcpilot.log import LOG_FORMATS, setup_logging
 
 log = logging.getLogger("hpcpilot")
+EFFECTIVE_CONFIG = "config.effective.toml"
 
 
 def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
@@ -50,12 +53,22 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return overrides
 
 
+def _exit_status_epilog() -> str:
+    """``run --help``'s list of exit statuses, from the one table in hpcpilot.errors."""
+    import textwrap
+
+    return "exit status:\n" + "\n".join(textwrap.fill(meaning, 100, initial_indent=f"  {status:<7}",
+                                                       subsequent_indent=" " * 9)
+                                         for status, meaning in EXIT_STATUSES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hpcpilot", description="An MPI pilot for PanDA jobs on HPC machines.")
     parser.add_argument("--version", action="version", version=f"hpcpilot {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the pilot (one rank, or every rank of an MPI launch)")
+    run = sub.add_parser("run", help="run the pilot (one rank, or every rank of an MPI launch)",
+                         epilog=_exit_status_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--site-config", type=Path, help="site configuration TOML file")
     source = run.add_mutually_exclusive_group()
     source.add_argument("--harvester-dir", type=Path, help="Harvester access point holding HPCJobs.json")
@@ -66,16 +79,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-jobs", type=int, help="lease at most this many jobs")
     run.add_argument("--log-dir", type=Path, help="one log file per rank here (default: stderr)")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
+                     help="text: '[rank r/N host]' lines; json: one JSON object per line (UTC times)")
     run.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key")
 
-    check = sub.add_parser("check-config", help="validate a site configuration and print its effective values")
+    check = sub.add_parser("check-config", help="validate a site configuration and print its effective values "
+                                                 "(with HPCPILOT_* variables and --set, as run uses it)")
     check.add_argument("file", type=Path)
+    check.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override one config key")
 
     render = sub.add_parser("render-sbatch", help="print an sbatch script for a site configuration")
     render.add_argument("--site-config", type=Path, required=True)
     render.add_argument("--job-name", default="hpcpilot")
+    render.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override one config key, for the script and for the srun line's 'hpcpilot run'")
     render.add_argument("pilot_args", nargs=argparse.REMAINDER, help="arguments for 'hpcpilot run' (after --)")
 
+    from hpcpilot.livestatus import add_status_parser
     from hpcpilot.panda.deliver import add_deliver_parser
     from hpcpilot.panda.serve_cli import add_serve_parser
     from hpcpilot.report import add_report_parser
@@ -83,37 +103,71 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     add_deliver_parser(sub)
     add_report_parser(sub)
+    add_status_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return run_command(args)
-        if args.command == "check-config":
-            return check_config(args.file)
-        if args.command == "render-sbatch":
-            return render_sbatch(args)
-        if args.command == "serve":
-            from hpcpilot.panda.serve_cli import run_serve
-
-            return run_serve(args)
-        if args.command == "deliver":
-            from hpcpilot.panda.deliver import run_deliver
-
-            return run_deliver(args)
-        if args.command == "report":
-            from hpcpilot.report import report_main
-
-            return report_main(args)
+        return _dispatch(args)
     except ConfigError as exc:
         if args.command != "run" or _launcher_rank(os.environ) == 0:  # every rank of a launch refuses alike
             print(f"hpcpilot: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        return _closed_pipe()
     except KeyboardInterrupt:
-        return 130
+        print(f"hpcpilot {args.command}: interrupted", file=sys.stderr)
+        return exit_status_for_signal(signal.SIGINT)
+    except OSError as exc:  # a busy port, a path that is not there: the operator needs the one line, not a trace
+        print(f"hpcpilot {args.command}: {_os_error_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run one sub-command (the slow imports only for the command that needs them)."""
+    if args.command == "run":
+        return run_command(args)
+    if args.command == "check-config":
+        return check_config(args.file, args.set or [])
+    if args.command == "render-sbatch":
+        return render_sbatch(args)
+    if args.command == "serve":
+        from hpcpilot.panda.serve_cli import run_serve
+
+        return run_serve(args)
+    if args.command == "deliver":
+        from hpcpilot.panda.deliver import run_deliver
+
+        return run_deliver(args)
+    if args.command == "report":
+        from hpcpilot.report import report_main
+
+        return report_main(args)
+    if args.command == "status":
+        from hpcpilot.livestatus import status_main
+
+        return status_main(args)
     return 2
+
+
+def _os_error_line(exc: OSError) -> str:
+    """``<what failed>: <strerror>`` for an OSError, naming the file or address when it has one."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc}" + (f" (errno {exc.errno})" if exc.errno else "")
+
+
+def _closed_pipe() -> int:
+    """The reader of our stdout went away (``| head``): stop quietly, as a SIGPIPE'd tool would, without the
+    interpreter's own BrokenPipeError report when it flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
+    print("hpcpilot: output closed early (broken pipe)", file=sys.stderr)
+    return exit_status_for_signal(signal.SIGPIPE)
 
 
 def _launcher_rank(environ: Mapping[str, str]) -> int:
@@ -127,19 +181,26 @@ def _launcher_rank(environ: Mapping[str, str]) -> int:
     return 0
 
 
-def check_config(path: Path) -> int:
-    config = load_config(path, environ={})
+def check_config(path: Path, settings: list[str]) -> int:
+    """The configuration ``run`` would use with this file: HPCPILOT_* variables and ``--set`` applied."""
+    config = load_config(path, _overrides(settings))
     print(config.describe())
     print(f"{path}: OK ({len(documented_keys())} keys known)")
     return 0
 
 
 def render_sbatch(args: argparse.Namespace) -> int:
+    """The batch script; its srun line always carries the site config and every ``--set``, before the
+    arguments given after ``--``, so the batch job runs with the configuration the script was rendered for."""
     from hpcpilot.slurm import render_sbatch as render
 
-    config = load_config(args.site_config)
-    pilot_args = [a for a in args.pilot_args if a != "--"] or ["--site-config", str(args.site_config)]
-    sys.stdout.write(render(config, pilot_args, job_name=args.job_name))
+    settings = args.set or []
+    config = load_config(args.site_config, _overrides(settings))
+    extra = args.pilot_args[1:] if args.pilot_args[:1] == ["--"] else args.pilot_args
+    pilot_args = ["--site-config", str(args.site_config)]
+    for setting in settings:
+        pilot_args += ["--set", setting]
+    sys.stdout.write(render(config, [*pilot_args, *extra], job_name=args.job_name))
     return 0
 
 
@@ -152,6 +213,10 @@ def run_command(args: argparse.Namespace) -> int:
         raise ConfigError("run: give --harvester-dir DIR or --server URL (or panda.server in the site config)")
     if not args.harvester_dir:
         config = replace(config, "harvester", stage="pilot")  # without Harvester, the pilot moves every file
+    else:  # every rank, before MPI starts: a missing access point refuses the run before any rank makes a file
+        from hpcpilot.harvester.layout import AccessPoint
+
+        AccessPoint(args.harvester_dir, config.harvester)
     from hpcpilot.transport import under_mpi_launcher
 
     if under_mpi_launcher(os.environ):
@@ -169,14 +234,14 @@ def _run_single(args: argparse.Namespace, config: SiteConfig) -> int:
     from hpcpilot.transport import QueueHub
     from hpcpilot.worker import Worker
 
-    setup_logging(0, 1, args.log_level, args.log_dir)
-    workdir = _prepare_workdir(args.workdir)
+    setup_logging(0, 1, args.log_level, args.log_dir, args.log_format)
+    workdir = args.workdir.resolve()  # made by _make_controller, once the run is not refused
     hub = QueueHub(2)
     stop = threading.Event()
-    worker = Worker(hub.transport(1), config, _jobs_dir(config, workdir, 0), workdir, stop, rank_label=0)
-    thread = threading.Thread(target=_guarded(worker.run), name="worker", daemon=True)
     controller, _signals = _make_controller(args, config, hub.transport(0), workdir, worker_ranks=[1],
                                             single_rank=True)
+    worker = Worker(hub.transport(1), config, _jobs_dir(config, workdir, 0), workdir, stop, rank_label=0)
+    thread = threading.Thread(target=_guarded(worker.run), name="worker", daemon=True)
     thread.start()
     try:
         controller.run()
@@ -194,12 +259,16 @@ def _run_mpi(args: argparse.Namespace, config: SiteConfig) -> int:
     transport = MpiTransport()
     mismatch = launch_mismatch(transport.size, transport.rank, os.environ, MpiTransport.library_version())
     if mismatch:
-        if transport.rank == 0:
+        if _launcher_rank(os.environ) == 0:  # singletons all think they are rank 0: say it once, as task 0
             print(f"hpcpilot: {mismatch}", file=sys.stderr)
         return 2
-    setup_logging(transport.rank, transport.size, args.log_level, args.log_dir)
+    setup_logging(transport.rank, transport.size, args.log_level, args.log_dir, args.log_format)
     try:
-        return _run_rank(args, config, transport)
+        return transport.leave(_run_rank(args, config, transport))  # no MPI_Finalize under fault tolerance
+    except ConfigError as exc:  # rank 0 refused the run (an unreadable access point): one line, every rank ends
+        print(f"hpcpilot: {' '.join(str(exc).splitlines())}", file=sys.stderr, flush=True)
+        transport.abort(2)
+        return 2
     except Exception:
         log.critical("uncaught exception, aborting every rank:\n%s", traceback.format_exc())
         transport.abort(1)
@@ -210,7 +279,7 @@ def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> i
     from hpcpilot.signals import SignalFlag
     from hpcpilot.worker import Worker
 
-    workdir = _prepare_workdir(args.workdir) if transport.rank == 0 else args.workdir.resolve()
+    workdir = args.workdir.resolve()  # rank 0 makes it once the run is not refused
     if transport.size == 1:
         return _run_single(args, config)
     if transport.rank == 0:
@@ -227,7 +296,9 @@ def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> i
     worker = Worker(transport, config, _jobs_dir(config, workdir, transport.rank), workdir, signals=signals)
     worker.run()
     transport.flush()
-    return exit_status_for_signal(signals.signum) if signals.signum else 0
+    from hpcpilot.slurm import warning_signum
+
+    return pilot_exit_status(cutting_signal(signals.received, warning_signum(config)), 0, False)
 
 
 def _prepare_workdir(workdir: Path) -> Path:
@@ -246,23 +317,41 @@ def _make_controller(args: argparse.Namespace, config: SiteConfig, transport: An
 
     signals = SignalFlag()
     signals.install()
-    log.info("hpcpilot %s starting\n%s", __version__, config.describe())
+    log.debug("%s", config.describe())
     source = _make_source(args, config, workdir)
+    _write_effective_config(config, workdir)
+    log.info("hpcpilot %s starting: site %s, work directory %s (configuration in %s)", __version__,
+             config.site.name, workdir, EFFECTIVE_CONFIG)
     deadline = _deadline(config)
     policy = SchedulerPolicy.from_config(config, deadline, args.max_jobs)
     if args.harvester_dir:  # an open request to Harvester is looked at every poll_interval
         policy.fetch_retry = config.harvester.poll_interval
     scheduler = Scheduler(worker_ranks, config, policy)
+    scheduler.credentials = CredentialGuard.from_environ(config.panda.credential_min_lifetime,
+                                                         config.panda.proxy_check_interval)
     recorder = _make_recorder(workdir)
     controller = Controller(transport, source, scheduler, workdir, signals, recorder, single_rank=single_rank)
     return controller, signals
 
 
+def _write_effective_config(config: SiteConfig, workdir: Path) -> None:
+    """``W/config.effective.toml``: what this run uses, every key, written only once the run starts."""
+    path = workdir / EFFECTIVE_CONFIG
+    tmp = path.with_name(f".{EFFECTIVE_CONFIG}.tmp")
+    tmp.write_text(config.to_toml())
+    os.replace(tmp, path)
+
+
 def _make_source(args: argparse.Namespace, config: SiteConfig, workdir: Path) -> Any:
+    """The job source; the work directory is made only after an access point was found readable, so a refused
+    run leaves nothing behind (a PanDA source needs it first, for its journal)."""
     if args.harvester_dir:
         from hpcpilot.harvester import HarvesterSource
 
-        return HarvesterSource(args.harvester_dir, config.harvester)
+        source = HarvesterSource(args.harvester_dir, config.harvester)
+        _prepare_workdir(workdir)
+        return source
+    _prepare_workdir(workdir)
     from hpcpilot.node import node_info
     from hpcpilot.panda.client import PandaError
     from hpcpilot.panda.source import PandaSource

@@ -12,6 +12,7 @@ what was expected.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import reprlib
@@ -109,6 +110,10 @@ class StageConfig:
     timeout_base: float = _doc("transfer timeout base (s); plus size / 1 MB/s", 400.0)
     timeout_max: float = _doc("transfer timeout cap (s)", 10800.0)
     checksum_type: str = _doc("checksum of outputs: adler32 | md5", "adler32")
+    direct_access: bool = _doc("the site reads inputs in place: a job with transferType 'direct' gets its turls in "
+                               "PoolFileCatalog.xml and --usePFCTurl --directIn, and its inputs are not copied", False)
+    arc_output_files: bool = _doc("write OutputFiles.xml (ARC's list of the staged outputs) in the job workdir, for a "
+                                  "NorduGrid-flavoured site", False)
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,10 @@ class PandaConfig:
     getjob_failures: int = _doc("end the pilot after this many failed job requests in a row with nothing "
                                 "running (pilot3's --getjob-failures)", 5)
     ca_dir: str = _doc("CA directory ('' = $X509_CERT_DIR or the system store)", "")
+    credential_min_lifetime: float = _doc("lease nothing when the X.509 proxy or token has less than this left at "
+                                          "start (s): PROXYTOOSHORT 1382 (0 = no credential checks)", 3600.0)
+    proxy_check_interval: float = _doc("seconds between looks at the proxy's and token's remaining lifetime "
+                                       "(pilot3's proxy_verification_time)", 600.0)
 
 
 @dataclass(frozen=True)
@@ -196,6 +205,26 @@ class SiteConfig:
 
     def sections(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
+
+    def to_toml(self) -> str:
+        """Every key with its effective value as a site file (``W/config.effective.toml``): load it back to rerun
+        with exactly this configuration."""
+        lines = [f"# effective configuration from {self.source}, environment and command line"]
+        for section_name, section in self.sections().items():
+            lines += ["", f"[{section_name}]"]
+            lines += [f"{f.name} = {_toml_value(getattr(section, f.name))}" for f in fields(section)]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """A validated config value in TOML (JSON's string escapes are TOML's; numbers are finite)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
 
 
 _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -265,6 +294,8 @@ _RANGES: dict[tuple[str, str], Range] = {
     **{("panda", key): INTERVAL for key in ("heartbeat", "debug_heartbeat", "lost_heartbeat", "connect_timeout",
                                             "read_timeout", "call_deadline", "retry_initial", "retry_max")},
     ("panda", "jobs_per_fetch"): COUNT,
+    ("panda", "credential_min_lifetime"): DURATION,
+    ("panda", "proxy_check_interval"): INTERVAL,
     ("eventservice", "ranges_per_request"): COUNT,
     ("eventservice", "prefetch_seconds"): DURATION,
     ("eventservice", "bundle_events"): COUNT,

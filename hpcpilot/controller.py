@@ -18,7 +18,7 @@ from typing import Any
 
 from hpcpilot import __version__
 from hpcpilot.config import resolve_path
-from hpcpilot.errors import ErrorCode, PilotError, pilot_exit_status, signal_error
+from hpcpilot.errors import ErrorCode, PilotError, cutting_signal, pilot_exit_status, signal_error
 from hpcpilot.eventservice import bundle
 from hpcpilot.eventservice.book import (
     BundleStaged,
@@ -32,6 +32,7 @@ from hpcpilot.eventservice.book import (
     ReportRanges,
 )
 from hpcpilot.eventservice.eslife import es_job_dir
+from hpcpilot.livestatus import LiveStatus
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
@@ -64,6 +65,7 @@ from hpcpilot.scheduler import (
     JobsFetched,
     Kill,
     RankAlive,
+    RankDied,
     RankFailed,
     RankReady,
     RankStopped,
@@ -78,6 +80,7 @@ from hpcpilot.scheduler import (
     WorkRequested,
 )
 from hpcpilot.signals import SignalFlag
+from hpcpilot.slurm import warning_signum
 from hpcpilot.sources import Command, Delivery, JobSource
 from hpcpilot.states import EventRangeStatus, JobState
 from hpcpilot.transport import Backoff, Transport
@@ -125,6 +128,7 @@ class Controller:
         self.range_rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
         self.range_rows_written = clock()
         self.output_dir = resolve_path(scheduler.config.stage.output_dir or "outputs", Path.cwd())
+        self.live = LiveStatus(workdir, scheduler.config.site.name, self.n_ranks, self.started)
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -142,6 +146,7 @@ class Controller:
             self.write_range_rows()
             if self.clock() >= next_status:
                 log.info("status: %s", self.scheduler.status_line())
+                self.write_status()
                 next_status = self.clock() + self.scheduler.config.monitor.status_interval
             if events or self.followups:
                 backoff.reset()
@@ -152,7 +157,15 @@ class Controller:
         self.write_range_rows(now=True)
         self.source.close()
         self.write_summary()
+        self.write_status(ended=True)
         return self.scheduler.done
+
+    def write_status(self, ended: bool = False) -> None:
+        """W/status.json and W/metrics.prom (livestatus); a full disk must not stop the pilot."""
+        try:
+            self.live.write(self.live.snapshot(self.scheduler, self.clock(), ended))
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.workdir / "status.json", exc)
 
     def write_range_rows(self, now: bool = False) -> None:
         """Append buffered range outcomes to run.h5 about once a second (each keeps its arrival time)."""
@@ -177,7 +190,14 @@ class Controller:
         events: list[Event] = []
         while (incoming := self.transport.receive()) is not None:
             events += self.to_events(incoming[1])
-        return events
+        return events + [self.rank_died(rank) for rank in self.transport.lost()]
+
+    def rank_died(self, rank: int) -> RankDied:
+        """A rank the MPI library declared dead (after its last messages were taken): lost, with its host."""
+        host = self.nodes.get(rank, {}).get("node", "an unknown host")
+        # A rank that left after its last job is gone too (it skips MPI_Finalize): the scheduler tells them apart.
+        log.info("MPI reports rank %d on %s gone", rank, host)
+        return RankDied(rank, f"rank {rank} on {host} died: MPI reports its process failed")
 
     def check_signals(self) -> list[Event]:
         signum = self.signals.signum
@@ -231,7 +251,11 @@ class Controller:
         if self.recorder is not None and message.outcomes:
             stamp = self.clock()
             rows = self.range_rows.setdefault((self.rank_label(message.rank), message.panda_id), [])
-            rows += [{"recordedAt": stamp, **o.to_wire()} for o in message.outcomes]
+            book = self.scheduler.es.get(message.panda_id)
+            sizes = book.n_events if book is not None else {}  # a range's events, from its start/last event
+            rows += [{"recordedAt": stamp, **o.to_wire(),
+                      **({"nEvents": sizes[o.event_range_id]} if o.event_range_id in sizes else {})}
+                     for o in message.outcomes]
         return [RangesReported(message.rank, message.panda_id, message.outcomes, message.want)]
 
     # ---- actions --------------------------------------------------------------------------
@@ -240,13 +264,15 @@ class Controller:
         if isinstance(action, Fetch):
             self.in_background(self.fetcher, self.fetch, action.n)
         elif isinstance(action, Assign):
-            log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank))
+            log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank),
+                     extra={"PandaID": action.job.panda_id})
             self.transport.send(action.rank, AssignJob(action.job.to_wire(), action.stage_in,
                                                           action.job.event_service))
         elif isinstance(action, SendNoMoreWork):
             self.transport.send(action.rank, NoMoreWork())
         elif isinstance(action, Kill):
-            log.warning("killing job %d on rank %d: %s", action.panda_id, self.rank_label(action.rank), action.diag)
+            log.warning("killing job %d on rank %d: %s", action.panda_id, self.rank_label(action.rank), action.diag,
+                        extra={"PandaID": action.panda_id})
             self.transport.send(action.rank, KillJob(action.panda_id, action.code, action.diag))
         elif isinstance(action, StopRank):
             self.transport.send(action.rank, Stop(action.code, action.diag))
@@ -375,9 +401,11 @@ class Controller:
         if not final and record.panda_id in self.debug_tails:
             record.stdout = self.debug_tails.pop(record.panda_id)
         self.source.update_job(record, final)
-        if final:
-            log.info("job %d %s%s", record.panda_id, record.state,
-                     f" ({record.pilot_error_code}: {record.pilot_error_diag})" if record.pilot_error_code else "")
+        if final:  # a failed job is what an operator greps for: WARNING (pilot errors are ERROR)
+            log.log(logging.WARNING if record.state == JobState.FAILED else logging.INFO, "job %d %s%s",
+                    record.panda_id, record.state,
+                    f" ({record.pilot_error_code}: {record.pilot_error_diag})" if record.pilot_error_code else "",
+                    extra={"PandaID": record.panda_id})
             if self.recorder is not None:
                 self.write_range_rows(now=True)
                 self.recorder.add_job(record.to_summary())
@@ -432,6 +460,8 @@ class Controller:
         return line
 
     def exit_status(self) -> int:
-        """The process exit status (hpcpilot.errors: owed 3, signal 128+n, gave up 4, else 0)."""
-        return pilot_exit_status(self.stop_signal, self.delivery().owed, bool(self.scheduler.gave_up))
+        """The process exit status (hpcpilot.errors: owed 3, a signal that cut the run short 128+n, gave up 4,
+        else 0 - also after the warning signal's orderly wind-down)."""
+        cut = cutting_signal(self.signals.received, warning_signum(self.scheduler.config))
+        return pilot_exit_status(cut, self.delivery().owed, bool(self.scheduler.gave_up))
 

@@ -32,6 +32,7 @@ class ErrorCode(IntEnum):
     STAGEINTIMEOUT = 1151
     STAGEOUTTIMEOUT = 1152
     MISSINGOUTPUTFILE = 1165
+    NOVOMSPROXY = 1177
     GETADMISMATCH = 1171
     PUTADMISMATCH = 1172
     LFNTOOLONG = 1190
@@ -66,8 +67,10 @@ class ErrorCode(IntEnum):
     TRANSFORMNOTFOUND = 1346
     EMPTYOUTPUTFILE = 1350
     CHECKSUMCALCFAILURE = 1366
+    VOMSPROXYABOUTTOEXPIRE = 1370
     BADOUTPUTFILENAME = 1371
     LOGCREATIONTIMEOUT = 1376
+    PROXYTOOSHORT = 1382
 
     @property
     def description(self) -> str:
@@ -93,6 +96,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.STAGEINTIMEOUT: "stage-in timeout",
     ErrorCode.STAGEOUTTIMEOUT: "stage-out timeout",
     ErrorCode.MISSINGOUTPUTFILE: "local output file missing",
+    ErrorCode.NOVOMSPROXY: "VOMS proxy not valid",
     ErrorCode.GETADMISMATCH: "adler32 mismatch on input",
     ErrorCode.PUTADMISMATCH: "adler32 mismatch on output",
     ErrorCode.LFNTOOLONG: "LFN longer than 255 characters",
@@ -122,8 +126,10 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.TRANSFORMNOTFOUND: "transformation not found",
     ErrorCode.EMPTYOUTPUTFILE: "empty output file",
     ErrorCode.CHECKSUMCALCFAILURE: "checksum calculation failed",
+    ErrorCode.VOMSPROXYABOUTTOEXPIRE: "proxy about to expire",
     ErrorCode.BADOUTPUTFILENAME: "file name is not a plain file name",
     ErrorCode.LOGCREATIONTIMEOUT: "log tarball creation timed out",
+    ErrorCode.PROXYTOOSHORT: "proxy too short at startup",
 }
 
 
@@ -179,7 +185,7 @@ def exit_status_for_signal(signum: int) -> int:
 # ---- the pilot process's exit status ---------------------------------------------------------
 
 EXIT_OK = 0
-"""A normal end, also when the walltime guard wound the pilot down."""
+"""A normal end, also an orderly wind-down: the walltime guard, the warning signal, a softkill."""
 EXIT_CONFIG = 2
 """Bad configuration or an unreadable access point: nothing was started."""
 EXIT_OWED = 3
@@ -190,9 +196,33 @@ EXIT_GAVE_UP = 4
 heal (a certificate that does not verify)."""
 
 
+# Signals that only ever cut a pilot short: never a planned wind-down, even if a site names one as its warning.
+CUTTING_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGSEGV, signal.SIGBUS,
+                             signal.SIGXCPU, signal.SIGKILL})
+
+EXIT_STATUSES: tuple[tuple[str, str], ...] = (
+    ("0", "a normal end, also a wind-down the pilot carried out in order: the walltime guard, the batch "
+          "system's warning signal (launcher.warning_signal, USR1), a server softkill"),
+    ("2", "bad configuration or an unreadable access point: nothing was started"),
+    ("3", "owed: updates the server has not acknowledged are left in the journal (wins over the others)"),
+    ("4", "the pilot gave up on its job source (getjob_failures, a certificate that does not verify)"),
+    ("128+n", "signal n (TERM, INT, ...) cut the pilot short, and nothing is owed"),
+)
+"""The exit statuses as ``hpcpilot run --help`` lists them (the README's table says the same)."""
+
+
+def cutting_signal(received: list[int], warning: int | None) -> int | None:
+    """The first signal that cut the pilot short: any but the batch system's warning signal, which asks for
+    the same orderly wind-down as the walltime guard (so Slurm shows COMPLETED, not FAILED 138)."""
+    for signum in received:
+        if signum != warning or signum in CUTTING_SIGNALS:
+            return signum
+    return None
+
+
 def pilot_exit_status(signum: int | None, owed: int, gave_up: bool) -> int:
     """The process exit status: anything still owed to the server wins (it needs an operator), then a
-    signal (128 + n), then giving up on the source."""
+    signal that cut the pilot short (128 + n; see :func:`cutting_signal`), then giving up on the source."""
     if owed:
         return EXIT_OWED
     if signum:

@@ -22,10 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcpilot.cgroups import PayloadCgroup
+from hpcpilot import catalogs, directaccess, outputs
+from hpcpilot.catalogs import CATALOG_FILES
+from hpcpilot.cgroups import PayloadCgroup, oom_diag
 from hpcpilot.config import SiteConfig, resolve_path
 from hpcpilot.errors import ErrorCode, PilotError, transform_exit_error
-from hpcpilot.jobreport import apply_job_report, tail_of_newest_text_file
+from hpcpilot.jobreport import COMMAND_NOT_FOUND, apply_job_report, not_found_line, tail_of_newest_text_file
+from hpcpilot.jobsteps import STEPS_LOG, failure_diag, job_steps
+from hpcpilot.jobsteps import payload_command as steps_command
 from hpcpilot.monitor import diskscan, prmon
 from hpcpilot.monitor.leakfit import fit_leak, job_metrics_fields
 from hpcpilot.monitor.metrics import limits_for_job
@@ -49,7 +53,7 @@ JOB_REPORT = "jobReport.json"
 # Files the pilot writes or reads in a job workdir: no input or zip member may replace them (refused with 1371;
 # see hpcpilot.stageio.files).  jobReport.json is the payload's, but the pilot trusts it for outputs and GUIDs.
 PILOT_FILES = (JOB_DEFINITION_BACKUP, JOB_SETUP_SCRIPT, PAYLOAD_STDOUT, PAYLOAD_STDERR, PRMON_TEXT, PRMON_SUMMARY,
-               JOB_REPORT)
+               JOB_REPORT, STEPS_LOG, *CATALOG_FILES)
 MAX_JOB_METRICS = 500  # the server keeps 500 characters of jobMetrics
 DEBUG_TAIL_BYTES = 2048  # the server keeps at most 2048 characters of stdout
 SHELL_SIGNAL_BASE = 128  # a shell reports a child killed by signal N as 128 + N
@@ -129,6 +133,10 @@ class _JobLife:
         self.workdir = ctx.jobs_dir / f"PandaJob_{spec.panda_id}"
         self.guids: dict[str, str] = {}
         self.memory_series: tuple[list[float], list[float]] = ([], [])
+        self.outputs: list[outputs.Output] = []
+        self.direct = directaccess.chosen(spec, ctx.config)  # inputs read in place (hpcpilot.directaccess)
+        # several transformations run as one payload (hpcpilot.jobsteps)
+        self.steps = [directaccess.adjust_step(step, self.direct) for step in job_steps(spec)]
 
     def run(self) -> None:
         self.set_up_and_stage_in()
@@ -147,7 +155,12 @@ class _JobLife:
             self.make_workdir()
         self.report_state(JobState.STARTING)
         with self.timing.phase("stagein"):
-            staging.stage_in(self.spec, self.input_dir(), self.workdir, self.cfg, reserved=self.pilot_files)
+            if self.direct:
+                pfns = directaccess.turls(self.spec, self.input_dir(), self.cfg, self.pilot_files)
+            else:
+                pfns = [str(path) for path in staging.stage_in(self.spec, self.input_dir(), self.workdir, self.cfg,
+                                                                reserved=self.pilot_files)]
+            catalogs.write_input_catalog(self.workdir, self.spec.inputs, pfns)
         self.report_state(JobState.RUNNING)
 
     def check_local_space(self) -> None:
@@ -183,7 +196,7 @@ class _JobLife:
     # ---- payload --------------------------------------------------------------------
 
     def payload_command(self) -> str:
-        return f"{self.spec.transformation} {self.spec.job_pars}".strip()
+        return steps_command(self.steps)
 
     def payload_env_extra(self) -> dict[str, str]:
         cores = str(self.spec.core_count)
@@ -208,7 +221,7 @@ class _JobLife:
             payload.terminate(self.cfg.monitor.kill_grace)
             if cgroup is not None:
                 if cgroup.oom_killed():
-                    self.record.fail(ErrorCode.PAYLOADEXCEEDMAXMEM, "payload killed by its cgroup memory limit")
+                    self.record.fail(ErrorCode.PAYLOADEXCEEDMAXMEM, oom_diag(cgroup.memory(), limits.memory_kb))
                 cgroup.remove()
         self.record.cpu_consumption_time = round(payload.cpu_seconds)
         self.after_payload(payload)
@@ -290,7 +303,9 @@ class _JobLife:
         if code < 0:
             self.record.fail(ErrorCode.SIGTERM, f"payload killed by signal {-code}")
         elif code != 0:
-            self.record.fail(transform_exit_error(code), f"payload exited with code {code}")
+            diag = failure_diag(self.workdir, self.steps, code)
+            missing = not_found_line(self.workdir / PAYLOAD_STDERR) if code == COMMAND_NOT_FOUND else ""
+            self.record.fail(transform_exit_error(code), f"{diag}: {missing}" if missing else diag)
 
     # ---- stage-out ------------------------------------------------------------------
 
@@ -299,9 +314,13 @@ class _JobLife:
         transfers: list[tuple[Path, str]] = []
         if not self.record.failed:
             transfers = self.collect_outputs()
+        guids = catalogs.output_guids(self.workdir, self.guids, [lfn for _path, lfn in transfers])
         log_spec = self.spec.log_file
         if log_spec is not None:
             tarball = self.ctx.jobs_dir / log_spec.lfn
+            guids[log_spec.lfn] = log_spec.guid or str(uuid.uuid4())
+            catalogs.write_pool_catalog(self.workdir / catalogs.OUTPUT_CATALOG, [
+                (guids[lfn], lfn, str(path)) for path, lfn in [*transfers, (tarball, log_spec.lfn)]])
             files.make_log_tarball(self.workdir, tarball, exclude=[log_spec.lfn])
             transfers.append((tarball, log_spec.lfn))
         try:
@@ -312,29 +331,22 @@ class _JobLife:
         except PilotError as exc:
             self.record.fail(exc.code, exc.diag)
             return
-        guids = dict(self.guids)
-        if log_spec is not None:
-            guids[log_spec.lfn] = log_spec.guid or str(uuid.uuid4())
         for lfn, entry in report.items():
             entry["guid"] = guids.get(lfn) or str(uuid.uuid4())
+        outputs.describe(report, self.outputs)
         self.record.output_report = report
+        if self.cfg.stage.arc_output_files:
+            catalogs.write_arc_output_files(self.workdir / catalogs.ARC_OUTPUT_FILES, report)
 
     def collect_outputs(self) -> list[tuple[Path, str]]:
-        transfers = []
-        for fspec in self.spec.outputs:
-            path = files.safe_join(self.workdir, fspec.lfn)
-            if not path.exists():
-                if self.spec.allow_no_output:
-                    continue
-                self.record.fail(ErrorCode.MISSINGOUTPUTFILE, f"output {fspec.lfn} was not produced")
-                return []
-            if path.stat().st_size == 0:
-                if self.spec.allow_no_output:
-                    continue
-                self.record.fail(ErrorCode.ZEROFILESIZE, f"output {fspec.lfn} is empty")
-                return []
-            transfers.append((path, fspec.lfn))
-        return transfers
+        """The outputs to stage out (hpcpilot.outputs: the jobReport's list, spill-over files, allowNoOutput)."""
+        try:
+            self.outputs = outputs.choose_outputs(self.spec, outputs.listed_outputs(self.record.meta_data),
+                                                  self.workdir)
+        except PilotError as exc:
+            self.record.fail(exc.code, exc.diag)
+            return []
+        return [(output.path, output.lfn) for output in self.outputs]
 
     def report_state(self, state: JobState) -> None:
         self.record.state = state

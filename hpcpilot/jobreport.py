@@ -101,3 +101,23 @@ def _is_text(path: Path) -> bool:
             return b"\0" not in handle.read(1024)
     except OSError:
         return False
+
+
+NOT_FOUND_TAIL_BYTES = 64 * 1024
+COMMAND_NOT_FOUND = 127  # the shell's exit code for a command it cannot find
+
+
+def not_found_line(stderr: Path) -> str:
+    """The last 'not found' line of a payload's stderr (``sh: 1: athena.py: not found``), '' if none.
+
+    A payload that exits 127 says only its code; the shell's own line names what was missing, which is
+    what pilot3 puts in the diagnostic.  Only the file's tail is read: stderr may be large.
+    """
+    try:
+        with stderr.open("rb") as handle:
+            handle.seek(max(0, stderr.stat().st_size - NOT_FOUND_TAIL_BYTES))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    found = [line.strip() for line in lines if "not found" in line.lower() or "no such file" in line.lower()]
+    return found[-1][:200] if found else ""

@@ -154,13 +154,15 @@ class Journal:
 
     def enqueue_job_update(self, panda_id: int, fields: Mapping[str, Any], final: bool) -> int:
         """Queue an updateJob.  A heartbeat replaces the job's newest queued heartbeat if that one is
-        still the last thing queued for the job (only the newest state matters); a final update
+        still the last thing queued for the job and has the same state (only the newest numbers matter,
+        but the server must see every state: starting, then running, then the final one); a final update
         marks the job's lease reported.  Returns the outbox sequence number."""
         body = json.dumps(strip_secrets(fields))
         with self._tx() as db:
-            last = db.execute("SELECT seq, final FROM outbox WHERE kind=? AND panda_id=? ORDER BY seq DESC "
+            last = db.execute("SELECT seq, final, body FROM outbox WHERE kind=? AND panda_id=? ORDER BY seq DESC "
                               "LIMIT 1", (JOB, panda_id)).fetchone()
-            if not final and last is not None and not last[1]:
+            if (not final and last is not None and not last[1]
+                    and json.loads(last[2]).get("state") == fields.get("state")):
                 db.execute("UPDATE outbox SET body=?, rev=rev+1, created=? WHERE seq=?",
                            (body, time.time(), last[0]))
                 return int(last[0])

@@ -218,6 +218,8 @@ class FileSpec:
     checksum: str = ""
     dataset: str = ""
     ddm_endpoint: str = ""
+    destination: str = ""  # destinationDblock (outputs)
+    token: str = ""  # destinationDBlockToken (outputs)
 
 
 def _column(values: list[str], index: int) -> str:
@@ -257,7 +259,8 @@ def _parse_inputs(wire: Mapping[str, Any]) -> tuple[FileSpec, ...]:
 
 
 def _parse_outputs(wire: Mapping[str, Any], log_lfn: str) -> tuple[FileSpec, ...]:
-    names, cols = _aligned(wire, "outFiles", ["realDatasets", "ddmEndPointOut", "destinationDblock"])
+    names, cols = _aligned(wire, "outFiles", ["realDatasets", "ddmEndPointOut", "destinationDblock",
+                                              "destinationDBlockToken"])
     scope_out = _text_field(wire, "scopeOut").split(",")[0]
     scope_log = _text_field(wire, "scopeLog")
     log_guid = _text_field(wire, "logGUID")
@@ -266,7 +269,9 @@ def _parse_outputs(wire: Mapping[str, Any], log_lfn: str) -> tuple[FileSpec, ...
         files.append(FileSpec(lfn=lfn, scope=scope_log if lfn == log_lfn else scope_out,
                               guid=log_guid if lfn == log_lfn else "",
                               dataset=_column(cols["realDatasets"], i),
-                              ddm_endpoint=_column(cols["ddmEndPointOut"], i)))
+                              ddm_endpoint=_column(cols["ddmEndPointOut"], i),
+                              destination=_column(cols["destinationDblock"], i),
+                              token=_column(cols["destinationDBlockToken"], i)))
     return tuple(files)
 
 

@@ -315,12 +315,22 @@ def _mib(kb: float) -> str:
     return f"{kb / KIB_PER_MIB:.1f}"
 
 
+def _job_states(stats: list[JobStats]) -> dict[int, str]:
+    """One state per PandaID: an event-service job runs on several ranks, but only one of them holds its final
+    record, so the others' "no final record" must not count as jobs of their own."""
+    states: dict[int, str] = {}
+    for job in stats:
+        if job.panda_id not in states or states[job.panda_id] not in FINAL_STATES:
+            states[job.panda_id] = job.state
+    return states
+
+
 def _summary_header(run: RunData, stats: list[JobStats]) -> list[str]:
     created = run.attrs.get("created")
     when = datetime.fromtimestamp(float(created), UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if created else "?"
     ranks = sorted({job.rank for job in stats} | set(run.nodes))
     hosts = sorted({str(info.get("hostname", info.get("node", "?"))) for info in run.nodes.values()})
-    states = Counter(job.state for job in stats)
+    states = Counter(_job_states(stats).values())
     version = run.attrs.get("hpcpilot_version", "?")
     lines = [f"hpcpilot run record {run.path} (created {when}, hpcpilot {version})",
              f"ranks: {len(ranks)}  nodes: {', '.join(hosts) if hosts else 'none recorded'}",
@@ -440,6 +450,8 @@ def _memory_panel(ax: Any, rank: int, jobs: list[JobStats], run: RunData,
         times, memory = memory_series(series)
         x = (times - origin) / divisor
         style = {"color": "tab:red", "linewidth": 2.2} if job.leaking else {"linewidth": 1.2}
+        if len(x) == 1:  # a short job's one sample is no line: draw it as a point
+            style["marker"] = "o"
         ax.plot(x, memory / KIB_PER_MIB, label=_job_label(job), **style)
         if job.fit is not None:
             window = times[job.fit.start:job.fit.stop]
@@ -549,6 +561,48 @@ def _plot_events(run: RunData, outdir: Path, figure_cls: Any) -> Path:
     return path
 
 
+def rank_timeline(run: RunData) -> dict[int, list[tuple[float, float, int, str]]]:
+    """Per rank, (start, end, PandaID, state) of every job it ran, in time order: from the job records'
+    startTime/endTime, else (an event-service job's other ranks) the span of the rank's samples."""
+    spans: dict[int, list[tuple[float, float, int, str]]] = defaultdict(list)
+    seen = set()
+    for record in run.jobs:
+        start, end = _epoch(record.get("startTime")), _epoch(record.get("endTime"))
+        panda_id, rank = int(_number(record, "jobId")), int(_number(record, "rank"))
+        if start is not None and end is not None and end >= start:
+            spans[rank].append((start, end, panda_id, str(record.get("state", "?"))))
+            seen.add((rank, panda_id))
+    for (rank, panda_id), series in run.series.items():
+        if (rank, panda_id) not in seen and len(series.samples):
+            times = series.samples["time"]
+            spans[rank].append((float(times[0]), float(times[-1]), panda_id, "member"))
+    return {rank: sorted(items) for rank, items in sorted(spans.items())}
+
+
+_TIMELINE_COLOURS = {"finished": "tab:green", "failed": "tab:red", "member": "tab:blue"}
+
+
+def _plot_timeline(run: RunData, outdir: Path, figure_cls: Any) -> Path:
+    timeline = rank_timeline(run)
+    origin = min((start for items in timeline.values() for start, _, _, _ in items), default=0.0)
+    fig = figure_cls(figsize=(10, max(3.5, 0.45 * len(timeline) + 1.5)), layout="constrained")
+    ax = fig.subplots()
+    for row, items in enumerate(timeline.values()):
+        bars = [(start - origin, max(end - start, 0.05)) for start, end, _, _ in items]
+        colours = [_TIMELINE_COLOURS.get(state, "0.5") for _, _, _, state in items]
+        ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=colours, edgecolor="black", linewidth=0.5)
+        for (left, width), (_, _, panda_id, _) in zip(bars, items, strict=True):
+            ax.text(left + width / 2, row, str(panda_id), ha="center", va="center", fontsize=7)
+    ax.set_yticks(range(len(timeline)), [f"rank {rank}" for rank in timeline])
+    ax.set_xlabel("seconds since the first job started")
+    ax.set_title("Jobs per rank over time (green finished, red failed, blue event-service member; gaps are idle)",
+                 fontsize=10)
+    ax.grid(True, axis="x", alpha=0.3)
+    path = outdir / "rank_timeline.png"
+    fig.savefig(path, dpi=100)
+    return path
+
+
 def write_plots(run: RunData, outdir: str | Path, policy: LeakPolicy | None = None) -> list[Path]:
     """Write the PNG plots into ``outdir`` (created); [] when matplotlib is not installed."""
     if not plots_available():
@@ -559,7 +613,7 @@ def write_plots(run: RunData, outdir: str | Path, policy: LeakPolicy | None = No
     outdir.mkdir(parents=True, exist_ok=True)
     stats = job_stats(run, policy or LeakPolicy())
     return [_plot_memory(run, stats, outdir, Figure), _plot_cpu(stats, outdir, Figure),
-            _plot_events(run, outdir, Figure)]
+            _plot_events(run, outdir, Figure), _plot_timeline(run, outdir, Figure)]
 
 
 # -- command line -----------------------------------------------------------------------

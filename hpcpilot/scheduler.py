@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from hpcpilot.config import SiteConfig
+from hpcpilot.credentials import CredentialGuard
 from hpcpilot.errors import ErrorCode
 from hpcpilot.eventservice.book import (
     BundleStaged,
@@ -110,6 +111,15 @@ class RankFailed:
 
 
 @dataclass(frozen=True)
+class RankDied:
+    """The MPI library reports the rank's process dead (a fault-tolerant launch, ``mpirun --with-ft ulfm``):
+    it is lost now, without waiting for its liveness signal to run out."""
+
+    rank: int
+    diag: str
+
+
+@dataclass(frozen=True)
 class StopRequested:
     """A signal or an operator: wind everything down with this code."""
 
@@ -124,7 +134,8 @@ class ServerCommand:
 
 
 Event = (RankReady | RankAlive | WorkRequested | JobsFetched | JobProgress | ReportReceived | JobEnded | RankStopped
-         | RankFailed | StopRequested | ServerCommand | RangesFetched | RangesReported | BundleStaged | EsJobClosed)
+         | RankFailed | RankDied | StopRequested | ServerCommand | RangesFetched | RangesReported | BundleStaged
+         | EsJobClosed)
 
 # ---- actions ------------------------------------------------------------------------
 
@@ -270,6 +281,8 @@ class Scheduler:
     fetch_failures: int = 0
     gave_up: str = ""
     """Why the pilot stopped asking its job source for work ('' = it did not give up)."""
+    credentials: CredentialGuard | None = None
+    """The proxy and token lifetimes rank 0 leases by (hpcpilot.credentials); None = no credentials to watch."""
     alive: OrderedDict[int, float] = field(default_factory=OrderedDict)
     """Ranks believed alive -> when rank 0 last heard from them, least recently heard first: a rank
     enters when it first speaks and leaves when it stops or is lost, so finding the silent ones costs
@@ -449,6 +462,14 @@ class Scheduler:
         record = self.jobs[event.panda_id].record
         record.fail(event.code, event.diag)
         return self._close_job(event.panda_id, record)
+
+    def _on_RankDied(self, event: RankDied) -> list[Action]:
+        """Lost the same way as a rank whose signal stopped; a rank that had already stopped (it left
+        after its last job) or was lost is not lost again."""
+        if self.ranks[event.rank].state in (RankState.STOPPED, RankState.LOST):
+            return []
+        self.answered.add(event.rank)  # one that died before its start-up check is not waited for
+        return self._rank_lost(event.rank, event.diag)
 
     def _on_StopRequested(self, event: StopRequested) -> list[Action]:
         return self._begin_stop(event.code, event.diag)
@@ -660,8 +681,7 @@ class Scheduler:
                 break  # an ES job is staging in: its ranks wait for it to open
             job = self.pending.popleft()
             if not self._can_finish(job):
-                record = self._not_started(job, ErrorCode.REACHEDMAXTIME,
-                                           "not started: it cannot finish before the walltime guard")
+                record = self._not_started(job, ErrorCode.REACHEDMAXTIME, self._cannot_finish_diag(job))
                 actions.append(Report(record, final=True))
                 continue
             rank = self.idle.popleft()
@@ -695,10 +715,24 @@ class Scheduler:
             return True
         return self.now + job.max_walltime <= self.policy.deadline - self.policy.margin
 
+    def _cannot_finish_diag(self, job: JobSpec) -> str:
+        """Why a job was not started, with the numbers an operator checks: its need and the time left."""
+        left = max(0.0, (self.policy.deadline or self.now) - self.policy.margin - self.now)
+        return (f"not started: it needs up to {job.max_walltime} s (maxWalltime), {left:.0f} s left before the "
+                "walltime guard")
+
     def _may_lease(self) -> bool:
-        if self.stopping is not None or self.source_empty or self._walltime_reached():
+        if self.stopping is not None or self.source_empty or self._walltime_reached() or self._credentials_end():
             return False
         return self.policy.max_jobs is None or self.leased < self.policy.max_jobs
+
+    def _credentials_end(self) -> bool:
+        """True (for good, saying why in ``gave_up``) once the credentials would end before another job could."""
+        verdict = self.credentials.verdict(leased_before=self.leased > 0) if self.credentials else None
+        if verdict is not None:
+            self.source_empty, self.credentials = True, None
+            self.gave_up = self.gave_up or f"credentials: {verdict.text()}"
+        return verdict is not None
 
     def _begin_stop(self, code: int, diag: str) -> list[Action]:
         if self.stopping is not None:

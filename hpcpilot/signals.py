@@ -14,10 +14,14 @@ class SignalFlag:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        # Every distinct signal in arrival order: a TERM after the warning signal still cut the pilot short.
+        self.received: list[int] = []
 
     def handler(self, signum: int, _frame: Any) -> None:
         if self.signum is None:
             self.signum = signum
+        if signum not in self.received:
+            self.received.append(signum)
 
     def install(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGSEGV, signal.SIGXCPU, signal.SIGUSR1,

@@ -84,6 +84,14 @@ def signal_name(name: str) -> str:
     return sig.name[3:]
 
 
+def warning_signum(config: SiteConfig) -> int | None:
+    """The batch system's early-warning signal number (``launcher.warning_signal``), None when unknown."""
+    try:
+        return int(signal.Signals["SIG" + signal_name(config.launcher.warning_signal)])
+    except ConfigError:
+        return None
+
+
 def _optional_directives(config: SiteConfig) -> str:
     lc = config.launcher
     lines = [f"#SBATCH --{option}={value}" for option, value in

@@ -9,11 +9,15 @@ flow, slow while idle.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from hpcpilot.protocol import Message
@@ -35,6 +39,9 @@ class Transport(Protocol):
 
     def abort(self, code: int) -> None:
         """End every rank now (after an uncaught exception), with ``code``."""
+
+    def lost(self) -> list[int]:
+        """Ranks the MPI library declared dead since the last call (only under a fault-tolerant launch)."""
 
 
 class Backoff:
@@ -93,41 +100,123 @@ class QueueTransport:
         self.hub.aborted = code
         os._exit(code)
 
+    def lost(self) -> list[int]:
+        return []  # threads of one process die together
+
+
+FAILURE_CHECK_INTERVAL = 0.5
+"""Seconds between two looks at the MPI library's list of failed processes (a local call, but not free)."""
+
 
 class MpiTransport:
-    """MPI point-to-point over COMM_WORLD with pickled messages, tags from the protocol."""
+    """MPI point-to-point over COMM_WORLD with pickled messages, tags from the protocol.
 
-    def __init__(self) -> None:
+    Under a fault-tolerant launch (Open MPI's ``mpirun --with-ft ulfm``) a dead rank does not end the
+    others: COMM_WORLD returns errors instead of aborting, and the transport turns a process-failure
+    error, or a new entry in the library's list of failed processes, into ``lost()`` ranks after
+    acknowledging them (``Ack_failed``, so that receives from any source work again).  Messages to a
+    dead rank are dropped.  Without fault tolerance (MPICH's Hydra, srun, plain mpirun) the launcher
+    kills every rank when one dies, and none of this is ever reached.
+    """
+
+    def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
         from mpi4py import MPI  # the only mpi4py import in hpcpilot
 
         self._mpi = MPI
         self.comm = MPI.COMM_WORLD
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
-        self._pending: deque[Any] = deque()
+        self._pending: deque[tuple[int, Any]] = deque()
+        self.fault_tolerant = fault_tolerant_launch(environ) and hasattr(self.comm, "Get_failed")
+        self.dead: set[int] = set()
+        self._new_dead: list[int] = []
+        self._failures_checked = 0.0
+        if self.fault_tolerant:
+            self.comm.Set_errhandler(MPI.ERRORS_RETURN)  # mpi4py's default too; said here because it is relied on
 
     def send(self, dest: int, message: Message) -> None:
-        self._pending.append(self.comm.isend(message, dest=dest, tag=int(message.tag)))
-        while self._pending and self._pending[0].Test():
+        if dest in self.dead:
+            return
+        try:
+            self._pending.append((dest, self.comm.isend(message, dest=dest, tag=int(message.tag))))
+        except self._mpi.Exception as exc:
+            self._on_error(exc)
+        self._complete_sent()
+
+    def _complete_sent(self) -> None:
+        """Forget the sends that completed (or whose destination died), oldest first."""
+        while self._pending:
+            dest, request = self._pending[0]
+            try:
+                if dest not in self.dead and not request.Test():
+                    return
+            except self._mpi.Exception as exc:
+                self._on_error(exc)
             self._pending.popleft()
 
     def receive(self) -> tuple[int, Message] | None:
         status = self._mpi.Status()
-        if not self.comm.Iprobe(source=self._mpi.ANY_SOURCE, tag=self._mpi.ANY_TAG, status=status):
+        try:
+            self._check_failures()
+            if not self.comm.Iprobe(source=self._mpi.ANY_SOURCE, tag=self._mpi.ANY_TAG, status=status):
+                return None
+            message = self.comm.recv(source=status.Get_source(), tag=status.Get_tag())
+        except self._mpi.Exception as exc:
+            self._on_error(exc)
             return None
-        message = self.comm.recv(source=status.Get_source(), tag=status.Get_tag())
         return status.Get_source(), message
+
+    def lost(self) -> list[int]:
+        found, self._new_dead = self._new_dead, []
+        return found
+
+    def _check_failures(self, force: bool = False) -> None:
+        """Look at the library's failed processes every FAILURE_CHECK_INTERVAL: a rank that died while
+        messages from others kept arriving raises no error on a receive from any source."""
+        if not self.fault_tolerant:
+            return
+        now = time.monotonic()
+        if not force and now - self._failures_checked < FAILURE_CHECK_INTERVAL:
+            return
+        self._failures_checked = now
+        self.comm.Ack_failed()
+        failed = self.comm.Get_failed()
+        ranks = self._mpi.Group.Translate_ranks(failed, list(range(failed.Get_size())), self.comm.Get_group())
+        failed.Free()
+        for number in sorted(set(ranks) - self.dead - {self._mpi.UNDEFINED}):
+            self.dead.add(number)
+            self._new_dead.append(number)
+
+    def _on_error(self, exc: Exception) -> None:
+        """A process failure is acknowledged and reported through ``lost()``; any other error is a bug."""
+        classes = (self._mpi.ERR_PROC_FAILED, self._mpi.ERR_PROC_FAILED_PENDING, self._mpi.ERR_REVOKED)
+        if not self.fault_tolerant or exc.Get_error_class() not in classes:
+            raise exc
+        self._check_failures(force=True)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait (polling, not spinning) until every sent message was delivered, or the timeout."""
         deadline = time.monotonic() + timeout
         backoff = Backoff(maximum=0.01)
         while self._pending and time.monotonic() < deadline:
-            if self._pending[0].Test():
-                self._pending.popleft()
-            else:
+            self._complete_sent()
+            if self._pending:
                 backoff.wait()
+                if self.fault_tolerant:
+                    self._check_failures()
         return not self._pending
+
+    def leave(self, status: int) -> int:
+        """Return ``status`` for a normal exit (mpi4py then calls MPI_Finalize), or, under a fault-tolerant
+        launch, flush Python's output and leave at once with it: MPI_Finalize synchronises with every
+        rank and hangs for ever on one that died, which may happen at any moment up to the last."""
+        if not self.fault_tolerant:
+            return status
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
 
     def abort(self, code: int) -> None:
         self.comm.Abort(code)
@@ -137,6 +226,11 @@ class MpiTransport:
         from mpi4py import MPI
 
         return str(MPI.Get_library_version())
+
+
+def fault_tolerant_launch(environ: Mapping[str, str]) -> bool:
+    """True under ``mpirun --with-ft ulfm`` (Open MPI 5 with ULFM), which sets this MCA parameter in every rank."""
+    return environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes", "enabled")
 
 
 def under_mpi_launcher(environ: dict[str, str] | os._Environ[str]) -> bool:

@@ -147,6 +147,7 @@ class Worker:
                 self.finish_job()
                 busy = True
             self.check_rank0_silence()
+            self.check_rank0_died()
             if self.leaving and self.running is None:
                 self.forward_outbox()
                 self.send(Stopped(self.rank))
@@ -180,6 +181,16 @@ class Worker:
         if self.running is not None:
             name = signal.Signals(self.signals.signum).name
             self.running.control.request_kill(int(signal_error(self.signals.signum)), f"pilot received {name}")
+
+    def check_rank0_died(self) -> None:
+        """Under a fault-tolerant launch the MPI library may report rank 0 dead: nobody is left to report
+        to, so the rank stops its job and leaves at once (the journal on the work directory holds the rest)."""
+        if CONTROLLER not in self.transport.lost() or self.leaving:
+            return
+        log.error("rank 0 died (MPI reports its process failed): this rank stops its job and leaves")
+        self.leaving = True
+        if self.running is not None:
+            self.running.control.request_kill(int(ErrorCode.EXCEEDEDMAXWAITTIME), "rank 0 of the pilot died")
 
     def send(self, message: Message) -> None:
         self.transport.send(CONTROLLER, message)

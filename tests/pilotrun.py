@@ -17,6 +17,38 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 LAPTOP = Path(os.environ.get("HPCPILOT_TEST_SITE_CONFIG", REPO / "site_configs" / "laptop.toml"))
 
+
+
+@dataclass(frozen=True)
+class Mpi:
+    """One MPI to run the pilot under: the python of the venv that holds its wheel (one MPI per venv), its
+    launcher's argv before the rank count and the environment the launcher needs."""
+
+    name: str
+    python: str
+    launcher: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+    def argv(self, ranks: int) -> list[str]:
+        return [*self.launcher, "-n", str(ranks)]
+
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, **dict(self.env)}
+
+
+MPICH = Mpi("mpich", sys.executable, (str(BIN / "mpiexec"),))
+"""The test venv's own MPI: the pip `mpich` wheel's Hydra mpiexec."""
+OPENMPI_ROOT_ENV = (("OMPI_ALLOW_RUN_AS_ROOT", "1"), ("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1"))
+"""Open MPI refuses to start as root (CI) without both."""
+
+
+def open_mpi(venv: Path, fault_tolerant: bool = False) -> Mpi:
+    """The pip `openmpi` wheel's mpirun in ``venv``, oversubscribed (2 cores here), with ULFM if asked."""
+    ft = ("--with-ft", "ulfm") if fault_tolerant else ()
+    return Mpi("openmpi-ulfm" if fault_tolerant else "openmpi", str(venv / "bin" / "python"),
+               (str(venv / "bin" / "mpirun"), "--oversubscribe", *ft), OPENMPI_ROOT_ENV)
+
+
 # Settings that make monitoring decisions happen within seconds in tests.
 FAST = [
     "monitor.report_interval=0.5",
@@ -73,22 +105,23 @@ class PilotRun:
 
 
 def pilot_argv(tmp: Path, access_point: Path, settings: Sequence[str] = (), ranks: int = 0,
-               extra: Sequence[str] = ()) -> list[str]:
-    argv = [sys.executable, "-m", "hpcpilot", "run", "--site-config", str(LAPTOP), "--harvester-dir",
+               extra: Sequence[str] = (), mpi: Mpi = MPICH) -> list[str]:
+    argv = [mpi.python, "-m", "hpcpilot", "run", "--site-config", str(LAPTOP), "--harvester-dir",
             str(access_point), "--workdir", str(tmp / "work"), "--set", f"stage.input_dir={tmp / 'inputs'}",
             "--set", f"stage.output_dir={tmp / 'outputs'}"]
     for setting in [*FAST, *settings]:
         argv += ["--set", setting]
     argv += list(extra)
     if ranks:
-        argv = [str(BIN / "mpiexec"), "-n", str(ranks), *argv]
+        argv = [*mpi.argv(ranks), *argv]
     return argv
 
 
 def start_pilot(tmp: Path, access_point: Path, settings: Sequence[str] = (), ranks: int = 0,
-                extra: Sequence[str] = ()) -> subprocess.Popen[str]:
-    return subprocess.Popen(pilot_argv(tmp, access_point, settings, ranks, extra), cwd=tmp, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                extra: Sequence[str] = (), mpi: Mpi = MPICH) -> subprocess.Popen[str]:
+    return subprocess.Popen(pilot_argv(tmp, access_point, settings, ranks, extra, mpi), cwd=tmp, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env=mpi.environ())
 
 
 def finish(proc: subprocess.Popen[str], tmp: Path, timeout: float = 120) -> PilotRun:
@@ -102,9 +135,9 @@ def finish(proc: subprocess.Popen[str], tmp: Path, timeout: float = 120) -> Pilo
 
 
 def run_pilot(tmp: Path, jobs: Sequence[dict[str, Any]], settings: Sequence[str] = (), ranks: int = 0,
-              extra: Sequence[str] = (), timeout: float = 120) -> PilotRun:
+              extra: Sequence[str] = (), timeout: float = 120, mpi: Mpi = MPICH) -> PilotRun:
     access_point = make_access_point(tmp / "access_point", jobs)
-    return finish(start_pilot(tmp, access_point, settings, ranks, extra), tmp, timeout)
+    return finish(start_pilot(tmp, access_point, settings, ranks, extra, mpi), tmp, timeout)
 
 
 def wait_for(predicate: Any, timeout: float = 60, interval: float = 0.1) -> bool:

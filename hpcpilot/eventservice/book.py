@@ -150,6 +150,7 @@ class EsBook:
     wall_sum: float = 0.0
     wall_count: int = 0
     consumed: int = 0
+    processed_events: int = 0  # events of ranges a rank finished, bundled yet or not: the live view's progress
     finished_ranges: int = 0
     finished_events: int = 0
     first_failure: tuple[int, str] | None = None
@@ -318,6 +319,8 @@ class EsBook:
             return
         del self.dealt[outcome.event_range_id]
         self.consumed += 1
+        if outcome.status == EventRangeStatus.FINISHED:
+            self.processed_events += self.n_events.get(outcome.event_range_id, 1)
         if outcome.wall_time > 0:
             self.wall_sum += outcome.wall_time
             self.wall_count += 1

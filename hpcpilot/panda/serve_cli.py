@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from pathlib import Path
@@ -81,7 +82,11 @@ def run_serve(args: argparse.Namespace) -> int:
         return 2
     apis = ("v1", "legacy") if args.api == "both" else (args.api,)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
-    server = PandaTestServer(args.state, args.port, apis=apis, tls=tls, v1_event_update_bug=not args.no_v1_bug)
+    try:
+        server = PandaTestServer(args.state, args.port, apis=apis, tls=tls, v1_event_update_bug=not args.no_v1_bug)
+    except (OSError, sqlite3.Error) as exc:  # a state file that cannot be opened: one line
+        print(f"hpcpilot serve: {args.state}: cannot open the state file ({exc})", file=sys.stderr)
+        return 2
     try:
         if args.fault:
             server.set_fault(args.fault, args.fault_count, args.fault_delay, method=args.fault_method,
@@ -96,7 +101,11 @@ def run_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        server.start()
+        try:
+            server.start()
+        except OSError as exc:  # a busy port, a certificate that cannot be read: one line, not a traceback
+            print(f"hpcpilot serve: cannot serve on 127.0.0.1:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
         print(f"serving PanDA test server on {server.url}", flush=True)
         while not stop.wait(3600):
             pass

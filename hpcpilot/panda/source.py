@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -43,6 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcpilot import __version__
+from hpcpilot.batchinfo import pilot_identity
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.journal import JOB, RANGE, Journal, OutboxEntry
@@ -99,6 +102,7 @@ class PandaSource:
         self.config = config
         self.panda = config.panda
         self.node = node.as_mapping() if isinstance(node, NodeInfo) else dict(node)
+        self.identity = pilot_identity(os.environ, __version__)  # batchID, pilotID, schedulerID: once per pilot
         cap = self.panda.call_deadline
         self.fetch_deadline = fetch_deadline if fetch_deadline is not None else min(30.0, cap)
         self.close_deadline = close_deadline if close_deadline is not None else min(60.0, cap)
@@ -293,6 +297,9 @@ class PandaSource:
         job = self.journal.leased_job(record.panda_id) or {}
         fields.setdefault("siteName", self.config.site.queue)
         fields.setdefault("node", str(self.node.get("node", "")))
+        for key, value in self.identity.items():
+            fields.setdefault(key, value)
+        fields["timestamp"] = wire.timestamp()
         attempt = attempt_nr_of(job)
         if attempt is not None:
             fields["attemptNr"] = attempt  # the server kills a job on a wrong attemptNr

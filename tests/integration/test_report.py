@@ -203,7 +203,8 @@ def test_plots_are_real_images(recorded_run, tmp_path):
 
     path, _ = recorded_run
     paths = write_plots(load_run(path), tmp_path / "plots")
-    assert [p.name for p in paths] == ["memory_per_rank.png", "cpu_efficiency.png", "events_per_second.png"]
+    assert [p.name for p in paths] == ["memory_per_rank.png", "cpu_efficiency.png", "events_per_second.png",
+                                       "rank_timeline.png"]
     for png in paths:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 10_000, png
@@ -231,7 +232,7 @@ def test_report_command_prints_summary_and_writes_plots(recorded_run, tmp_path, 
     out = capsys.readouterr().out
     assert f"LEAK: job {LEAKY} on rank 1" in out
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "cpu_efficiency.png", "events_per_second.png", "memory_per_rank.png"]
+        "cpu_efficiency.png", "events_per_second.png", "memory_per_rank.png", "rank_timeline.png"]
     assert _report(str(path), "--no-plots", "--leak-threshold", "1e6") == 0
     assert "none flagged" in capsys.readouterr().out
 

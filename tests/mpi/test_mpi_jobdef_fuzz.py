@@ -29,8 +29,8 @@ from tests.pilotrun import BIN, LAPTOP, make_access_point
 pytestmark = pytest.mark.mpi
 
 SEED = 12
-N_SERVER = 500
-N_HARVESTER = 500
+N_SERVER = 2000
+N_HARVESTER = 2000
 N_IN_FLIGHT = 50
 CODES = {int(code) for code in ErrorCode}
 PILOT_TIMEOUT = 420

