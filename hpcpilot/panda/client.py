@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 NOT_DELIVERED_HTTP = frozenset({401, 408, 425, 429})
 """HTTP answers that prove the request was not processed: safe to send again as it is."""
 USER_AGENT = "hpcpilot/0.1"
+MIN_ATTEMPT = 0.05
+"""Seconds an attempt needs at least: with less left before the call's deadline, the call gives up."""
 
 
 class PandaError(Exception):
@@ -353,8 +355,8 @@ class PandaClient:
         maybe_sent = False
         while not self._stop.is_set():
             remaining = end - time.monotonic()
-            if remaining <= 0:
-                break
+            if remaining <= 0 or (attempt and remaining < MIN_ATTEMPT):
+                break  # a last attempt cut to a few ms could only time out and hide the real cause
             attempt += 1
             try:
                 reply = self._attempt(request, remaining, api)

@@ -551,9 +551,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._v1(wire.V1_METHOD_BY_PATH[path], body)
             else:
                 self._send(404, b"Not Found")
+        except (BrokenPipeError, ConnectionResetError):  # the client hung up (it timed out): nobody to answer
+            self.close_connection = True
         except Exception as exc:  # A.6.6: an exception inside a method is HTTP 500 with its text
             logger.exception("test server: error in %s", path)
-            self._send(500, f"{type(exc).__name__}: {exc}".encode())
+            with contextlib.suppress(OSError):
+                self._send(500, f"{type(exc).__name__}: {exc}".encode())
 
     def _hang_up(self) -> None:
         self.close_connection = True
