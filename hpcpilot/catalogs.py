@@ -20,6 +20,7 @@ import os
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +47,48 @@ def write_pool_catalog(path: Path, files: Iterable[tuple[str, str, str]]) -> Non
     _write(path, _HEADER + ET.tostring(root, encoding="unicode") + "\n")
 
 
+@dataclass(frozen=True, slots=True)
+class PoolEntry:
+    """One ``(guid, lfn, pfn)`` of a POOL catalog, as written there ('' where a part is missing)."""
+
+    guid: str
+    lfn: str
+    pfn: str
+
+
+def read_pool_catalog(path: Path) -> list[PoolEntry]:
+    """The entries of a POOL catalog (``<File ID><physical><pfn name/></physical><logical><lfn name/>``);
+    [] when there is no file.  Raises ValueError naming the problem for a file that is too large (it is
+    untrusted input) or that does not parse."""
+    try:
+        if path.stat().st_size > MAX_CATALOG_BYTES:
+            raise ValueError(f"larger than {MAX_CATALOG_BYTES} bytes")
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        return []
+    except (OSError, ET.ParseError) as exc:
+        raise ValueError(str(exc)) from None
+    entries = []
+    for entry in root.iter("File"):
+        pfn = entry.find(".//pfn")
+        for lfn in entry.iter("lfn"):
+            entries.append(PoolEntry(entry.get("ID") or "", lfn.get("name") or "",
+                                     (pfn.get("name") if pfn is not None else "") or ""))
+    return entries
+
+
 def catalog_guids(path: Path) -> dict[str, str]:
     """``{lfn: guid}`` of a POOL catalog a payload may have written; {} when there is none or it is unusable."""
     try:
-        if path.stat().st_size > MAX_CATALOG_BYTES:
-            log.warning("%s is larger than %d bytes; its GUIDs are not used", path, MAX_CATALOG_BYTES)
-            return {}
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
-        return {}
-    except (OSError, ET.ParseError) as exc:
-        log.warning("%s is not a readable POOL file catalog (%s); its GUIDs are not used", path, exc)
+        entries = read_pool_catalog(path)
+    except ValueError as exc:
+        log.warning("%s is not a usable POOL file catalog (%s); its GUIDs are not used", path, exc)
         return {}
     guids: dict[str, str] = {}
-    for entry in root.iter("File"):
-        guid = _uuid(entry.get("ID"))
-        for lfn in entry.iter("lfn"):
-            name = lfn.get("name")
-            if guid and name:
-                guids.setdefault(name, guid)
+    for entry in entries:
+        guid = _uuid(entry.guid)
+        if guid and entry.lfn:
+            guids.setdefault(entry.lfn, guid)
     return guids
 
 

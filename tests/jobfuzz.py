@@ -17,6 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hpcpilot.errors import PilotError
+from hpcpilot.records import JobSpec
+
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "panda" / "getJob-4.json"
 _TEMPLATE_NAME = "hpcpilot-81e09722-82dc-4b88-b026-c2f76f3df49f"
 
@@ -157,3 +160,12 @@ def final_updates(server: Any) -> Counter[int]:
         if request["http_status"] == 200 and fields.get("state", fields.get("job_status")) in FINAL:
             finals[int(fields.get("jobId", fields.get("job_id")))] += 1
     return finals
+
+
+def refusal(job: dict[str, Any]) -> int | None:
+    """The code the pilot must fail ``job`` with at parse time, or None if it parses."""
+    try:
+        JobSpec.from_wire(through_json(job))
+    except PilotError as exc:
+        return int(exc.code)
+    return None

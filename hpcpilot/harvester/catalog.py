@@ -13,11 +13,11 @@ entry, and its stage-in fails naming it.
 from __future__ import annotations
 
 import logging
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from hpcpilot.catalogs import read_pool_catalog
 from hpcpilot.records import is_null
 from hpcpilot.stageio.staging import IN_FILE_PATHS
 
@@ -25,20 +25,13 @@ log = logging.getLogger(__name__)
 
 
 def read_catalog(path: Path) -> dict[str, str]:
-    """``{lfn: pfn}`` from a POOL catalog; {} (logged) when it is missing or does not parse."""
+    """``{lfn: pfn}`` from Harvester's POOL catalog; {} (logged) when it is missing or unusable."""
     try:
-        root = ET.parse(path).getroot()
-    except FileNotFoundError:
+        entries = read_pool_catalog(path)
+    except ValueError as exc:
+        log.error("%s: not a usable POOL file catalog (%s); its inputs are not used", path, exc)
         return {}
-    except (OSError, ET.ParseError) as exc:
-        log.error("%s: not a readable POOL file catalog (%s); its inputs are not used", path, exc)
-        return {}
-    out = {}
-    for entry in root.iter("File"):
-        pfn, lfn = entry.find("physical/pfn"), entry.find("logical/lfn")
-        if pfn is not None and lfn is not None and pfn.get("name") and lfn.get("name"):
-            out[str(lfn.get("name"))] = _local_path(str(pfn.get("name")))
-    return out
+    return {entry.lfn: _local_path(entry.pfn) for entry in entries if entry.lfn and entry.pfn}
 
 
 def _local_path(pfn: str) -> str:

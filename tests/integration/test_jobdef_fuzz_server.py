@@ -21,7 +21,7 @@ from hpcpilot.panda.source import PandaSource
 from hpcpilot.records import JobRecord, JobSpec, panda_id_of
 from hpcpilot.states import JobState
 from tests.fixtures.panda.panda_helpers import NODE, panda_config
-from tests.jobfuzz import FINAL, final_updates, mutated_jobs, through_json
+from tests.jobfuzz import FINAL, final_updates, mutated_jobs, refusal
 
 N_JOBS = 2000
 SEED = 2000
@@ -31,14 +31,6 @@ CODES = {int(code) for code in ErrorCode}
 def _source(url: str, workdir: Path, api: str) -> PandaSource:
     config = panda_config(url, api, jobs_per_fetch=200, read_timeout=10.0, call_deadline=30.0)
     return PandaSource(config, workdir, NODE, fetch_deadline=30.0, close_deadline=60.0)
-
-
-def _refusal(job: dict[str, Any]) -> int | None:
-    try:
-        JobSpec.from_wire(through_json(job))
-    except PilotError as exc:
-        return int(exc.code)
-    return None
 
 
 def _record(wire: Any) -> JobRecord:
@@ -99,7 +91,7 @@ def test_two_thousand_fuzzed_definitions_each_reported_once(tmp_path: Path, api:
                                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
     jobs = mutated_jobs(N_JOBS, SEED + (api == "legacy"))
-    expected = {int(str(job["PandaID"]).strip()): _refusal(job) for job in jobs}
+    expected = {int(str(job["PandaID"]).strip()): refusal(job) for job in jobs}
     server = _server(tmp_path, jobs)
     try:
         source = _source(server.url, tmp_path / "work", api)
@@ -122,7 +114,7 @@ def test_restart_on_a_journal_of_bad_definitions(tmp_path: Path, caplog: pytest.
     jobs = mutated_jobs(300, SEED + 7, clean_share=0.0)
     for i, job in enumerate(jobs[:40]):  # the definitions that crashed the recovery
         job["attemptNr"] = [{"nested": 0}, [], "\u0661", "1_000", "x\0"][i % 5]
-    expected = {int(str(job["PandaID"]).strip()): _refusal(job) for job in jobs}
+    expected = {int(str(job["PandaID"]).strip()): refusal(job) for job in jobs}
     server = _server(tmp_path, jobs)
     try:
         dead = _source(server.url, tmp_path / "work", "v1")

@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from hpcpilot.errors import ErrorCode, PilotError
+from hpcpilot.errors import ErrorCode
 from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import PandaSource
-from hpcpilot.records import JobSpec, panda_id_of
+from hpcpilot.records import panda_id_of
 from tests.fixtures.panda.panda_helpers import NODE, panda_config
-from tests.jobfuzz import FINAL, final_updates, mutated_jobs, through_json
+from tests.jobfuzz import FINAL, final_updates, mutated_jobs, refusal
 from tests.pilotrun import BIN, LAPTOP, make_access_point
 
 pytestmark = pytest.mark.mpi
@@ -36,15 +36,6 @@ CODES = {int(code) for code in ErrorCode}
 PILOT_TIMEOUT = 420
 SETTINGS = ["monitor.report_interval=5", "monitor.free_space_start_mb=50", "monitor.free_space_running_mb=10",
             "monitor.kill_grace=1"]
-
-
-def _refusal(job: dict[str, Any]) -> int | None:
-    """The code the pilot must fail ``job`` with at parse time, or None if it parses."""
-    try:
-        JobSpec.from_wire(through_json(job))
-    except PilotError as exc:
-        return int(exc.code)
-    return None
 
 
 def _pilot(tmp: Path, source: list[str], settings: list[str]) -> subprocess.CompletedProcess[str]:
@@ -91,7 +82,7 @@ def _lease_and_die(url: str, workdir: Path, n: int) -> list[int]:
 def test_fuzzed_definitions_through_a_panda_server(tmp_path: Path) -> None:
     """Also a restart: the pilot starts on the workdir of one that died with fuzzed definitions leased."""
     jobs = mutated_jobs(N_SERVER, SEED)
-    expected = {int(str(job["PandaID"]).strip()): _refusal(job) for job in jobs}
+    expected = {int(str(job["PandaID"]).strip()): refusal(job) for job in jobs}
     server = PandaTestServer(tmp_path / "state.db").start()
     try:
         server.load_jobs(jobs)
@@ -116,7 +107,7 @@ def test_fuzzed_definitions_through_a_panda_server(tmp_path: Path) -> None:
 
 def test_fuzzed_definitions_through_a_harvester_access_point(tmp_path: Path) -> None:
     jobs = mutated_jobs(N_HARVESTER, SEED + 1)
-    expected = {str(job["PandaID"]): _refusal(job) for job in jobs}  # by access-point key: the job's directory
+    expected = {str(job["PandaID"]): refusal(job) for job in jobs}  # by access-point key: the job's directory
     access_point = make_access_point(tmp_path / "access_point", jobs)
     pilot = _pilot(tmp_path, ["--harvester-dir", str(access_point)], ["harvester.feed_timeout=0"])
     assert pilot.returncode == 0, pilot.stderr[-3000:]
