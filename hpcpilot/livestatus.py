@@ -18,12 +18,25 @@ from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
+from hpcpilot.batchinfo import batch_job
 from hpcpilot.states import JobState
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.prom"
 LAST_ERRORS = 5
 RANK_STATES = ("busy", "idle", "starting", "stopping", "stopped", "lost")
+# where the deadline behind "time left" comes from: --walltime / walltime.limit, or the Slurm job's end time
+WALLTIME, SLURM = "walltime", "slurm"
+
+
+def deadline_source(walltime_limit: float, deadline: float | None, environ: Any = os.environ) -> dict[str, Any]:
+    """Which clock "time left" counts down, as status.json holds it: ``{"source": "walltime"|"slurm"|None,
+    "batch_job": id or None}``.  It follows cli._deadline's order (a configured walltime wins, else the Slurm
+    allocation's end) so an operator can tell "the pilot's own --walltime" from "Slurm will kill the job"."""
+    job = batch_job(environ)
+    slurm_job = job[1] if job and job[0] == "SLURM" else None
+    source = None if deadline is None else WALLTIME if walltime_limit else SLURM
+    return {"source": source, "batch_job": slurm_job}
 
 
 class LiveStatus:
@@ -34,6 +47,7 @@ class LiveStatus:
         self.counted = 0
         self.done: Counter[str] = Counter()
         self.errors: deque[dict[str, Any]] = deque(maxlen=LAST_ERRORS)
+        self.deadline_from: dict[str, Any] | None = None  # deadline_source(), taken at the first snapshot
 
     def _count_new(self, done: list[Any]) -> None:
         for record in done[self.counted:]:
@@ -48,6 +62,8 @@ class LiveStatus:
         self._count_new(scheduler.done)
         ranks = Counter(str(rank.state) for rank in scheduler.ranks.values())
         deadline = scheduler.policy.deadline
+        if self.deadline_from is None:
+            self.deadline_from = deadline_source(scheduler.config.walltime.limit, deadline)
         return {
             "site": self.site, "pid": os.getpid(), "state": "ended" if ended else "running",
             "started": self.started, "updated": now, "ranks_total": self.n_ranks, "worker_ranks": len(scheduler.ranks),
@@ -56,6 +72,7 @@ class LiveStatus:
             "ranks": {state: ranks.get(state, 0) for state in RANK_STATES},
             "time_left": None if deadline is None else max(0.0, deadline - now),
             "guard_in": None if deadline is None else max(0.0, deadline - scheduler.policy.margin - now),
+            "time_left_source": self.deadline_from["source"], "slurm_job": self.deadline_from["batch_job"],
             "event_service": [_es_progress(book, now) for book in scheduler.es.values()],
             "last_errors": list(self.errors),
         }
@@ -109,7 +126,9 @@ def metrics_text(snapshot: dict[str, Any]) -> str:
     family("start_time_seconds", "When the pilot started (Unix time).", [("", snapshot["started"])])
     family("last_update_seconds", "When these numbers were taken (Unix time).", [("", snapshot["updated"])])
     if snapshot["time_left"] is not None:
-        family("time_left_seconds", "Seconds until the allocation ends.", [("", snapshot["time_left"])])
+        source = f',source="{_label(snapshot.get("time_left_source") or "")}"'
+        family("time_left_seconds", "Seconds until the allocation ends (source: walltime or slurm).",
+               [(source, snapshot["time_left"])])
     es = snapshot["event_service"]
     for key, help_text in (("ranges_processed", "Event ranges a rank is done with (any outcome)."),
                            ("events_processed", "Events of ranges a rank finished."),
@@ -133,6 +152,18 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _time_left_source(snapshot: dict[str, Any]) -> str:
+    """What "time left" counts down to; a status.json of an older pilot has no source and says nothing."""
+    source, job = snapshot.get("time_left_source"), snapshot.get("slurm_job")
+    if source == WALLTIME:
+        return " (by --walltime)"
+    if source == SLURM:
+        return f" (Slurm job {job}'s end)" if job else " (Slurm job's end)"
+    if "time_left_source" not in snapshot:
+        return ""
+    return f" (no --walltime; Slurm job {job}'s end unknown)" if job else " (no --walltime, not in a Slurm job)"
+
+
 def format_status(snapshot: dict[str, Any], now: float) -> str:
     """status.json for a human: one screen."""
     jobs, ranks = snapshot["jobs"], snapshot["ranks"]
@@ -143,7 +174,8 @@ def format_status(snapshot: dict[str, Any], now: float) -> str:
              "jobs:  " + "  ".join(f"{state} {n}" for state, n in jobs.items()),
              f"worker ranks: {snapshot['worker_ranks']} of {snapshot['ranks_total']} ("
              + "  ".join(f"{state} {n}" for state, n in ranks.items() if n) + ")",
-             f"time left: {_duration(snapshot['time_left'])}  (walltime guard in {_duration(snapshot['guard_in'])})"]
+             f"time left: {_duration(snapshot['time_left'])}{_time_left_source(snapshot)}  "
+             f"(walltime guard in {_duration(snapshot['guard_in'])})"]
     for es in snapshot["event_service"]:
         lines.append(f"ES job {es['PandaID']}: {es['ranks']} rank(s); ranges processed {es['ranges_processed']} at "
                      f"{es['ranges_per_second']:.2f}/s, in hand {es['ranges_in_hand']}, queued {es['ranges_queued']}, "

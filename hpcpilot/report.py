@@ -5,20 +5,24 @@ efficiency per rank and overall, memory peaks per job, and the jobs flagged as l
 With matplotlib installed (``pip install 'hpcpilot[plots]'``) it also writes PNG plots:
 memory (PSS+swap) per rank over time with the leak fits, CPU efficiency per rank, and
 events per second over time.  In the memory plot every line is labelled with its rank,
-PandaID and fitted leak (the ``leak=`` of jobMetrics, kB/s); a rank running a leaking job
-gets a red panel and title, and the verdict is also the PNG's ``Description`` text chunk.
+PandaID and fitted leak (the ``leak=`` of jobMetrics, kB/s); a job with one sample is a
+marker; the job's memory limit (``memoryLimitKB`` of its row, limits_for_job) is a dotted line,
+or a note when it is far above the memory used; a rank running a leaking job gets a red panel
+and title, and the verdict is also the PNG's ``Description`` text chunk.  Units are the same
+everywhere: memory MiB, memory rates kB/s, times s (seconds since the run's start), events/s.
 
 Definitions
 -----------
 * CPU efficiency of a rank = sum of its jobs' CPU time / sum of (wall time x cores).  CPU
-  time is the job record's ``cpuConsumptionTime``, else the last ``utime + stime`` of its
-  samples; wall time is ``endTime - startTime`` of the record, else the span of its
-  samples; cores is ``coreCount`` (default 1).  Idle time between jobs does not count.
+  time is the job record's unrounded ``cpuSeconds`` (wait4 at the payload's end), else its
+  whole-second ``cpuConsumptionTime``, else the last ``utime + stime`` of its samples;
+  wall time is ``endTime - startTime`` of the record, else the span of its samples; cores
+  is ``coreCount`` (default 1).  Idle time between jobs does not count.
   Overall is the same ratio over all jobs.
 * Leak flag: the final-update leak fit (``hpcpilot.monitor.leakfit``, the established
   pilot's rules; the heartbeat rules for a job without a final record) of PSS+swap against
-  time.  A job is flagged when the slope is at least ``--leak-threshold`` MiB/min (default
-  1 MiB/min, i.e. 17.1 kB/s, 1.4 GiB a day) *and* the fitted line grows by at least
+  time.  A job is flagged when the slope is at least ``--leak-threshold`` (given in MiB/min,
+  default 1 MiB/min; printed as 17.1 kB/s, 1.4 GiB a day) *and* the fitted line grows by at least
   ``--leak-growth`` percent (default 10 %) of its own starting value over the fitted
   window.  The first condition ignores slow drifts, the second ignores absolute growth
   that is small next to the payload's footprint (a 2 GB job drifting 1.2 MiB/min for
@@ -43,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcpilot.errors import ErrorCode
 from hpcpilot.monitor.leakfit import LeakFit, fit_leak, format_metric
+from hpcpilot.records import CPU_SECONDS_KEY
 
 # numpy, h5py and hpcpilot.runrecord (which imports both) are imported inside the functions that
 # use them: the command line imports this module on every rank of every run for
@@ -55,6 +60,12 @@ DEFAULT_LEAK_GROWTH_PERCENT = 10.0
 FINAL_STATES = frozenset({"finished", "failed", "holding", "closed", "cancelled"})
 MAX_MEMORY_PANELS = 16
 KIB_PER_MIB = 1024.0
+# one unit per quantity across the summary and the plots: memory MiB, memory rates kB/s (jobMetrics' leak=),
+# time s (every time axis: seconds since the run's start), CPU s, events per second
+TIME_LABEL = "s since run start"
+ONE_SAMPLE_MARKER = "o"
+LIMIT_COLOUR = "tab:purple"
+LIMIT_ZOOM = 4.0  # a limit more than this many times the memory peak is noted, not drawn on the scale
 
 
 class RunFileError(Exception):
@@ -99,10 +110,7 @@ class JobStats:
     n_samples: int
     fit: LeakFit | None
     leaking: bool
-
-    @property
-    def leak_mib_per_min(self) -> float:
-        return self.fit.slope * 60.0 / KIB_PER_MIB if self.fit else 0.0
+    memory_limit_kb: int = 0  # the limit the job ran under (run-record row), 0 when unknown
 
 
 @dataclass(frozen=True)
@@ -110,9 +118,13 @@ class LeakPolicy:
     mib_per_min: float = DEFAULT_LEAK_MIB_PER_MIN
     growth_percent: float = DEFAULT_LEAK_GROWTH_PERCENT
 
+    @property
+    def kb_per_s(self) -> float:
+        """The slope threshold in the report's unit for memory rates (kB/s, jobMetrics' ``leak=``)."""
+        return self.mib_per_min * KIB_PER_MIB / 60.0
+
     def describe(self) -> str:
-        return (f">= {self.mib_per_min:g} MiB/min ({self.mib_per_min * KIB_PER_MIB / 60.0:.1f} kB/s) and "
-                f">= {self.growth_percent:g} % growth over the fit window")
+        return f">= {self.kb_per_s:.1f} kB/s and >= {self.growth_percent:g} % growth over the fit window"
 
 
 # -- loading ----------------------------------------------------------------------------
@@ -204,7 +216,7 @@ def _number(record: Mapping[str, Any], key: str, default: float = 0.0) -> float:
 
 
 def _is_leaking(fit: LeakFit | None, times: np.ndarray, policy: LeakPolicy) -> bool:
-    if fit is None or fit.slope * 60.0 < policy.mib_per_min * KIB_PER_MIB:
+    if fit is None or fit.slope < policy.kb_per_s:
         return False
     first, last = float(times[fit.start]), float(times[fit.stop - 1])
     growth = fit.slope * (last - first)
@@ -231,7 +243,7 @@ def _peak(samples: np.ndarray, name: str, record: Mapping[str, Any], wire: str) 
 
 
 def _one_job(series: JobSeries, record: Mapping[str, Any], policy: LeakPolicy) -> JobStats:
-    import numpy as np
+    from hpcpilot.runrecord import MEMORY_LIMIT_KEY
 
     samples = series.samples
     state = str(record.get("state", "no final record"))
@@ -242,9 +254,7 @@ def _one_job(series: JobSeries, record: Mapping[str, Any], policy: LeakPolicy) -
         wall = end - start
     else:
         wall = float(times[-1] - times[0]) if len(times) > 1 else 0.0
-    cpu = _number(record, "cpuConsumptionTime")
-    if cpu <= 0 and len(samples):
-        cpu = float(np.max(samples["utime"] + samples["stime"]))
+    cpu = job_cpu_seconds(record, samples)
     return JobStats(
         panda_id=series.panda_id, rank=series.rank, state=state,
         error_code=int(_number(record, "pilotErrorCode")),
@@ -253,7 +263,20 @@ def _one_job(series: JobSeries, record: Mapping[str, Any], policy: LeakPolicy) -
         max_vmem=_peak(samples, "vmem", record, "maxVMEM"),
         max_swap=_peak(samples, "swap", record, "maxSWAP"),
         n_events=int(_number(record, "nEvents")), n_samples=len(samples), fit=fit,
-        leaking=_is_leaking(fit, times, policy))
+        leaking=_is_leaking(fit, times, policy), memory_limit_kb=int(_number(record, MEMORY_LIMIT_KEY)))
+
+
+def job_cpu_seconds(record: Mapping[str, Any], samples: np.ndarray) -> float:
+    """The job's CPU time, s: the record's unrounded ``cpuSeconds`` (wait4 at the payload's end), else PanDA's
+    whole-second ``cpuConsumptionTime``, else the last ``utime + stime`` of its samples (a job without a final
+    record).  ``cpuConsumptionTime`` alone would make every job under 0.5 s of CPU look idle."""
+    import numpy as np
+
+    for key in (CPU_SECONDS_KEY, "cpuConsumptionTime"):
+        cpu = _number(record, key)
+        if cpu > 0:
+            return cpu
+    return float(np.max(samples["utime"] + samples["stime"])) if len(samples) else 0.0
 
 
 def job_stats(run: RunData, policy: LeakPolicy | None = None) -> list[JobStats]:
@@ -358,9 +381,20 @@ def _summary_cpu(stats: list[JobStats]) -> list[str]:
     for rank, eff in per_rank.items():
         jobs = [j for j in stats if j.rank == rank and j.wall_s > 0]
         cpu, wall = sum(j.cpu_s for j in jobs), sum(j.wall_s * j.cores for j in jobs)
-        lines.append(f"  rank {rank:>4}: {eff * 100:5.1f} %  (CPU {cpu:.1f} s / {wall:.1f} core-s)")
+        lines.append(f"  rank {rank:>4}: {eff * 100:5.1f} %  (CPU {cpu:.3f} s / {wall:.1f} core-s)")
     lines.append(f"  overall  : {overall * 100:5.1f} %" if overall is not None
                  else "  overall  : no job with wall time")
+    return lines
+
+
+def _summary_jobs(stats: list[JobStats]) -> list[str]:
+    """CPU, wall and the memory limit of every job: cpuSeconds is to the microsecond, so a 0.3 s job shows it."""
+    lines = ["CPU time per job (s) and memory limit (MiB):",
+             f"  {'PandaID':>12} {'rank':>5} {'cores':>5} {'CPU s':>10} {'wall s':>10} {'limit MiB':>10}"]
+    for job in stats:
+        limit = _mib(job.memory_limit_kb) if job.memory_limit_kb else "-"
+        lines.append(f"  {job.panda_id:>12} {job.rank:>5} {job.cores:>5} {job.cpu_s:>10.3f} {job.wall_s:>10.1f} "
+                     f"{limit:>10}")
     return lines
 
 
@@ -382,7 +416,7 @@ def _summary_leaks(stats: list[JobStats], policy: LeakPolicy) -> list[str]:
     if not flagged:
         lines.append("  none flagged")
     for job in flagged:
-        lines.append(f"  LEAK: job {job.panda_id} on rank {job.rank}: {job.leak_mib_per_min:.2f} MiB/min "
+        lines.append(f"  LEAK: job {job.panda_id} on rank {job.rank}: PSS+swap grows "
                      f"(leak={format_metric(job.fit.slope)} kB/s, chi2={format_metric(job.fit.chi2)}, "
                      f"{job.fit.n_points} points)")
     return lines
@@ -393,7 +427,7 @@ def summarize(run: RunData, policy: LeakPolicy | None = None) -> str:
     policy = policy or LeakPolicy()
     stats = job_stats(run, policy)
     lines = (_summary_header(run, stats) + _summary_events(run, stats) + _summary_cpu(stats)
-             + _summary_memory(stats) + _summary_leaks(stats, policy))
+             + _summary_jobs(stats) + _summary_memory(stats) + _summary_leaks(stats, policy))
     return "\n".join(lines) + "\n"
 
 
@@ -409,25 +443,18 @@ def plots_available() -> bool:
 
 
 def _run_start(run: RunData) -> float:
+    """The first thing the record saw: a sample, a finished range or a job's startTime."""
     starts = [float(s.samples["time"][0]) for s in run.series.values() if len(s.samples)]
     starts += [t for t, _, _ in event_times(run)[:1]]
+    starts += [t for t in (_epoch(record.get("startTime")) for record in run.jobs) if t is not None]
     return min(starts) if starts else 0.0
 
 
-def _time_axis(run: RunData) -> tuple[float, float, str]:
-    """(origin, divisor, label): minutes since the run started, or seconds for short runs."""
-    origin = _run_start(run)
-    ends = [float(s.samples["time"][-1]) for s in run.series.values() if len(s.samples)]
-    span = (max(ends) - origin) if ends else 0.0
-    if span > 300:
-        return origin, 60.0, "minutes since run start"
-    return origin, 1.0, "seconds since run start"
-
-
-def _job_label(job: JobStats) -> str:
+def _job_label(job: JobStats, n_samples: int) -> str:
     """Legend entry of one job's memory line: where it ran and its fitted leak (the jobMetrics number)."""
     leak = f"leak={format_metric(job.fit.slope)} kB/s" if job.fit is not None else "no leak fit"
-    return f"rank {job.rank} job {job.panda_id}: {leak}" + (" LEAKING" if job.leaking else "")
+    one = " (one sample)" if n_samples == 1 else ""
+    return f"rank {job.rank} job {job.panda_id}: {leak}{one}" + (" LEAKING" if job.leaking else "")
 
 
 def _leak_verdict(leaks: list[JobStats]) -> str:
@@ -437,34 +464,41 @@ def _leak_verdict(leaks: list[JobStats]) -> str:
                                    for j in leaks if j.fit is not None)
 
 
-def _memory_panel(ax: Any, rank: int, jobs: list[JobStats], run: RunData,
-                  axis: tuple[float, float, str]) -> None:
+def _job_memory_line(ax: Any, job: JobStats, series: JobSeries, origin: float) -> float:
+    """One job's PSS+swap (and its leak fit); returns its peak, MiB."""
     import numpy as np
 
-    origin, divisor, _ = axis
-    leaking = [job for job in jobs if job.leaking]
+    times, memory = memory_series(series)
+    x, y = times - origin, memory / KIB_PER_MIB
+    style: dict[str, Any] = {"color": "tab:red", "linewidth": 2.2} if job.leaking else {"linewidth": 1.2}
+    if len(x) == 1:  # a short job's one sample is no line: a marker, and the legend says so
+        style.update(marker=ONE_SAMPLE_MARKER, markersize=8, linestyle="none")
+    ax.plot(x, y, label=_job_label(job, len(x)), gid=f"memory-{job.panda_id}", **style)
+    if job.fit is not None:
+        window = times[job.fit.start:job.fit.stop]
+        fitted = np.array([job.fit.value(t) for t in window]) / KIB_PER_MIB
+        ax.plot(window - origin, fitted, linestyle="--", color="black", linewidth=1.0)
+    if job.leaking and job.fit is not None:
+        ax.annotate(f"LEAK rank {job.rank} job {job.panda_id}: leak={format_metric(job.fit.slope)} kB/s",
+                    xy=(x[-1], y[-1]), xytext=(0.98, 0.08), textcoords="axes fraction",
+                    ha="right", va="bottom", color="tab:red", fontweight="bold", fontsize=10,
+                    arrowprops={"arrowstyle": "->", "color": "tab:red"})
+    return float(y.max())
+
+
+def _memory_panel(ax: Any, rank: int, jobs: list[JobStats], run: RunData, origin: float) -> float:
+    """One rank's jobs; returns the panel's peak, MiB (0 when none of its jobs has a sample)."""
+    peak = 0.0
     for job in jobs:
         series = run.series.get((rank, job.panda_id))
-        if series is None or not len(series.samples):
-            continue
-        times, memory = memory_series(series)
-        x = (times - origin) / divisor
-        style = {"color": "tab:red", "linewidth": 2.2} if job.leaking else {"linewidth": 1.2}
-        if len(x) == 1:  # a short job's one sample is no line: draw it as a point
-            style["marker"] = "o"
-        ax.plot(x, memory / KIB_PER_MIB, label=_job_label(job), **style)
-        if job.fit is not None:
-            window = times[job.fit.start:job.fit.stop]
-            fitted = np.array([job.fit.value(t) for t in window]) / KIB_PER_MIB
-            ax.plot((window - origin) / divisor, fitted, linestyle="--", color="black", linewidth=1.0)
-        if job.leaking:
-            ax.annotate(f"LEAK rank {job.rank} job {job.panda_id}: leak={format_metric(job.fit.slope)} kB/s "
-                        f"(+{job.leak_mib_per_min:.1f} MiB/min)",
-                        xy=(x[-1], memory[-1] / KIB_PER_MIB), xytext=(0.98, 0.08), textcoords="axes fraction",
-                        ha="right", va="bottom", color="tab:red", fontweight="bold", fontsize=10,
-                        arrowprops={"arrowstyle": "->", "color": "tab:red"})
+        if series is not None and len(series.samples):
+            peak = max(peak, _job_memory_line(ax, job, series, origin))
+    if not peak:
+        ax.text(0.5, 0.5, "no memory samples of this rank's jobs", ha="center", va="center", color="0.4",
+                transform=ax.transAxes)
+    leaking = [job for job in jobs if job.leaking and job.fit is not None]
     if leaking:
-        names = ", ".join(f"job {job.panda_id} +{job.leak_mib_per_min:.1f} MiB/min" for job in leaking)
+        names = ", ".join(f"job {job.panda_id} leak={format_metric(job.fit.slope)} kB/s" for job in leaking)
         ax.set_title(f"rank {rank}: LEAKING ({names})", color="tab:red", fontweight="bold", fontsize=10,
                      loc="left")
         ax.set_facecolor("#fff1f0")
@@ -472,30 +506,59 @@ def _memory_panel(ax: Any, rank: int, jobs: list[JobStats], run: RunData,
         ax.set_title(f"rank {rank}: no leak", color="0.35", fontsize=10, loc="left")
     ax.set_ylabel("PSS+swap [MiB]")
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", fontsize=8, ncol=min(4, len(jobs)))
+    return peak
 
 
-def _plot_memory(run: RunData, stats: list[JobStats], outdir: Path, figure_cls: Any) -> Path:
+def _limit_lines(ax: Any, jobs: list[JobStats], top: float, peak: float) -> None:
+    """The memory limit of the panel's jobs: a dotted line when it is on the (shared) scale, else the same line
+    off the axis plus a note saying how far above the peak it is, so a small job's curve is not flattened."""
+    for limit_kb in sorted({job.memory_limit_kb for job in jobs if job.memory_limit_kb}):
+        limit = limit_kb / KIB_PER_MIB
+        on_scale = limit <= top
+        ax.axhline(limit, color=LIMIT_COLOUR, linestyle=":", linewidth=1.8, gid="memory-limit",
+                   label=f"memory limit {limit:.0f} MiB" if on_scale else "_memory limit")
+        if not on_scale:
+            ratio = f" ({limit / peak:.0f}x the peak)" if peak > 0 else ""
+            ax.text(0.99, 0.96, f"memory limit {limit:.0f} MiB: above the axis{ratio}", ha="right", va="top",
+                    color=LIMIT_COLOUR, fontsize=8, transform=ax.transAxes)
+
+
+def memory_figure(run: RunData, stats: list[JobStats], figure_cls: Any) -> Any:
+    """The memory plot as a matplotlib Figure (saved by _plot_memory; tests read its lines)."""
     by_rank: dict[int, list[JobStats]] = defaultdict(list)
     for job in stats:
         by_rank[job.rank].append(job)
     ranks = sorted(by_rank, key=lambda r: (not any(j.leaking for j in by_rank[r]), r))[:MAX_MEMORY_PANELS]
     ranks = sorted(ranks) or [0]
-    axis = _time_axis(run)
-    fig = figure_cls(figsize=(10, 1.2 + 2.1 * len(ranks)), layout="constrained")
+    origin = _run_start(run)
+    fig = figure_cls(figsize=(12, 1.2 + 2.1 * len(ranks)), layout="constrained")
     # one y scale for all ranks, so the misbehaving rank stands out at a glance
     axes = fig.subplots(len(ranks), 1, sharex=True, sharey=True, squeeze=False)[:, 0]
+    peaks = [_memory_panel(ax, rank, by_rank.get(rank, []), run, origin) for ax, rank in zip(axes, ranks,
+                                                                                              strict=True)]
+    peak = max(peaks, default=0.0)
+    limits = [job.memory_limit_kb / KIB_PER_MIB for rank in ranks for job in by_rank.get(rank, [])
+              if job.memory_limit_kb]
+    on_scale = [limit for limit in limits if peak <= 0 or limit <= LIMIT_ZOOM * peak]
+    top = max([peak, *on_scale]) * 1.12 or 1.0
+    axes[0].set_ylim(0.0, top)
     for ax, rank in zip(axes, ranks, strict=True):
-        _memory_panel(ax, rank, by_rank.get(rank, []), run, axis)
-    axes[-1].set_xlabel(axis[2])
-    leaks = [job for job in stats if job.leaking]
-    verdict = _leak_verdict(leaks)
+        _limit_lines(ax, by_rank.get(rank, []), top, peak)
+        if ax.get_legend_handles_labels()[0]:  # beside the panel: inside, it would hide the curves
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, borderaxespad=0.0)
+    axes[-1].set_xlabel(TIME_LABEL)
+    verdict = _leak_verdict([job for job in stats if job.leaking])
     shown = "" if len(ranks) == len(by_rank) else f" (showing {len(ranks)} of {len(by_rank)} ranks)"
-    fig.suptitle(f"Memory per rank, dashed: leak fit - {verdict}{shown}",
-                 color="tab:red" if leaks else "black", fontweight="bold")
+    fig.suptitle(f"Memory per rank, dashed: leak fit, dotted: memory limit - {verdict}{shown}",
+                 color="tab:red" if verdict != "no leak flagged" else "black", fontweight="bold")
+    return fig
+
+
+def _plot_memory(run: RunData, stats: list[JobStats], outdir: Path, figure_cls: Any) -> Path:
+    fig = memory_figure(run, stats, figure_cls)
     path = outdir / "memory_per_rank.png"
     # the verdict in the PNG's text chunks too, for tools that index plots without looking at them
+    verdict = _leak_verdict([job for job in stats if job.leaking])
     fig.savefig(path, dpi=100, metadata={"Title": "hpcpilot memory per rank", "Description": verdict})
     return path
 
@@ -527,7 +590,7 @@ def _plot_cpu(stats: list[JobStats], outdir: Path, figure_cls: Any) -> Path:
 def _plot_events(run: RunData, outdir: Path, figure_cls: Any) -> Path:
     import numpy as np
 
-    origin, divisor, label = _time_axis(run)
+    origin = _run_start(run)
     events = event_times(run)
     fig = figure_cls(figsize=(10, 4.5), layout="constrained")
     ax = fig.subplots()
@@ -536,7 +599,7 @@ def _plot_events(run: RunData, outdir: Path, figure_cls: Any) -> Path:
         span = max(float(times[-1] - origin), 1.0)
         width = max(1.0, span / 60.0)
         edges = origin + width * np.arange(math.ceil(span / width) + 2)
-        centres = (edges[:-1] + width / 2 - origin) / divisor
+        centres = edges[:-1] + width / 2 - origin
         ranks = sorted({r for _, r, _ in events})
         rates = []
         for rank in ranks:
@@ -553,7 +616,7 @@ def _plot_events(run: RunData, outdir: Path, figure_cls: Any) -> Path:
         ax.text(0.5, 0.5, "no finished event ranges in this run", ha="center", va="center",
                 transform=ax.transAxes)
         ax.set_title("Events per second")
-    ax.set_xlabel(label)
+    ax.set_xlabel(TIME_LABEL)
     ax.set_ylabel("events / s")
     ax.grid(True, alpha=0.3)
     path = outdir / "events_per_second.png"
@@ -584,7 +647,7 @@ _TIMELINE_COLOURS = {"finished": "tab:green", "failed": "tab:red", "member": "ta
 
 def _plot_timeline(run: RunData, outdir: Path, figure_cls: Any) -> Path:
     timeline = rank_timeline(run)
-    origin = min((start for items in timeline.values() for start, _, _, _ in items), default=0.0)
+    origin = _run_start(run)
     fig = figure_cls(figsize=(10, max(3.5, 0.45 * len(timeline) + 1.5)), layout="constrained")
     ax = fig.subplots()
     for row, items in enumerate(timeline.values()):
@@ -594,7 +657,7 @@ def _plot_timeline(run: RunData, outdir: Path, figure_cls: Any) -> Path:
         for (left, width), (_, _, panda_id, _) in zip(bars, items, strict=True):
             ax.text(left + width / 2, row, str(panda_id), ha="center", va="center", fontsize=7)
     ax.set_yticks(range(len(timeline)), [f"rank {rank}" for rank in timeline])
-    ax.set_xlabel("seconds since the first job started")
+    ax.set_xlabel(TIME_LABEL)
     ax.set_title("Jobs per rank over time (green finished, red failed, blue event-service member; gaps are idle)",
                  fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
@@ -603,17 +666,20 @@ def _plot_timeline(run: RunData, outdir: Path, figure_cls: Any) -> Path:
     return path
 
 
-def write_plots(run: RunData, outdir: str | Path, policy: LeakPolicy | None = None) -> list[Path]:
-    """Write the PNG plots into ``outdir`` (created); [] when matplotlib is not installed."""
+def write_plots(run: RunData, outdir: str | Path, policy: LeakPolicy | None = None,
+                figure_cls: Any = None) -> list[Path]:
+    """Write the PNG plots into ``outdir`` (created); [] when matplotlib is not installed.  ``figure_cls``
+    (default matplotlib's Figure) lets a test keep the figures and read their labels and lines."""
     if not plots_available():
         return []
-    from matplotlib.figure import Figure
+    if figure_cls is None:
+        from matplotlib.figure import Figure as figure_cls
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     stats = job_stats(run, policy or LeakPolicy())
-    return [_plot_memory(run, stats, outdir, Figure), _plot_cpu(stats, outdir, Figure),
-            _plot_events(run, outdir, Figure), _plot_timeline(run, outdir, Figure)]
+    return [_plot_memory(run, stats, outdir, figure_cls), _plot_cpu(stats, outdir, figure_cls),
+            _plot_events(run, outdir, figure_cls), _plot_timeline(run, outdir, figure_cls)]
 
 
 # -- command line -----------------------------------------------------------------------
@@ -629,7 +695,8 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--no-plots", action="store_true", help="print the summary only")
     parser.add_argument("--leak-threshold", type=float, default=DEFAULT_LEAK_MIB_PER_MIN,
                         metavar="MIB_PER_MIN",
-                        help=f"leak slope to flag, MiB/min (default {DEFAULT_LEAK_MIB_PER_MIN:g})")
+                        help=f"leak slope to flag, MiB/min (default {DEFAULT_LEAK_MIB_PER_MIN:g}, i.e. "
+                             f"{LeakPolicy().kb_per_s:.1f} kB/s, the unit the report prints)")
     parser.add_argument("--leak-growth", type=float, default=DEFAULT_LEAK_GROWTH_PERCENT, metavar="PERCENT",
                         help=f"minimum growth over the fit window to flag, percent "
                              f"(default {DEFAULT_LEAK_GROWTH_PERCENT:g})")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -307,3 +308,128 @@ def test_report_without_matplotlib_prints_a_note(recorded_run, tmp_path, capsys,
                                     "(pip install 'hpcpilot[plots]')")
     assert not (tmp_path / "none").exists()
     assert write_plots(load_run(path), tmp_path / "none") == []
+
+
+# -- the report of a real pilot run against its summary.json ------------------------------------------------
+
+BURN_S = 0.3
+# the payload is a shell whose child burns BURN_S of CPU and exits: its CPU reaches the job through wait4
+BURN = (f"{sys.executable} -c 'import time; "
+        f"[None for _ in iter(lambda: time.process_time() < {BURN_S}, False)]'; true")
+SHORT, LIMITED = 6101, 6102
+
+
+@pytest.fixture(scope="module")
+def pilot_run(tmp_path_factory):
+    from tests.pilotrun import make_job, run_pilot
+
+    tmp = tmp_path_factory.mktemp("pilot")
+    jobs = [make_job(SHORT, BURN), make_job(LIMITED, "sleep 0.1", minRamCount=300, coreCount=2)]
+    run = run_pilot(tmp, jobs)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
+def _figures(run, tmp_path):
+    """Every figure write_plots makes, kept for their labels and lines."""
+    from matplotlib.figure import Figure
+
+    made = []
+
+    class Kept(Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    write_plots(run, tmp_path / "plots", figure_cls=Kept)
+    return made
+
+
+def test_report_cpu_is_the_summary_precise_cpu_of_a_short_job(pilot_run):
+    job = pilot_run.jobs[SHORT]
+    assert job["state"] == "finished", job
+    assert job["cpuSeconds"] >= BURN_S  # the child's CPU, taken when the shell was reaped
+    assert job["cpuConsumptionTime"] == round(job["cpuSeconds"])  # PanDA's field stays whole seconds
+    run = load_run(pilot_run.workdir / "run.h5")
+    stats = {s.panda_id: s for s in job_stats(run)}
+    assert stats[SHORT].cpu_s == pytest.approx(job["cpuSeconds"], abs=1e-6)
+    rows = {int(line.split()[0]): line.split() for line in summarize(run).splitlines()
+            if len(line.split()) == 6 and line.split()[0].isdigit()}
+    assert float(rows[SHORT][3]) == pytest.approx(job["cpuSeconds"], abs=5e-4)  # the per-job table, s
+
+
+def test_report_memory_limit_is_the_job_limit(pilot_run, tmp_path):
+    from hpcpilot.config import load_config
+    from hpcpilot.monitor.metrics import limits_for_job
+    from hpcpilot.runrecord import MEMORY_LIMIT_KEY
+
+    monitor = load_config(pilot_run.workdir / "config.effective.toml").monitor
+    expected = {SHORT: limits_for_job(2000, 1, True, monitor).memory_kb,
+                LIMITED: limits_for_job(300, 2, True, monitor).memory_kb}
+    run = load_run(pilot_run.workdir / "run.h5")
+    assert {int(r["jobId"]): r[MEMORY_LIMIT_KEY] for r in run.jobs} == expected
+    assert {s.panda_id: s.memory_limit_kb for s in job_stats(run)} == expected
+    memory = _figures(run, tmp_path)[0]
+    drawn = sorted(float(line.get_ydata()[0]) for ax in memory.axes for line in ax.get_lines()
+                   if line.get_gid() == "memory-limit")
+    assert drawn == sorted(limit / 1024 for limit in expected.values())  # MiB
+
+
+def _synthetic_short_jobs(path: Path) -> None:
+    """Rank 1: one job with a single sample near its limit; rank 2: a job with no sample at all."""
+    t0 = 1_700_000_000.0
+    with RunRecorder(path) as recorder:
+        recorder.add_samples(1, 7001, [TreeSample(t0, 90_000, 90_000, 0, 200_000, 0.05, 0.05, 1, 1, 0, 0, 0, 0)])
+        recorder.add_job({"jobId": 7001, "rank": 1, "state": "finished", "startTime": t0, "endTime": t0 + 0.4,
+                          "cpuSeconds": 0.3}, memory_limit_kb=100 * 1024)
+        recorder.add_job({"jobId": 7002, "rank": 2, "state": "finished", "startTime": t0, "endTime": t0 + 0.1},
+                         memory_limit_kb=100 * 1024)
+
+
+def test_one_sample_marker_and_a_limit_on_the_scale(tmp_path):
+    path = tmp_path / "short.h5"
+    _synthetic_short_jobs(path)
+    run = load_run(path)
+    memory = _figures(run, tmp_path)[0]
+    top, bottom = memory.axes
+    (point,) = [line for line in top.get_lines() if line.get_gid() == "memory-7001"]
+    assert point.get_marker() == "o" and point.get_linestyle() == "None"
+    assert list(point.get_ydata()) == [90_000 / 1024]
+    labels = top.get_legend_handles_labels()[1]
+    assert "memory limit 100 MiB" in labels and any("(one sample)" in label for label in labels), labels
+    assert top.get_ylim()[1] > 100  # the limit is on the scale: 90 MiB used of 100
+    assert "no memory samples" in " ".join(text.get_text() for text in bottom.texts)
+    assert [line.get_ydata()[0] for line in bottom.get_lines() if line.get_gid() == "memory-limit"] == [100.0]
+    assert job_stats(run)[0].cpu_s == 0.3  # the record's cpuSeconds, not the sample's 0.1 s
+    assert job_stats(run)[1].cpu_s == 0.0
+
+
+def _texts(figure) -> list[str]:
+    out = [figure.get_suptitle()] if hasattr(figure, "get_suptitle") else []
+    for ax in figure.axes:
+        out += [ax.get_title(loc) for loc in ("left", "center", "right")]
+        out += [ax.get_xlabel(), ax.get_ylabel(), *ax.get_legend_handles_labels()[1]]
+        out += [text.get_text() for text in ax.texts]
+    return [text for text in out if text]
+
+
+def test_one_unit_per_quantity(recorded_run, pilot_run, tmp_path):
+    from hpcpilot.report import TIME_LABEL
+
+    for path in (recorded_run[0], pilot_run.workdir / "run.h5"):
+        run = load_run(path)
+        texts = [summarize(run)]
+        figures = _figures(run, tmp_path / path.stem)
+        assert len(figures) == 4
+        for figure in figures:
+            texts += _texts(figure)
+        memory, cpu, events, timeline = figures
+        assert {ax.get_xlabel() for ax in memory.axes} <= {TIME_LABEL, ""}
+        assert events.axes[0].get_xlabel() == timeline.axes[0].get_xlabel() == TIME_LABEL
+        assert {ax.get_ylabel() for ax in memory.axes} == {"PSS+swap [MiB]"}
+        assert events.axes[0].get_ylabel() == "events / s"
+        assert cpu.axes[0].get_ylabel() == "CPU time / (wall x cores) [%]"
+        text = "\n".join(texts).split("\n", 1)[1]  # the first line names the file
+        # memory MiB, memory rates kB/s, time s: no other unit of any of them anywhere
+        other = re.findall(r"\b(?:minutes?|min|ms|h|hours?|kB(?!/s)|KiB|MB|GB|GiB|MiB/\w+|bytes)\b", text)
+        assert not other, (other, text)

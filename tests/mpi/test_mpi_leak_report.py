@@ -190,7 +190,7 @@ def test_report_leak_agrees_with_pilot3_on_the_run_record_series(leak_run: LeakR
     times = samples["time"].astype(float)
     memory = (samples["pss"] + samples["swap"]).astype(float)
     reference_text, reference, n_points = _pilot3_final_fit(_write_series(tmp_path / "h5.txt", times, memory))
-    printed = re.search(r"LEAK: job \d+ on rank \d+: \S+ MiB/min \(leak=(-?\d+\.\d\d) kB/s",
+    printed = re.search(r"LEAK: job \d+ on rank \d+: PSS\+swap grows \(leak=(-?\d+\.\d\d) kB/s",
                         leak_run.report.stdout)
     assert printed, leak_run.report.stdout
     report_leak = float(printed.group(1))

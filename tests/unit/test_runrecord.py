@@ -164,3 +164,27 @@ def test_file_is_readable_after_sigkill_of_a_writing_loop(tmp_path):
     path = tmp_path / "run.h5"
     rows, batch = _killed_writer(path, "loop", batches=60)
     _check_killed_file(path, rows, batch, exact=False)
+
+
+def test_job_row_holds_the_precise_cpu_and_the_memory_limit(tmp_path):
+    from hpcpilot.records import CPU_SECONDS_KEY, JobRecord
+    from hpcpilot.report import job_stats
+    from hpcpilot.runrecord import MEMORY_LIMIT_KEY
+
+    record = JobRecord(1001, rank=1, cpu_seconds=0.337)
+    record.cpu_consumption_time = round(record.cpu_seconds)
+    assert CPU_SECONDS_KEY not in record.to_wire()  # PanDA gets its whole seconds only
+    assert record.to_wire()["cpuConsumptionTime"] == 0
+    assert JobRecord.from_summary(record.to_summary()).cpu_seconds == 0.337  # across MPI, unrounded
+    path = tmp_path / "run.h5"
+    with RunRecorder(path) as recorder:
+        recorder.add_job(record.to_summary(), memory_limit_kb=2_457_600)
+        recorder.add_job(JobRecord(1002, rank=2).to_summary())  # a job rank 0 never assigned: no limit known
+    with h5py.File(path, "r") as f:
+        rows = [json.loads(s) for s in f["jobs"].asstr()[:]]
+    assert rows[0][CPU_SECONDS_KEY] == 0.337 and rows[0][MEMORY_LIMIT_KEY] == 2_457_600
+    assert MEMORY_LIMIT_KEY not in rows[1]
+    stats = {s.panda_id: s for s in job_stats(load_run(path))}
+    assert stats[1001].cpu_s == 0.337 and stats[1001].memory_limit_kb == 2_457_600
+    assert stats[1002].cpu_s == 0.0 and stats[1002].memory_limit_kb == 0
+    assert "0.337" in summarize(load_run(path)) and "2400.0" in summarize(load_run(path))
