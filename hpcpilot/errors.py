@@ -51,6 +51,7 @@ class ErrorCode(IntEnum):
     UNKNOWNPAYLOADFAILURE = 1220
     ESRECOVERABLE = 1224
     ESFATAL = 1228
+    EXECUTEDCLONEJOB = 1234  # another clone of a runonce/storeonce job ran or stored (hpcpilot.clones)
     PAYLOADEXCEEDMAXMEM = 1235
     ESNOEVENTS = 1238
     MESSAGEHANDLINGFAILURE = 1240
@@ -112,6 +113,7 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.PAYLOADOUTOFMEMORY: "payload ran out of memory",
     ErrorCode.REACHEDMAXTIME: "pilot or batch time limit reached",
     ErrorCode.UNKNOWNPAYLOADFAILURE: "unknown payload failure",
+    ErrorCode.EXECUTEDCLONEJOB: "another clone of the job already ran or stored",
     ErrorCode.PAYLOADEXCEEDMAXMEM: "payload exceeded the allowed memory",
     ErrorCode.UNKNOWNEXCEPTION: "unknown pilot exception",
     ErrorCode.PAYLOADEXECUTIONFAILURE: "payload exited with a non-zero code",

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcpilot import catalogs, directaccess, outputs
+from hpcpilot import catalogs, clones, directaccess, outputs
 from hpcpilot.catalogs import CATALOG_FILES
 from hpcpilot.cgroups import PayloadCgroup, oom_diag
 from hpcpilot.config import SiteConfig, resolve_path
@@ -36,7 +36,7 @@ from hpcpilot.monitor.metrics import limits_for_job
 from hpcpilot.monitor.sampler import PayloadSampler
 from hpcpilot.payload import Payload, payload_cgroup_name, start_payload
 from hpcpilot.protocol import Heartbeat, JobUpdate, Message
-from hpcpilot.records import JobRecord, JobSpec, panda_id_of
+from hpcpilot.records import CLONE_RUNONCE, CLONE_STOREONCE, JobRecord, JobSpec, panda_id_of
 from hpcpilot.stageio import files, staging
 from hpcpilot.states import JobState
 from hpcpilot.timing import Timing, panda_time
@@ -68,12 +68,14 @@ class JobControl:
     kill_code: int = 0
     kill_diag: str = ""
     debug: bool = False
+    clone: clones.CloneGate = field(default_factory=clones.CloneGate)  # a clone job's wait for rank 0
 
     def request_kill(self, code: int, diag: str) -> None:
         """Ask the job to stop its payload; the first request's code wins."""
         if not self.kill_event.is_set():
             self.kill_code, self.kill_diag = code, diag
             self.kill_event.set()
+        self.clone.interrupt()
 
 
 @dataclass(frozen=True)
@@ -140,10 +142,26 @@ class _JobLife:
 
     def run(self) -> None:
         self.set_up_and_stage_in()
+        if self.spec.clone_job == CLONE_RUNONCE and not self.clone_may_go_on():
+            return  # another clone ran: no payload, nothing staged out
         with self.timing.phase("payload"):
             self.run_payload()
+        if self.spec.clone_job == CLONE_STOREONCE and not self.record.failed and not self.clone_may_go_on():
+            return  # another clone stored: nothing staged out, not even the log (its name may be the winner's)
         with self.timing.phase("stageout"):
             self.stage_out()
+
+    def clone_may_go_on(self) -> bool:
+        """A clone job asks rank 0 (hpcpilot.clones); a loser ends failed with the verdict's code."""
+        verdict = clones.claim(self.ctx.rank, self.spec.panda_id, self.spec.clone_job, self.control.clone,
+                               self.ctx.emit)
+        if verdict is None:
+            self.record.fail(self.control.kill_code, self.control.kill_diag)
+            return False
+        if not verdict.go:
+            log.info("job %d: %s", self.spec.panda_id, verdict.diag)
+            self.record.fail(verdict.code, verdict.diag)
+        return verdict.go
 
     # ---- setup ----------------------------------------------------------------------
 
@@ -223,7 +241,9 @@ class _JobLife:
                 if cgroup.oom_killed():
                     self.record.fail(ErrorCode.PAYLOADEXCEEDMAXMEM, oom_diag(cgroup.memory(), limits.memory_kb))
                 cgroup.remove()
-        self.record.cpu_consumption_time = round(payload.cpu_seconds)
+        # wait4's rusage once the payload is reaped: its own CPU and that of every descendant it waited for
+        self.record.cpu_seconds = payload.cpu_seconds or 0.0
+        self.record.cpu_consumption_time = round(self.record.cpu_seconds)
         self.after_payload(payload)
         self.record.job_metrics = job_metrics(*self.memory_series, final=True, n_events=self.record.n_events)
 

@@ -17,7 +17,7 @@ exception.  What is refused here never reaches a payload's argv, environment or 
   nested objects included;
 * text the pilot uses: a string (or an int, as URL-encoded mode sends numbers as text) without
   NUL bytes and encodable as UTF-8 (no lone surrogates), else 1302;
-* flags: a bool, 0/1 or a true/false spelling, else 1302;
+* flags: a bool, 0/1 or a true/false spelling, else 1302; ``cloneJob``: empty, runonce or storeonce, else 1302;
 * per-file lists of unequal length: NOTSAMELENGTH (1312); file names that are not plain names:
   BADOUTPUTFILENAME (1371) or LFNTOOLONG (1190), by ``stageio.files.check_lfn``, and printable;
 * the whole definition must be encodable as JSON (it is journaled, sent to other ranks and
@@ -57,6 +57,9 @@ INT_BOUNDS: dict[str, tuple[int, int]] = {
     "startEvent": (0, MAX_BIGINT),
     "lastEvent": (0, MAX_BIGINT),
 }
+CLONE_RUNONCE, CLONE_STOREONCE = "runonce", "storeonce"
+CLONE_MODES = (CLONE_RUNONCE, CLONE_STOREONCE)
+"""cloneJob values (panda-wire C.5): the clone asks the server before its payload / its stage-out (hpcpilot.clones)."""
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _DECIMAL = re.compile(r"\s*([+-]?)0*([0-9]{1,20})\s*", re.ASCII)  # bounded: int() of 5000 digits raises
@@ -178,9 +181,30 @@ def _flag(wire: Mapping[str, Any], key: str, default: bool) -> bool:
     raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"field {key} is not true or false: {show_value(value)}")
 
 
+def _clone_mode(wire: Mapping[str, Any]) -> str:
+    """cloneJob: '' (not a clone) or one of CLONE_MODES; any other value would leave the clone's fate
+    unknown (run twice, or never), so the job is refused."""
+    mode = _text_field(wire, "cloneJob").strip()
+    if mode and mode not in CLONE_MODES:
+        raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE,
+                                 f"field cloneJob is neither {' nor '.join(CLONE_MODES)}: {show_value(mode)}")
+    return mode
+
+
 def _split(wire: Mapping[str, Any], key: str, code: ErrorCode = ErrorCode.CONVERSIONFAILURE) -> list[str]:
     text = _text_field(wire, key, code)
     return [item.strip() for item in text.split(",")] if text else []
+
+
+_ALWAYS_JSON = frozenset({str, float, bool, type(None)})
+"""Types ``json.dumps`` never refuses (NaN and lone surrogates included), so they need no trial encoding:
+a range is checked on every lease, and the trial was a third of rank 0's cost per range.  Not int: one of
+more than 4,300 digits is refused (Python's integer-string limit); see ``_plain_int``."""
+_PLAIN_INT_BITS = 10_000  # about 3,000 decimal digits: far below the limit
+
+
+def _plain_int(value: Any) -> bool:
+    return type(value) is int and value.bit_length() < _PLAIN_INT_BITS
 
 
 def _check_encodable(wire: Mapping[Any, Any], what: str) -> None:
@@ -188,6 +212,8 @@ def _check_encodable(wire: Mapping[Any, Any], what: str) -> None:
     for key, value in wire.items():
         if not isinstance(key, str):
             raise JobDefinitionError(ErrorCode.CONVERSIONFAILURE, f"{what} has a non-text key: {show_value(key)}")
+        if type(value) in _ALWAYS_JSON or _plain_int(value):
+            continue
         try:
             json.dumps(value)
         except (TypeError, ValueError, RecursionError):
@@ -295,6 +321,7 @@ class JobSpec:
     inputs: tuple[FileSpec, ...]
     outputs: tuple[FileSpec, ...]
     log_file: FileSpec | None
+    clone_job: str  # '' or one of CLONE_MODES
     wire: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -333,6 +360,7 @@ class JobSpec:
             inputs=_parse_inputs(wire),
             outputs=tuple(f for f in outputs if f.lfn != log_lfn),
             log_file=log,
+            clone_job=_clone_mode(wire),
             wire=MappingProxyType(dict(wire)),
         )
 
@@ -415,6 +443,9 @@ class EventRangeUpdate:
         return out
 
 
+# summary.json / run-record key of JobRecord.cpu_seconds: not a PanDA field, never sent on the wire.
+CPU_SECONDS_KEY = "cpuSeconds"
+
 # JobRecord attribute -> updateJob field name (legacy API names; the v1 client maps them on).
 JOB_RECORD_WIRE_NAMES: dict[str, str] = {
     "panda_id": "jobId",
@@ -473,6 +504,9 @@ class JobRecord:
     exe_error_code: int = 0
     exe_error_diag: str = ""
     cpu_consumption_time: int = 0
+    # the same CPU time unrounded (s), for summary.json and the run record only: PanDA's field is whole
+    # seconds, which makes every job under 0.5 s look as if it used no CPU at all
+    cpu_seconds: float = 0.0
     cpu_consumption_unit: str = "s"
     cpu_conversion_factor: float = 1.0
     core_count: int = 1
@@ -529,6 +563,7 @@ class JobRecord:
         if self.output_report:
             out["xml"] = self.output_report
         out["rank"] = self.rank
+        out[CPU_SECONDS_KEY] = round(self.cpu_seconds, 6)
         return out
 
     @classmethod
@@ -545,4 +580,5 @@ class JobRecord:
             kwargs[attr] = JobState(value) if attr == "state" else value
         record = cls(**kwargs)
         record.rank = int(data.get("rank", 0))
+        record.cpu_seconds = float(data.get(CPU_SECONDS_KEY, 0.0) or 0.0)
         return record
