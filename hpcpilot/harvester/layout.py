@@ -78,12 +78,14 @@ class AccessPoint:
             found += [FoundJob(k, job, self.dir if one_job else self.dir / k) for k, job in jobs.items()
                       if k not in seen]
         if ids.exists():
+            keys = {f.key for f in found}  # a set: thousands of jobs in worker_pandaids.json
             for key in self._guarded(lambda: self.read_panda_ids(ids), strict):
-                if key in seen or any(f.key == key for f in found):
+                if key in seen or key in keys:
                     continue
                 job_dir = self.dir / key
                 jobs = self._guarded(lambda d=job_dir: self.read_spec_file(d / spec_name), strict)
                 found += [FoundJob(k, job, job_dir) for k, job in jobs.items() if k not in seen]
+                keys.update(jobs)
         return found
 
     @staticmethod

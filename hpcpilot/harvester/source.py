@@ -16,6 +16,15 @@ nothing is coming (jobs: the pilot winds down; ranges: the job ends), and ``clos
 open requests and writes ``kill_worker.json``.  ``feed_timeout = 0`` never asks: the pilot runs
 what the access point held at start.
 
+Bounded at scale.  A feed is not held in memory: it is checked when taken and its ranges are
+decoded as they are leased (``hpcpilot.harvester.feed``).  Range statuses gather for
+``harvester.status_interval`` seconds and are then appended to ``event_status.dump.json`` in place
+(``EventStatusFile``), at a cost of what is added, however much Harvester has not taken yet; a
+job's outputs and log are written at once, and ``close`` (also after a signal: the controller winds
+down and closes the source) writes what is gathered.  The Harvester path has no journal: a pilot
+killed outright (SIGKILL) loses the statuses of at most the last interval, and Harvester, having
+no status for those ranges, re-dispatches them, exactly as it does the ranges that were in flight.
+
 Secrets: ``pilotSecrets``/``secrets`` are taken out of each job definition before it is queued
 (so they reach no rank, workdir, log tarball or report), registered for log redaction and kept
 in memory only, for ``job_secrets``.
@@ -27,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,10 +44,10 @@ from typing import Any
 from hpcpilot.config import HarvesterConfig
 from hpcpilot.errors import ConfigError
 from hpcpilot.harvester.catalog import place_inputs
+from hpcpilot.harvester.feed import FeedList, RangeStock, scan_feed
 from hpcpilot.harvester.files import (
     EventStatusFile,
     Request,
-    load_json_object,
     take_aside,
     write_json_atomically,
     write_text_atomically,
@@ -61,6 +71,13 @@ PUBLISHED_LEFT_OUT = ("xml",)
 class HarvesterSource:
     """Jobs from the access point's job-spec files; reports to the files Harvester reads."""
 
+    concurrent_fetches = 1
+    """Fetch calls (jobs, ranges) this source takes at once: one, the access point has one request file."""
+
+    coordinates_clones = False
+    """Clone jobs are not coordinated through the access point's files: every clone goes on
+    (``Controller.ask_clone`` says why)."""
+
     def __init__(self, access_point: Path, config: HarvesterConfig | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = config if config is not None else HarvesterConfig()
@@ -70,18 +87,20 @@ class HarvesterSource:
         self.fetch_status = FETCH_OK
         self.lock = threading.Lock()  # the fetch thread and rank 0's loop both use the job tables
         self.seen: set[str] = set()
-        self.queue: list[Any] = []
+        self.queue: deque[Any] = deque()
         self.job_dirs: dict[int, Path] = {}
         self.log_files: dict[int, str] = {}
         self.secrets: dict[int, dict[str, Any]] = {}
         self.job_request = Request(self.ap.top(self.cfg.job_request_file))
         self.jobs_wait_since: float | None = None
         self.no_more_jobs = False
-        self.ranges: dict[int, list[Any]] = {}
+        self.ranges: dict[int, RangeStock] = {}
         self.range_requests: dict[Path, Request] = {}
         self.range_wait_since: dict[int, float] = {}
         self.no_more_ranges: set[int] = set()
         self.status_files: dict[Path, EventStatusFile] = {}
+        self.status_written = 0.0  # when the gathered range statuses were last written
+        self.gathering: dict[Path, EventStatusFile] = {}  # the files with statuses not written yet
         self.last_heartbeat = 0.0
         self.closed = False
         install_log_redaction()
@@ -100,7 +119,7 @@ class HarvesterSource:
                 log.info("Harvester fed %d job(s)", len(found))
                 self._queue_jobs(found)
         with self.lock:
-            taken, self.queue = self.queue[:n], self.queue[n:]
+            taken = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
         if taken:
             self.jobs_wait_since = None
             self.fetch_status = FETCH_OK
@@ -128,7 +147,7 @@ class HarvesterSource:
     def abandon(self) -> list[Mapping[str, Any]]:
         """Jobs read from the access point and never started: the pilot is stopping."""
         with self.lock:
-            taken, self.queue = self.queue, []
+            taken, self.queue = list(self.queue), deque()
         return taken
 
     def _queue_jobs(self, found: Sequence[FoundJob]) -> None:
@@ -164,10 +183,8 @@ class HarvesterSource:
 
     def fetch_event_ranges(self, job: JobSpec, n: int) -> list[Mapping[str, Any]]:
         panda_id = job.panda_id
-        self._take_range_feeds(strict=False)
-        in_hand = self.ranges.setdefault(panda_id, [])
-        taken = in_hand[:n]
-        del in_hand[:n]
+        self._take_range_feeds(strict=False, directories={self.dir, self.job_dir(panda_id)})
+        taken = self._stock(panda_id).take(n)
         self._ask_for_ranges(job, n)
         if taken:
             self.range_wait_since.pop(panda_id, None)
@@ -180,7 +197,7 @@ class HarvesterSource:
         """Ahead of demand: ask for ``n`` more once fewer than ``n`` are in hand (one request open per directory)."""
         panda_id = job.panda_id
         if (self.cfg.feed_timeout <= 0 or panda_id in self.no_more_ranges or self.closed
-                or len(self.ranges.get(panda_id, [])) >= n):
+                or self._stock(panda_id).count >= n):
             return
         request = self._range_request(self.job_dir(panda_id))
         if request.is_open:
@@ -207,10 +224,18 @@ class HarvesterSource:
             self.range_requests[directory] = Request(directory / self.cfg.events_request_file)
         return self.range_requests[directory]
 
-    def _take_range_feeds(self, strict: bool) -> None:
-        """Take every complete range feed: one in a directory whose request Harvester has answered (or without one)."""
-        with self.lock:
-            directories = {self.dir, *self.job_dirs.values()}
+    def _stock(self, panda_id: int) -> RangeStock:
+        return self.ranges.setdefault(panda_id, RangeStock())
+
+    def _take_range_feeds(self, strict: bool, directories: set[Path] | None = None) -> None:
+        """Take every complete range feed: one in a directory whose request Harvester has answered (or without one).
+
+        A lease looks only where its job's feed can be (its directory, the top): with a directory per
+        job, looking in all of them made every lease cost the number of jobs.
+        """
+        if directories is None:
+            with self.lock:
+                directories = {self.dir, *self.job_dirs.values()}
         for directory in sorted(directories):
             request = self.range_requests.get(directory)
             if request is not None and request.is_open and not request.answered():
@@ -222,29 +247,32 @@ class HarvesterSource:
                 self._read_range_feed(aside, strict)
 
     def _read_range_feed(self, path: Path, strict: bool) -> None:
+        """Check a feed whole and put where its ranges are in hand; they are decoded as they are leased."""
         try:
-            feed = load_json_object(path, self.cfg.event_ranges_file)
+            sections = scan_feed(path, self.cfg.event_ranges_file)
         except ConfigError as exc:
             if strict:
                 raise
             log.error("%s; its ranges are not used", exc)
             return
-        for key, items in feed.items():
-            panda_id = panda_id_of({"PandaID": key})
-            if not isinstance(items, list):
-                log.error("%s: ranges of job %s are not a list; not used", path, key)
+        for section in sections:
+            panda_id = panda_id_of({"PandaID": section.key})
+            if section.offset < 0:
+                log.error("%s: ranges of job %s are not a list; not used", path, section.key)
                 continue
-            if not items:
+            if not section.count:
                 log.info("job %d: Harvester has no more event ranges", panda_id)
                 self.no_more_ranges.add(panda_id)
-            self.ranges.setdefault(panda_id, []).extend(items)
+                continue
+            self._stock(panda_id).add(FeedList(path, section.offset, section.count))
 
     def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
                             bundle: OutputBundle | None = None) -> None:
         entries = []
+        in_bundle = frozenset(bundle.range_ids) if bundle is not None else frozenset()  # O(1) per update
         for update in updates:
             entry: dict[str, Any] = {"eventRangeID": update.event_range_id, "eventStatus": str(update.status)}
-            if bundle is not None and (not bundle.range_ids or update.event_range_id in bundle.range_ids):
+            if bundle is not None and (not bundle.range_ids or update.event_range_id in in_bundle):
                 entry.update({"path": bundle.path, "type": "zip_output", "fsize": bundle.fsize,
                               "chksum": bundle.adler32, "guid": bundle.guid})
             elif update.output:
@@ -253,7 +281,10 @@ class HarvesterSource:
             if update.error_code:
                 entry["errorCode"] = update.error_code
             entries.append(entry)
-        self._status_file(job.panda_id).add({str(job.panda_id): entries})
+        status = self._status_file(job.panda_id)
+        status.queue({str(job.panda_id): entries})
+        self.gathering[status.path] = status
+        self.write_statuses(self.clock())
 
     # ---- JobSource: reports ---------------------------------------------------------------
 
@@ -265,16 +296,22 @@ class HarvesterSource:
         write_json_atomically(job_dir / self.cfg.attributes_file, attributes)
         if final:
             self.write_job_report(job_dir, record)
-            self._status_file(record.panda_id).add({str(record.panda_id): self.output_entries(record)})
+            status = self._status_file(record.panda_id)
+            status.queue({str(record.panda_id): self.output_entries(record)})
+            status.flush()  # after the job's range statuses: Harvester may finish the job on seeing its log
 
     def poll(self, now: float) -> list[Command]:
         if now - self.last_heartbeat >= HEARTBEAT_INTERVAL:
             self.write_heartbeat(now)
+        self.write_statuses(now)
         return []
 
     def close(self) -> None:
-        """The worker is done: no request stays open, and Harvester is told (kill_worker.json)."""
+        """The worker is done: statuses written, no request stays open, and Harvester is told (kill_worker.json)."""
+        self.write_statuses(self.clock(), due=True)
         self.closed = True
+        for stock in self.ranges.values():
+            stock.close()
         self.job_request.withdraw()
         for request in self.range_requests.values():
             request.withdraw()
@@ -295,6 +332,24 @@ class HarvesterSource:
             directory.mkdir(parents=True, exist_ok=True)
             self.status_files[directory] = EventStatusFile(directory / self.cfg.event_status_file)
         return self.status_files[directory]
+
+    def write_statuses(self, now: float, due: bool = False) -> None:
+        """Append the gathered range statuses, once per ``status_interval`` (``due``: now).
+
+        A file that cannot be written keeps its statuses for the next time (logged); Harvester
+        re-dispatches the ranges of statuses that never reach it.
+        """
+        if not due and now - self.status_written < self.cfg.status_interval:
+            return
+        self.status_written = now
+        for path, status in list(self.gathering.items()):
+            try:
+                status.flush()
+            except OSError as exc:
+                log.error("%s: cannot write event statuses (%s); %d kept to try again", status.path, exc,
+                          sum(len(v) for v in status.pending.values()))
+                continue
+            del self.gathering[path]
 
     def write_heartbeat(self, now: float) -> None:
         self.last_heartbeat = now
