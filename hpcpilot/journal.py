@@ -17,21 +17,41 @@ proves it, so the sender asks the server before sending it again), ``rejected`` 
 refused, kept for the post-mortem), ``meta``
 (the run counter: each opening of the journal is a new run, so a restarted pilot can tell the
 previous run's leftovers from its own).  Secrets are never stored here.
+
+Bounded by what is in flight (issue 14): a range lease leaves ``leases`` in the transaction that
+queues its status (the outbox entry carries it from then on, and is deleted once acknowledged), and
+a job lease leaves when its final update is acknowledged or refused.  The restart query
+(``in_flight``) is a search of the ``leases_open`` index, and the WAL file is truncated back to
+``WAL_LIMIT_BYTES`` after each checkpoint.  The outbox is mirrored in memory (``owed()``), so what
+is owed is known without reading the outbox.  A file SQLite cannot read is moved aside (one
+warning naming what is lost) and a fresh journal started: a damaged journal never stops a restart.
+
+Senders (issue 14): each outbox entry carries its ``shard`` (PandaID modulo the sender count the
+journal was opened with); each sender thread takes the oldest entry of its own shard
+(``next_pending(shard)``, a search of ``outbox_shard``), so one job's updates go out strictly in
+order while different jobs' go in parallel.  A restart with another sender count re-shards the
+(bounded) outbox at open.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
 SECRET_KEYS = frozenset({"pilotSecrets", "secrets"})
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+"""The WAL file is cut back to this size after a checkpoint (SQLite otherwise keeps its largest size)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,12 +62,23 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, rev INTEGER NOT NULL DEFAULT 0, kind TEXT NOT NULL,
     panda_id INTEGER NOT NULL, final INTEGER NOT NULL, body TEXT NOT NULL, run INTEGER NOT NULL,
     created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
-    uncertain INTEGER NOT NULL DEFAULT 0);
+    uncertain INTEGER NOT NULL DEFAULT 0, shard INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, panda_id INTEGER NOT NULL, final INTEGER NOT NULL,
     body TEXT NOT NULL, reason TEXT NOT NULL, created REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS outbox_job ON outbox (kind, panda_id);
+CREATE INDEX IF NOT EXISTS leases_open ON leases (kind, state, created, key);
 """
+_SHARD_INDEX = "CREATE INDEX IF NOT EXISTS outbox_shard ON outbox (shard, seq)"
+"""Created after the ``shard`` column is added to a journal written before it existed."""
+NEXT_IN_SHARD_QUERY = ("SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain FROM outbox "
+                       "INDEXED BY outbox_shard WHERE shard=? ORDER BY seq LIMIT 1")
+"""A sender's next update: a search of ``outbox_shard``, never a scan of the other senders' entries."""
+IN_FLIGHT_QUERY = ("SELECT kind, key, panda_id, body, run FROM leases INDEXED BY leases_open "
+                   "WHERE kind=? AND state='leased' AND run < ? ORDER BY created, key")
+"""The restart query; INDEXED BY makes SQLite refuse it rather than fall back to a scan of every lease."""
+NO_RUN = 1 << 62  # ``run < NO_RUN`` holds for every run: one query text for both forms of ``in_flight``
+
 
 JOB = "job"
 RANGE = "range"
@@ -85,25 +116,142 @@ def strip_secrets(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in SECRET_KEYS}
 
 
-class Journal:
-    """The durable lease table and outbox (thread-safe; one per pilot workdir)."""
+@dataclass(frozen=True)
+class Owed:
+    """What the outbox still holds: entries, final job updates (by PandaID), event ranges per PandaID."""
 
-    def __init__(self, path: Path) -> None:
+    entries: int
+    final_jobs: frozenset[int]
+    ranges: dict[int, int]
+
+
+class _OutboxTally:
+    """The outbox in memory (seq -> kind, PandaID, final, ranges), so asking what is owed reads no row."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[str, int, bool, int]] = {}
+        self.final_jobs: Counter[int] = Counter()
+        self.ranges: Counter[int] = Counter()
+
+    def add(self, seq: int, kind: str, panda_id: int, final: bool, n_ranges: int) -> None:
+        self.entries[seq] = (kind, panda_id, final, n_ranges)
+        if kind == JOB and final:
+            self.final_jobs[panda_id] += 1
+        if n_ranges:
+            self.ranges[panda_id] += n_ranges
+
+    def remove(self, seq: int) -> None:
+        kind, panda_id, final, n_ranges = self.entries.pop(seq)
+        if kind == JOB and final:
+            _decrement(self.final_jobs, panda_id, 1)
+        _decrement(self.ranges, panda_id, n_ranges)
+
+    def resize(self, seq: int, n_ranges: int) -> None:
+        kind, panda_id, final, _ = self.entries[seq]
+        self.remove(seq)
+        self.add(seq, kind, panda_id, final, n_ranges)
+
+    def owed(self) -> Owed:
+        return Owed(len(self.entries), frozenset(self.final_jobs), dict(self.ranges))
+
+
+def _decrement(counter: Counter[int], key: int, n: int) -> None:
+    if not n:
+        return
+    counter[key] -= n
+    if counter[key] <= 0:
+        del counter[key]
+
+
+def count_ranges(body: Mapping[str, Any]) -> int:
+    """Event ranges in an updateEventRanges body (version 0 flat, version 1/2 chunked)."""
+    return sum(len(item["eventRanges"]) if "eventRanges" in item else 1 for item in body.get("payload", ()))
+
+
+def _unused_name(path: Path) -> Path:
+    """``path``, or ``path.1``, ``path.2``... : the first that does not exist (nothing moved aside is lost)."""
+    candidate, n = path, 0
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+class Journal:
+    """The durable lease table and outbox (thread-safe; one per pilot workdir).
+
+    ``lost`` is None, or the one line said when an unreadable journal file was moved aside."""
+
+    def __init__(self, path: Path, shards: int = 1) -> None:
         self.path = Path(path)
+        self.shards = max(1, int(shards))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
+        self._tally = _OutboxTally()
+        self.lost: str | None = None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self.lost = self._move_aside(exc)
+            self._open()
+
+    def _open(self) -> None:
+        """Open (or create) the file, check it is whole, start a new run and load the outbox tally."""
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                    timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        if "uncertain" not in columns:  # a journal written before the column existed
-            self._db.execute("ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0")
-        with self._tx() as db:
-            row = db.execute("SELECT value FROM meta WHERE key='run'").fetchone()
-            self.run = (int(row[0]) if row else 0) + 1
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('run', ?)", (str(self.run),))
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            check = self._db.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {check[0] if check else 'no answer'}")
+            self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+            if "uncertain" not in columns:  # a journal written before the column existed
+                self._db.execute("ALTER TABLE outbox ADD COLUMN uncertain INTEGER NOT NULL DEFAULT 0")
+            if "shard" not in columns:
+                self._db.execute("ALTER TABLE outbox ADD COLUMN shard INTEGER NOT NULL DEFAULT 0")
+            self._db.execute(_SHARD_INDEX)
+            with self._tx() as db:
+                row = db.execute("SELECT value FROM meta WHERE key='run'").fetchone()
+                self.run = (int(row[0]) if row else 0) + 1
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('run', ?)", (str(self.run),))
+                self._drop_finished_leases(db)
+                # the previous run may have had another sender count: its entries move to this run's shards
+                db.execute("UPDATE outbox SET shard = panda_id % ? WHERE shard != panda_id % ?",
+                           (self.shards, self.shards))
+            self._load_tally()
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            self._db.close()
+            raise sqlite3.DatabaseError(str(exc)) from exc
+
+    @staticmethod
+    def _drop_finished_leases(db: sqlite3.Connection) -> None:
+        """Leases a journal of an earlier version kept once reported: ranges, and jobs whose final update
+        is no longer queued."""
+        db.execute("DELETE FROM leases WHERE kind=? AND state='reported'", (RANGE,))
+        db.execute("DELETE FROM leases WHERE kind=? AND state='reported' AND NOT EXISTS (SELECT 1 FROM outbox "
+                   "WHERE outbox.kind=? AND outbox.final=1 AND outbox.panda_id=leases.panda_id)", (JOB, JOB))
+
+    def _load_tally(self) -> None:
+        self._tally = _OutboxTally()
+        for seq, kind, panda_id, final, body in self._db.execute(
+                "SELECT seq, kind, panda_id, final, body FROM outbox"):
+            n_ranges = count_ranges(json.loads(body)) if kind == RANGES else 0
+            self._tally.add(int(seq), kind, int(panda_id), bool(final), n_ranges)
+
+    def _move_aside(self, exc: Exception) -> str:
+        """Rename the unreadable file (and its WAL and shared-memory files) out of the way; the warning."""
+        aside = _unused_name(self.path.with_name(f"{self.path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"))
+        for suffix in ("", "-wal", "-shm"):
+            with suppress(FileNotFoundError):
+                Path(f"{self.path}{suffix}").rename(f"{aside}{suffix}")
+        line = (f"journal {self.path} is unreadable ({exc}); moved to {aside}: the previous run's leases not yet "
+                "reported and updates not yet acknowledged cannot be recovered (the server ends those jobs "
+                "for lost heartbeat); starting a fresh journal")
+        logger.warning("%s", line)
+        return line
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -141,13 +289,9 @@ class Journal:
 
     def in_flight(self, kind: str, before_run: int | None = None) -> list[Lease]:
         """Leases of ``kind`` ('job' or 'range') not yet reported final (from runs before ``before_run``)."""
-        query = "SELECT kind, key, panda_id, body, run FROM leases WHERE kind=? AND state='leased'"
-        params: list[Any] = [kind]
-        if before_run is not None:
-            query += " AND run < ?"
-            params.append(before_run)
+        params = (kind, NO_RUN if before_run is None else before_run)
         with self._lock:
-            rows = self._db.execute(query + " ORDER BY created, key", params).fetchall()
+            rows = self._db.execute(IN_FLIGHT_QUERY, params).fetchall()
         return [Lease(k, key, pid, json.loads(body), run) for k, key, pid, body, run in rows]
 
     # ------------------------------------------------------------------------------------ outbox
@@ -166,29 +310,44 @@ class Journal:
                 db.execute("UPDATE outbox SET body=?, rev=rev+1, created=? WHERE seq=?",
                            (body, time.time(), last[0]))
                 return int(last[0])
-            cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created) "
-                                "VALUES (?, ?, ?, ?, ?, ?)", (JOB, panda_id, int(final), body, self.run,
-                                                              time.time()))
+            cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created, shard) "
+                                "VALUES (?, ?, ?, ?, ?, ?, ?)", (JOB, panda_id, int(final), body, self.run,
+                                                                 time.time(), self.shard_of(panda_id)))
             if final:
                 db.execute("UPDATE leases SET state='reported' WHERE kind=? AND key=?", (JOB, str(panda_id)))
-
-            return int(cursor.lastrowid or 0)
+            seq = int(cursor.lastrowid or 0)
+            self._tally.add(seq, JOB, panda_id, final, 0)  # under the lock: the sender may ack it at once
+            return seq
 
     def enqueue_range_update(self, panda_id: int, payload: Sequence[Mapping[str, Any]], version: int,
                              range_ids: Sequence[str]) -> int:
-        """Queue an updateEventRanges call and mark its ranges reported."""
-        body = json.dumps({"payload": list(payload), "version": int(version)})
+        """Queue an updateEventRanges call; its ranges' leases leave the journal in the same transaction
+        (from now on the outbox entry stands for them, replayed after a restart until acknowledged)."""
+        body = {"payload": list(payload), "version": int(version)}
         with self._tx() as db:
-            cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created) "
-                                "VALUES (?, ?, 1, ?, ?, ?)", (RANGES, panda_id, body, self.run, time.time()))
-            db.executemany("UPDATE leases SET state='reported' WHERE kind=? AND key=?",
-                           [(RANGE, rid) for rid in range_ids])
-            return int(cursor.lastrowid or 0)
+            cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created, shard) "
+                                "VALUES (?, ?, 1, ?, ?, ?, ?)", (RANGES, panda_id, json.dumps(body), self.run,
+                                                                 time.time(), self.shard_of(panda_id)))
+            db.executemany("DELETE FROM leases WHERE kind=? AND key=?", [(RANGE, rid) for rid in range_ids])
+            seq = int(cursor.lastrowid or 0)
+            self._tally.add(seq, RANGES, panda_id, True, count_ranges(body))
+            return seq
 
-    def next_pending(self) -> OutboxEntry | None:
-        """The oldest queued update, or None."""
-        entries = self.pending(limit=1)
-        return entries[0] if entries else None
+    def shard_of(self, panda_id: int) -> int:
+        """The sender that owns a job's updates: all of one job's updates go through one sender, in order."""
+        return panda_id % self.shards
+
+    def next_pending(self, shard: int | None = None) -> OutboxEntry | None:
+        """The oldest queued update (of the jobs of ``shard``, if given), or None."""
+        if shard is None:
+            entries = self.pending(limit=1)
+            return entries[0] if entries else None
+        with self._lock:
+            row = self._db.execute(NEXT_IN_SHARD_QUERY, (shard,)).fetchone()
+        if row is None:
+            return None
+        seq, rev, kind, pid, final, body, run, attempts, uncertain = row
+        return OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
 
     def pending(self, before_run: int | None = None, limit: int | None = None) -> list[OutboxEntry]:
         """Queued updates in send order (only those queued by runs before ``before_run`` if given)."""
@@ -207,9 +366,10 @@ class Journal:
                 for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows]
 
     def pending_count(self, before_run: int | None = None) -> int:
+        """Queued updates (all of them from the tally; those of earlier runs from the outbox)."""
         with self._lock:
             if before_run is None:
-                return int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+                return len(self._tally.entries)
             row = self._db.execute("SELECT count(*) FROM outbox WHERE run < ?", (before_run,)).fetchone()
             return int(row[0])
 
@@ -218,7 +378,23 @@ class Journal:
         heartbeat (which then stays queued)."""
         with self._tx() as db:
             cursor = db.execute("DELETE FROM outbox WHERE seq=? AND rev=?", (entry.seq, entry.rev))
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            self._forget_job(db, entry)
+            self._tally.remove(entry.seq)
+            return True
+
+    @staticmethod
+    def _forget_job(db: sqlite3.Connection, entry: OutboxEntry) -> None:
+        """A job's final update has left the outbox: its lease is no longer needed."""
+        if entry.kind == JOB and entry.final:
+            db.execute("DELETE FROM leases WHERE kind=? AND key=? AND state='reported'",
+                       (JOB, str(entry.panda_id)))
+
+    def owed(self) -> Owed:
+        """What the outbox holds, from the in-memory tally (no read of the outbox)."""
+        with self._lock:
+            return self._tally.owed()
 
     def note_failure(self, entry: OutboxEntry, error: str) -> None:
         with self._tx() as db:
@@ -241,6 +417,8 @@ class Journal:
         text = json.dumps(dict(body))
         with self._tx() as db:
             db.execute("UPDATE outbox SET body=?, uncertain=0 WHERE seq=?", (text, entry.seq))
+            if entry.seq in self._tally.entries and entry.kind == RANGES:
+                self._tally.resize(entry.seq, count_ranges(body))
         return OutboxEntry(entry.seq, entry.rev, entry.kind, entry.panda_id, entry.final, json.loads(text),
                            entry.run, entry.attempts, False)
 
@@ -250,7 +428,9 @@ class Journal:
             db.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (entry.seq, entry.kind, entry.panda_id, int(entry.final), json.dumps(entry.body),
                         reason[:500], time.time()))
-            db.execute("DELETE FROM outbox WHERE seq=?", (entry.seq,))
+            if db.execute("DELETE FROM outbox WHERE seq=?", (entry.seq,)).rowcount == 1:
+                self._forget_job(db, entry)
+                self._tally.remove(entry.seq)
 
     def rejected(self) -> list[tuple[int, str, int, str]]:
         """(seq, kind, panda_id, reason) of refused updates."""

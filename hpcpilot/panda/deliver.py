@@ -8,7 +8,8 @@ starts on the same work directory -- every update the old run queued is checked 
 before it is sent (nothing is reported twice), and jobs and ranges it had leased without a final
 status are reported failed (1200 for jobs, 1220 for ranges) so the server hands them out again.
 Only run it when no pilot is running on that work directory.  Exit status 0 when nothing is owed
-any more, 3 when something still is (run it again later), 2 for a bad configuration.
+any more, 3 when something still is (run it again later) or the journal was unreadable (it is moved
+aside and what it held cannot be delivered), 2 for a bad configuration.
 """
 
 from __future__ import annotations
@@ -58,9 +59,13 @@ def run_deliver(args: argparse.Namespace) -> int:
     except PandaError as exc:
         print(f"hpcpilot deliver: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    lost = source.journal.lost
     source.flush(args.deadline)
     owed = source.delivery().owed
     source.close()
+    if lost:  # what the unreadable file held is unknown: never say "everything is acknowledged"
+        print(f"hpcpilot deliver: nothing could be delivered: {lost}", file=sys.stderr)
+        return EXIT_OWED
     if owed:
         print(f"hpcpilot deliver: {owed} update(s) still not acknowledged, kept in {journal}; try again later")
         return EXIT_OWED

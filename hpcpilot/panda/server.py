@@ -34,7 +34,8 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,7 @@ class PandaTestServer:
         self._thread: threading.Thread | None = None
         self._release = threading.Event()
         self.faults = FaultBox()
+        self.concurrency = RequestConcurrency()  # how many calls of each method were served at once (tests)
 
     # ---------------------------------------------------------------------------- control
 
@@ -192,6 +194,8 @@ class PandaTestServer:
                                                          _int(job.get("attemptNr"), 0)))
                 if ranges_per_job and str(job.get("eventService", "")).lower() == "true":
                     self._add_ranges(job, panda_id, ranges_per_job, max(1, events_per_range))
+                if _clone_jobset(job) is not None:
+                    self._add_clone_range(job, panda_id)
                 added.append(panda_id)
         return added
 
@@ -291,11 +295,52 @@ class PandaTestServer:
         row = self._db.execute("SELECT status, command FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
         if row is None or row[0] not in ("sent", "starting", "running") or row[1] == "tobekilled":
             return _Reply({"StatusCode": 0, "eventRanges": []})  # A.6.3
+        jobset = self._clone_jobset_of(panda_id)
+        if jobset is not None:
+            return _Reply({"StatusCode": 0, "eventRanges": self._take_clone_range(panda_id, jobset)})
         rows = self._db.execute("SELECT event_range_id, body FROM events WHERE panda_id=? AND status='ready' "
                                 "ORDER BY ord LIMIT ?", (panda_id, n_ranges)).fetchall()
         self._db.executemany("UPDATE events SET status='sent' WHERE event_range_id=?",
                              [(r[0],) for r in rows])
         return _Reply({"StatusCode": 0, "eventRanges": [json.loads(body) for _id, body in rows]})
+
+    # -- clone jobs (cloneJob = runonce | storeonce, panda-wire C.5) --------------------------
+    # The clones of a jobset share one event range; the first clone that asks gets it (renamed to
+    # carry its PandaID, as the real event table records who took it) and the others get none.
+
+    def _add_clone_range(self, job: Mapping[str, Any], panda_id: int) -> None:
+        """One range for the whole jobset, made when its first clone is loaded."""
+        jobset = _clone_jobset(job)
+        if self._clone_rows(jobset, "ready", "sent", "finished", "failed", "fatal"):
+            return
+        self._add_ranges({**job, "eventService": "True"}, panda_id, 1, 1)
+
+    def _clone_jobset_of(self, panda_id: int | None) -> str | None:
+        row = self._db.execute("SELECT definition FROM jobs WHERE panda_id=?", (panda_id,)).fetchone()
+        return _clone_jobset(json.loads(row[0])) if row else None
+
+    def _clone_rows(self, jobset: str | None, *states: str) -> list[tuple[str, str, int]]:
+        """The jobset's clone ranges in ``states`` (a definition SQLite cannot read as JSON -- NaN -- is no clone)."""
+        marks = ",".join("?" * len(states))
+        field = "CASE WHEN json_valid(j.definition) THEN json_extract(j.definition, '$.{}') END"
+        return self._db.execute(
+            "SELECT e.event_range_id, e.body, e.ord FROM events e JOIN jobs j ON e.panda_id = j.panda_id "
+            f"WHERE e.status IN ({marks}) AND CAST({field.format('jobsetID')} AS TEXT) = ? "
+            f"AND {field.format('cloneJob')} IN ('runonce', 'storeonce') ORDER BY e.ord",
+            (*states, jobset)).fetchall()
+
+    def _take_clone_range(self, panda_id: int, jobset: str) -> list[dict[str, Any]]:
+        ready = self._clone_rows(jobset, "ready")
+        if not ready:
+            return []
+        old_id, body, order = ready[0]
+        parts = old_id.split("-")
+        new_id = "-".join([parts[0], str(panda_id), *parts[2:]]) if len(parts) == 5 else old_id
+        item = {**json.loads(body), "eventRangeID": new_id}
+        self._db.execute("DELETE FROM events WHERE event_range_id=?", (old_id,))
+        self._db.execute("INSERT INTO events (event_range_id, panda_id, body, status, ord) VALUES (?, ?, ?, 'sent', ?)",
+                         (new_id, panda_id, json.dumps(item), order))
+        return [item]
 
     def _update_event_ranges(self, fields: Mapping[str, Any]) -> _Reply:
         try:
@@ -400,6 +445,36 @@ class PandaTestServer:
         self._release.wait(delay)
 
 
+class RequestConcurrency:
+    """Calls being served right now and the most at once, per method: lets a test prove that a client
+    had several requests in flight together by counting at the server, not by timing (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._now: Counter[str] = Counter()
+        self._peak: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def serving(self, method: str) -> Iterator[None]:
+        with self._lock:
+            self._now[method] += 1
+            self._peak[method] = max(self._peak[method], self._now[method])
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._now[method] -= 1
+
+    def peak(self, method: str) -> int:
+        """The most calls of ``method`` served at the same time since the server was made (or reset)."""
+        with self._lock:
+            return self._peak[method]
+
+    def reset(self) -> None:
+        with self._lock:
+            self._peak = Counter(self._now)
+
+
 class _HTTPServer(ThreadingHTTPServer):
     """ThreadingHTTPServer that can cut its open keep-alive connections (a real outage drops them)."""
 
@@ -425,6 +500,13 @@ class _HTTPServer(ThreadingHTTPServer):
         for sock in live:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+
+def _clone_jobset(job: Mapping[str, Any]) -> str | None:
+    """The jobsetID (as text) of a clone job, None for any other job."""
+    if str(job.get("cloneJob") or "").strip() not in ("runonce", "storeonce"):
+        return None
+    return str(job.get("jobsetID"))
 
 
 def _dump(db: sqlite3.Connection) -> dict[str, Any]:
@@ -612,6 +694,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("v1", method, fields, wire.from_v1(method, fields))
 
     def _serve(self, api: str, method: str, fields: Mapping[str, Any], legacy_fields: dict[str, Any]) -> None:
+        """Run one call, counted in ``app.concurrency`` while it is served (including a slow fault's wait)."""
+        with self.app.concurrency.serving(method):
+            self._serve_call(api, method, fields, legacy_fields)
+
+    def _serve_call(self, api: str, method: str, fields: Mapping[str, Any], legacy_fields: dict[str, Any]) -> None:
         """Run one call (with the fault set for it, before or after committing) and answer it."""
         fault = self.app.faults.take(method)
         if fault is not None and not fault.after_commit:

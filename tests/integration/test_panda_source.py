@@ -343,3 +343,46 @@ def test_tokens_and_secrets_never_reach_logs_or_files(tmp_path, monkeypatch, cap
         if path.is_file():
             data = path.read_bytes()
             assert token.encode() not in data and secret.encode() not in data, path
+
+
+def test_each_fetch_thread_reads_the_outcome_of_its_own_call(tmp_path):
+    """With getJob pipelined, an outage seen by one fetch thread must not be read as another thread's success
+    (an outage read as status 0 with no jobs looks like "no more jobs" and ends the leasing)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    port = free_port()
+    source = _source(f"http://127.0.0.1:{port}", tmp_path / "work", "auto")
+    failing, succeeding = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    try:
+        assert failing.submit(source.fetch_jobs, 2).result() == []
+        server = PandaTestServer(tmp_path / "state.sqlite", port=port).start()
+        try:
+            server.load_jobs(job_definitions(2))
+            assert [j["PandaID"] for j in succeeding.submit(source.fetch_jobs, 2).result()] == [1000, 1001]
+            assert succeeding.submit(lambda: source.fetch_status).result() == 0
+            assert failing.submit(lambda: source.fetch_status).result() == FETCH_UNREACHABLE
+            assert "refused" in failing.submit(lambda: source.fetch_error).result().lower()
+        finally:
+            server.close()
+    finally:
+        failing.shutdown()
+        succeeding.shutdown()
+        source.close()
+
+
+def test_deliver_says_so_when_the_journal_is_unreadable(panda_server, tmp_path):
+    """A truncated or garbage journal is moved aside; ``hpcpilot deliver`` must not claim that everything
+    it held was acknowledged (exit 3, and the one line names the file it was moved to)."""
+    from hpcpilot.panda.source import JOURNAL_NAME
+
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / JOURNAL_NAME).write_bytes(b"SQLite format 3\x00" + os.urandom(3000))
+    result = subprocess.run([sys.executable, "-m", "hpcpilot", "deliver", "--workdir", str(workdir),
+                             "--server", panda_server.url, "--deadline", "10"],
+                            capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert result.returncode == 3, result.stderr
+    assert "acknowledged" not in result.stdout
+    assert "unreadable" in result.stderr and ".unreadable-" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(workdir.glob(f"{JOURNAL_NAME}.unreadable-*"))

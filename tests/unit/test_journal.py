@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
-from hpcpilot.journal import JOB, RANGE, RANGES, Journal
+import pytest
+
+from hpcpilot.journal import IN_FLIGHT_QUERY, JOB, RANGE, RANGES, Journal, Owed, count_ranges
 
 
 def test_wal_mode_and_run_counter(tmp_path):
@@ -105,3 +108,146 @@ def test_everything_survives_a_reopen_and_runs_are_told_apart(tmp_path):
     assert {lease.panda_id for lease in second.in_flight(JOB)} == {7, 9}
     second.close()
     journal.close()
+
+
+# ---- bounded by what is in flight (issue 14) --------------------------------------------------
+
+
+def _rows(journal: Journal, table: str) -> int:
+    return journal._db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def _lease_and_report(journal: Journal, panda_id: int, first: int, n: int) -> list[str]:
+    ids = [f"1-{panda_id}-1-{i}-1" for i in range(first, first + n)]
+    journal.record_range_leases(panda_id, [{"eventRangeID": rid, "startEvent": i} for i, rid in enumerate(ids)])
+    journal.enqueue_range_update(panda_id, [{"eventRangeID": rid, "eventStatus": "finished"} for rid in ids], 0,
+                                 ids)
+    return ids
+
+
+def test_rows_stay_proportional_to_what_is_in_flight(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    for batch in range(50):  # 5,000 ranges leased, reported and acknowledged, 100 at a time
+        _lease_and_report(journal, 1, batch * 100, 100)
+        journal.acknowledge(journal.next_pending())
+        assert _rows(journal, "leases") == 0 and _rows(journal, "outbox") == 0
+    journal.record_range_leases(1, [{"eventRangeID": f"1-1-1-{i}-2"} for i in range(7)])  # in flight
+    _lease_and_report(journal, 1, 9000, 3)  # reported, not yet acknowledged: the outbox stands for them
+    assert _rows(journal, "leases") == 7 and _rows(journal, "outbox") == 1
+    journal.close()
+
+
+def test_a_job_lease_leaves_once_its_final_update_is_acknowledged_or_refused(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    for panda_id in (1, 2, 3):
+        journal.record_job_lease(panda_id, {"PandaID": panda_id, "attemptNr": 2})
+    journal.enqueue_job_update(1, {"jobId": 1, "state": "running"}, final=False)
+    journal.acknowledge(journal.next_pending())
+    assert journal.leased_job(1) == {"PandaID": 1, "attemptNr": 2}  # a heartbeat does not end the lease
+    journal.enqueue_job_update(1, {"jobId": 1, "state": "finished"}, final=True)
+    journal.enqueue_job_update(2, {"jobId": 2, "state": "failed"}, final=True)
+    assert journal.leased_job(1) is not None  # queued, not acknowledged: still needed to send it again
+    journal.acknowledge(journal.next_pending())
+    journal.reject(journal.next_pending(), "HTTP 403")
+    assert journal.leased_job(1) is None and journal.leased_job(2) is None
+    assert [lease.panda_id for lease in journal.in_flight(JOB)] == [3]
+    assert _rows(journal, "leases") == 1
+    journal.close()
+
+
+def test_a_restart_still_finds_every_range_not_yet_acknowledged(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal.record_range_leases(5, [{"eventRangeID": "1-5-1-1-1"}, {"eventRangeID": "1-5-1-2-1"}])
+    reported = _lease_and_report(journal, 5, 10, 2)  # queued, never acknowledged (the pilot dies)
+    _lease_and_report(journal, 5, 20, 2)
+    journal.acknowledge(journal.pending()[-1])
+    second = Journal(path)  # no close(), as after SIGKILL
+    assert [lease.key for lease in second.in_flight(RANGE, before_run=second.run)] == ["1-5-1-1-1", "1-5-1-2-1"]
+    owed = second.pending(before_run=second.run)
+    assert [r["eventRangeID"] for entry in owed for r in entry.body["payload"]] == reported
+    second.close()
+    journal.close()
+
+
+def test_the_restart_query_searches_an_index(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite")
+    _lease_and_report(journal, 1, 0, 10)
+    plan = " ".join(row[-1] for row in journal._db.execute(f"EXPLAIN QUERY PLAN {IN_FLIGHT_QUERY}", (RANGE, 3)))
+    assert "SEARCH leases USING INDEX leases_open" in plan and "SCAN" not in plan, plan
+    journal.close()
+
+
+def _recount(journal: Journal) -> Owed:
+    """What ``owed()`` must say, counted the slow way from the outbox rows."""
+    entries = journal.pending()
+    ranges: dict[int, int] = {}
+    for entry in entries:
+        if entry.kind == RANGES:
+            ranges[entry.panda_id] = ranges.get(entry.panda_id, 0) + count_ranges(entry.body)
+    return Owed(len(entries), frozenset(e.panda_id for e in entries if e.kind == JOB and e.final), ranges)
+
+
+def test_the_owed_tally_matches_the_outbox_through_every_change_and_a_reopen(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    assert journal.owed() == Owed(0, frozenset(), {})
+    journal.enqueue_job_update(1, {"jobId": 1, "state": "running"}, final=False)
+    journal.enqueue_job_update(1, {"jobId": 1, "state": "running", "nEvents": 3}, final=False)  # coalesced
+    journal.enqueue_job_update(2, {"jobId": 2, "state": "finished"}, final=True)
+    journal.enqueue_job_update(3, {"jobId": 3, "state": "failed"}, final=True)
+    _lease_and_report(journal, 4, 0, 5)
+    zipped = [{"zipFile": {"lfn": "z"}, "eventRanges": [{"eventRangeID": f"1-6-1-{i}-1"} for i in range(4)]}]
+    journal.enqueue_range_update(6, zipped, 1, [f"1-6-1-{i}-1" for i in range(4)])
+    assert journal.owed() == _recount(journal) == Owed(5, frozenset({2, 3}), {4: 5, 6: 4})
+    entries = {(e.kind, e.panda_id): e for e in journal.pending()}
+    journal.acknowledge(entries[(JOB, 1)])
+    journal.reject(entries[(JOB, 3)], "HTTP 403")
+    journal.narrow(entries[(RANGES, 4)], {"payload": entries[(RANGES, 4)].body["payload"][:2], "version": 0})
+    journal.acknowledge(entries[(RANGES, 6)])
+    assert journal.owed() == _recount(journal) == Owed(2, frozenset({2}), {4: 2})
+    assert journal.pending_count() == 2
+    reopened = Journal(path)
+    assert reopened.owed() == journal.owed()
+    reopened.close()
+    journal.close()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_an_unreadable_journal_is_moved_aside_and_a_fresh_one_started(tmp_path, caplog, damage):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    for panda_id in range(300):
+        journal.record_job_lease(panda_id, {"PandaID": panda_id, "jobPars": "x" * 300})
+    journal.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a journal\n" * 500)
+    with caplog.at_level(logging.WARNING, logger="hpcpilot.journal"):
+        fresh = Journal(path)
+    assert fresh.run == 1 and fresh.in_flight(JOB) == [] and fresh.pending() == []
+    fresh.record_job_lease(1, {"PandaID": 1})
+    assert fresh.leased_job(1) == {"PandaID": 1}
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning == fresh.lost and "\n" not in warning and "cannot be recovered" in warning
+    [aside] = [p for p in tmp_path.iterdir() if ".unreadable-" in p.name]
+    assert aside.read_bytes()[:100] == (data[:100] if damage == "truncated" else b"not a journal\n" * 7 + b"no")
+    fresh.close()
+    again = Journal(path)  # the fresh journal is a good one: the next run reopens it without a word
+    assert again.run == 2 and again.lost is None
+    again.close()
+
+
+def test_leases_an_earlier_version_kept_after_their_report_are_dropped_on_open(tmp_path):
+    path = tmp_path / "j.sqlite"
+    journal = Journal(path)
+    journal.record_job_lease(1, {"PandaID": 1})
+    journal.record_job_lease(2, {"PandaID": 2})
+    journal.enqueue_job_update(2, {"jobId": 2, "state": "finished"}, final=True)  # queued: its lease stays
+    journal.record_range_leases(1, [{"eventRangeID": f"1-1-1-{i}-1"} for i in range(5)])
+    old = [("job", "9", 9), *[("range", f"1-9-1-{i}-1", 9) for i in range(50)]]  # as the old code left them
+    journal._db.executemany("INSERT INTO leases VALUES (?, ?, ?, '{}', 'reported', 1, 0)", old)
+    journal.close()
+    reopened = Journal(path)
+    assert _rows(reopened, "leases") == 2 + 5
+    assert reopened.leased_job(2) == {"PandaID": 2} and reopened.leased_job(9) is None
+    reopened.close()
