@@ -448,7 +448,7 @@ class PandaSource:
                 if checked is None:
                     return True
                 entry = checked
-            commands = self._deliver(entry)
+            self._deliver(entry)
         except RequestRejected as exc:
             logger.error("server refused update #%d for job %s, not resending: %s", entry.seq, entry.panda_id,
                          exc)
@@ -470,20 +470,25 @@ class PandaSource:
                          type(exc).__name__, wire.snippet(str(exc), 200))
             self.journal.note_failure(entry, "internal error")
             return False
-        self._queue_commands(commands)
         return True
 
-    def _deliver(self, entry: OutboxEntry) -> Mapping[int, list[str]]:
-        """Send one entry; on an acknowledging reply, remove it (or narrow it to what was not taken)."""
+    def _deliver(self, entry: OutboxEntry) -> None:
+        """Send one entry; on an acknowledging reply, remove it (or narrow it to what was not taken).
+
+        The reply's server commands are queued before the entry leaves the outbox: ``flush`` returns once
+        the outbox is empty, and a caller that then polls must find them (with several senders another
+        sender's wake-up can end the flush in between)."""
         if entry.kind == JOB:
             names = self.client.update_job(entry.body)
             with self._lock:
                 self._last_success = time.monotonic()
             if entry.final:
                 self._set_final(entry.panda_id, "acknowledged")
+            self._queue_commands({entry.panda_id: names})
             self.journal.acknowledge(entry)
-            return {entry.panda_id: names}
+            return
         result = self.client.update_event_ranges(entry.body["payload"], entry.body["version"])
+        self._queue_commands(result.commands)
         ids = wire.range_ids_of(entry.body["payload"])
         taken = {rid for rid, ok in zip(ids, result.returns, strict=True) if ok is True}
         refused = [rid for rid, ok in zip(ids, result.returns, strict=True) if ok is False]
@@ -495,7 +500,6 @@ class PandaSource:
             self.journal.mark_uncertain(narrowed, f"{len(unknown)} range(s) without a true/false answer")
         else:
             self.journal.acknowledge(entry)
-        return result.commands
 
     def _check_with_server(self, entry: OutboxEntry) -> OutboxEntry | None:
         """An update whose fate is unknown: ask the server.  None when it has everything (the entry is
