@@ -368,3 +368,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
     return str(value)
+
+BASELINE_COMMIT = "0ff2331"
+"""The last commit before issue 14's rank-0 scale work: benchmarks that compare with the code as it was
+(``git show BASELINE_COMMIT:path``, read-only) load it from there, so the "before" column stays the same
+after the change is committed."""

@@ -21,9 +21,18 @@ in-process) leaves only that.  Three runners, in the same run, over the same num
   Every range must end reported exactly once: event_status.dump.json is counted per
   eventRangeID (and the statuses must all be 'finished').
 * MPIPoolExecutor: ``mpiexec -n 8 python -m mpi4py.futures`` this script, ``map(noop,
-  range(N), chunksize=1)`` timed around the map after ``bootup`` (7 workers).
-* bare mpi4py, the ceiling: rank 0 answers blocking ``comm.recv`` requests from 7 workers
-  with ``comm.send`` of one small range dict each, timed from a barrier to the last answer.
+  range(N), chunksize=k)`` timed around the map after ``bootup`` (7 workers).
+* bare mpi4py, the ceiling: rank 0 answers blocking ``comm.recv`` requests from 7 workers with
+  ``comm.send`` of a list of k range dicts (built before the barrier), and the next request of a
+  worker carries the k IDs it did; timed from a barrier to the last answer.
+
+Equal batching (issue 14): every runner moves k ranges per message, k = each ``--per-request``
+value, and the table prints hpcpilot / bare mpi4py at the same k; the target is a ratio of at
+least 0.5 for the steady rate (first to last outcome: the dispatch path), and the ratio of the
+job window (with the job's tail) is printed beside it.  k = 1 (one range per message, which
+hpcpilot never uses) is shown apart for the pool and bare mpi4py.  Beside the rates, rank 0's and
+the worker ranks' CPU per range inside the job window: on a node shared with other work those
+move less than the rates do.
 
 Idle ranks: with a Harvester access point a rank never waits for ranges (an empty answer means
 the job is over, and idle ranks are sent away), so the idle measurement uses the situation in
@@ -36,9 +45,9 @@ bench_idle does) and divided by it.  run.h5 proves the ranks were starved: no ou
 recorded inside the window.  Then the fault is cleared and the job must finish normally.
 Target: every idle worker rank under 1 % of a core.
 
-Not a test: nothing is asserted.  ``--profile`` adds one hpcpilot run with py-spy (if it is
-installed in the venv; it is not a dependency) recording rank 0, and prints where it spends
-its time, idle included.
+Not a test: nothing is asserted.  ``--profile`` adds one hpcpilot run (k=32) with rank 0's loop
+under cProfile, timed by the CPU time of its main thread, and prints the loop's steps and the
+functions with the most own time as shares of the loop's CPU.
 
     .venv/bin/python -m bench.bench_es_throughput [--quick] [--ranges N] [--per-request 8 32 128] [--profile]
 """
@@ -90,6 +99,8 @@ PANDA_ID = 5005
 TASK_ID = 7  # make_job's taskID: range ids are <task>-<PandaID>-1-<i>-1
 TARGET_RATE = 5000.0
 TARGET_IDLE_PERCENT = 1.0
+TARGET_BARE_RATIO = 0.5  # hpcpilot / bare mpi4py at the same ranges per message (issue 14 item 6)
+PROFILE_PER_REQUEST = 32
 POOL_MARK = "pool-seconds:"
 BARE_MARK = "bare-seconds:"
 REQUEST_TAG, ITEM_TAG = 1, 2
@@ -119,6 +130,8 @@ class PilotRun:
     tail: float
     gap_ms: float
     rank0_busy: float
+    rank0_us: float
+    workers_us: float
     rank0_cpu: float
     worker_cpu: float
     check: str
@@ -140,8 +153,8 @@ def range_dict(i: int, panda_id: int = PANDA_ID) -> dict[str, Any]:
             "scope": "mc23_13p6TeV"}
 
 
-def pool_main(n: int) -> None:
-    """Rank 0 of the MPIPoolExecutor run: boot the workers, then time map(noop) alone."""
+def pool_main(n: int, chunksize: int) -> None:
+    """Rank 0 of the MPIPoolExecutor run: boot the workers, then time map(noop, chunksize) alone."""
     from mpi4py.futures import MPIPoolExecutor
 
     from bench.bench_es_throughput import noop as named_noop  # pickled by module name, not __main__
@@ -149,22 +162,27 @@ def pool_main(n: int) -> None:
     with MPIPoolExecutor() as executor:
         executor.bootup(wait=True)
         begin = time.perf_counter()
-        done = sum(1 for _ in executor.map(named_noop, range(n), chunksize=1))
+        done = sum(1 for _ in executor.map(named_noop, range(n), chunksize=chunksize))
         elapsed = time.perf_counter() - begin
     if done != n:
         raise SystemExit(f"pool: {done} of {n} results")
     print(f"{POOL_MARK}{elapsed:.6f}", flush=True)
 
 
-def bare_main(n: int) -> None:
-    """Every rank of the bare mpi4py run: rank 0 serves one range per request, the others ask."""
+def bare_main(n: int, per_message: int) -> None:
+    """Every rank of the bare mpi4py run: rank 0 serves ``per_message`` ranges per request, the others ask.
+
+    The ranges are built before the barrier (hpcpilot's are parsed by its fetch thread before they are
+    dealt), so the timed part is the messaging alone: the ceiling for that batching.
+    """
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
+    items = [range_dict(i) for i in range(1, n + 1)] if comm.Get_rank() == 0 else []
     comm.Barrier()
     if comm.Get_rank() == 0:
         begin = time.perf_counter()
-        done = bare_serve(comm, n, MPI.ANY_SOURCE, MPI.Status())
+        done = bare_serve(comm, items, per_message, MPI.ANY_SOURCE, MPI.Status())
         elapsed = time.perf_counter() - begin
         if done != n:
             raise SystemExit(f"bare: {done} of {n} items came back")
@@ -173,15 +191,16 @@ def bare_main(n: int) -> None:
         bare_work(comm)
 
 
-def bare_serve(comm: Any, n: int, any_source: int, status: Any) -> int:
-    """Answer requests (blocking receives) until every worker got its stop; returns the items done."""
+def bare_serve(comm: Any, items: list[dict[str, Any]], per_message: int, any_source: int, status: Any) -> int:
+    """Answer requests (blocking receives) with a list of up to ``per_message`` ranges each, until every
+    worker got its stop (None); returns how many range IDs came back done."""
     dealt = done = stopped = 0
     while stopped < comm.Get_size() - 1:
         request = comm.recv(source=any_source, tag=REQUEST_TAG, status=status)
-        done += request["done"] is not None
-        if dealt < n:
-            dealt += 1
-            comm.send(range_dict(dealt), dest=status.Get_source(), tag=ITEM_TAG)
+        done += len(request["done"])
+        if dealt < len(items):
+            comm.send(items[dealt:dealt + per_message], dest=status.Get_source(), tag=ITEM_TAG)
+            dealt += per_message
         else:
             comm.send(None, dest=status.Get_source(), tag=ITEM_TAG)
             stopped += 1
@@ -189,14 +208,14 @@ def bare_serve(comm: Any, n: int, any_source: int, status: Any) -> int:
 
 
 def bare_work(comm: Any) -> None:
-    """Ask for a range, do nothing with it, report it with the next request."""
-    done = None
+    """Ask for ranges, do nothing with them, report their IDs with the next request (as hpcpilot does)."""
+    done: list[str] = []
     while True:
         comm.send({"rank": comm.Get_rank(), "done": done}, dest=0, tag=REQUEST_TAG)
-        item = comm.recv(source=0, tag=ITEM_TAG)
-        if item is None:
+        batch = comm.recv(source=0, tag=ITEM_TAG)
+        if batch is None:
             return
-        done = noop(item)["eventRangeID"]
+        done = [noop(item)["eventRangeID"] for item in batch]
 
 
 # ---- running the baselines --------------------------------------------------------------------------
@@ -216,14 +235,29 @@ def run_baseline(tmp: Path, name: str, argv: list[str], mark: str, n: int, env: 
     return Timed(name, n, marked_seconds(run, code, mark), run.wall)
 
 
-def run_pool(tmp: Path, n: int, env: dict[str, str]) -> Timed:
-    argv = [sys.executable, "-m", "mpi4py.futures", str(Path(__file__).resolve()), "--pool", str(n)]
-    return run_baseline(tmp, "MPIPoolExecutor", argv, POOL_MARK, n, env)
+def run_pool(tmp: Path, n: int, chunksize: int, env: dict[str, str]) -> Timed:
+    argv = [sys.executable, "-m", "mpi4py.futures", str(Path(__file__).resolve()), "--pool", str(n), str(chunksize)]
+    return run_baseline(tmp, f"MPIPoolExecutor chunksize={chunksize}", argv, POOL_MARK, n, env)
 
 
-def run_bare(tmp: Path, n: int, env: dict[str, str]) -> Timed:
-    argv = [sys.executable, "-m", "bench.bench_es_throughput", "--bare", str(n)]
-    return run_baseline(tmp, "bare mpi4py", argv, BARE_MARK, n, env)
+def run_bare(tmp: Path, n: int, per_message: int, env: dict[str, str]) -> Timed:
+    argv = [sys.executable, "-m", "bench.bench_es_throughput", "--bare", str(n), str(per_message)]
+    return run_baseline(tmp, f"bare mpi4py {per_message}/message", argv, BARE_MARK, n, env)
+
+
+@dataclass(frozen=True)
+class Batched:
+    """The three runners at one batching: ``per_message`` ranges in each message of every runner."""
+
+    per_message: int
+    bare: Timed
+    pool: Timed
+    pilot: PilotRun
+
+
+def run_batched(tmp: Path, n: int, per_message: int, env: dict[str, str]) -> Batched:
+    return Batched(per_message, run_bare(tmp, n, per_message, env), run_pool(tmp, n, per_message, env),
+                   run_hpcpilot(tmp, n, per_message, env))
 
 
 # ---- CPU of the launch over time ---------------------------------------------------------------------
@@ -236,10 +270,11 @@ class LaunchCpu:
     Why not CpuTracker: it keeps only the last reading, and a window inside the run needs two.
     """
 
-    def __init__(self, root_pid: int, interval: float = 0.2) -> None:
+    def __init__(self, root_pid: int, interval: float = 0.1) -> None:
         self.root_pid, self.interval = root_pid, interval
         self.last: dict[int, ProcCpu] = {}
         self.rank0: list[tuple[float, float]] = []
+        self.workers: list[tuple[float, float]] = []  # the worker ranks' CPU, summed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="launch-cpu", daemon=True)
 
@@ -256,7 +291,10 @@ class LaunchCpu:
             current = snapshot(self.root_pid)
             zero = [info.cpu for info in current.values() if info.role == "rank" and info.rank == 0]
             if zero:
-                self.rank0.append((time.time(), zero[0]))
+                stamp = time.time()
+                self.rank0.append((stamp, zero[0]))
+                self.workers.append((stamp, sum(info.cpu for info in current.values()
+                                                if info.role == "rank" and info.rank != 0)))
             for pid, info in current.items():
                 known = self.last.get(pid)
                 if known is not None and known.rank is not None and info.rank is None:
@@ -271,6 +309,10 @@ class LaunchCpu:
     def rank0_between(self, begin: float, end: float) -> float:
         """Rank 0's CPU seconds between two epoch times (linear between the readings around them)."""
         return _cpu_at(self.rank0, end) - _cpu_at(self.rank0, begin)
+
+    def workers_between(self, begin: float, end: float) -> float:
+        """The worker ranks' CPU seconds between two epoch times (the same way)."""
+        return _cpu_at(self.workers, end) - _cpu_at(self.workers, begin)
 
 
 def _cpu_at(samples: Sequence[tuple[float, float]], when: float) -> float:
@@ -368,6 +410,8 @@ def run_hpcpilot(tmp: Path, n: int, per_request: int, env: dict[str, str]) -> Pi
     return PilotRun(per_request, Timed(f"hpcpilot rpr={per_request}", counted, job_end - first, run.wall),
                     steady_rate=counted / (last - first), tail=job_end - last, gap_ms=mean_gap_ms(reports),
                     rank0_busy=100.0 * cpu.rank0_between(first, job_end) / (job_end - first),
+                    rank0_us=1e6 * cpu.rank0_between(first, job_end) / counted,
+                    workers_us=1e6 * cpu.workers_between(first, job_end) / counted,
                     rank0_cpu=cpu.total("rank", 0), worker_cpu=cpu.total("rank") - cpu.total("rank", 0),
                     check=check_reported_once(access_point, n),
                     settings=effective_settings(run_dir / "logs" / "pilot.rank0.log"))
@@ -495,67 +539,136 @@ def idle_share(delta: dict[int, ProcCpu], window: float, inside: int, finished: 
 # ---- profiling rank 0 ---------------------------------------------------------------------------------
 
 
-def rank_pid(root: int, rank: int, timeout: float = 30.0) -> int | None:
-    """The pid of ``rank`` under our own launcher (found through its process tree, never a stranger's)."""
-    import psutil
+PROFILE_FLAG = "--rank0-cprofile"
+"""argv[1] of a pilot run whose rank 0 runs under cProfile: ``PROFILE_FLAG <stats file> <hpcpilot args>``."""
+PROFILE_FUNCTIONS = ("Controller.run", "Backoff.wait", "Controller.receive_all", "MpiTransport.receive",
+                     "Controller.to_events", "Controller.on_range_report", "Scheduler.handle", "Scheduler._tick",
+                     "Scheduler._tick_es", "EsBook.on_report", "EsBook.serve_waiting", "Controller.execute",
+                     "Controller.execute_es", "MpiTransport.send", "Controller.write_range_rows",
+                     "Controller.report_ranges", "Controller.write_status")
+"""Cumulative times printed for these, so the loop's time splits into its steps."""
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+def profiled_pilot(stats_file: str, argv: list[str]) -> int:
+    """Every rank of a profiled pilot run: rank 0 under cProfile (its main thread: the controller loop),
+    the others as usual (or, for a THREAD_CPU_SUFFIX file, rank 0's CPU by thread).  Why cProfile and not a
+    sampler: py-spy is no dependency of the project."""
+    from hpcpilot.cli import main as pilot_main
+
+    if os.environ.get("PMI_RANK") != "0":
+        return pilot_main(argv)
+    if stats_file.endswith(THREAD_CPU_SUFFIX):
+        return thread_cpu_pilot(stats_file, argv)
+    import cProfile
+
+    from hpcpilot.controller import Controller
+
+    # CPU time of the main thread, not wall time: on 2 shared cores a wall clock charges to whatever call
+    # was running when the kernel let another rank run.
+    profiler, loop = cProfile.Profile(time.thread_time), Controller.run
+
+    def profiled_loop(self: Controller) -> Any:  # the loop alone: start-up and shutdown are not dispatch
+        profiler.enable()
         try:
-            children = psutil.Process(root).children(recursive=True)
-        except psutil.Error:
-            return None
-        for child in children:
-            try:
-                if child.environ().get("PMI_RANK") == str(rank) and "hpcpilot" in " ".join(child.cmdline()):
-                    return child.pid
-            except psutil.Error:
-                continue
-        time.sleep(0.02)
-    return None
+            return loop(self)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(stats_file)
+
+    Controller.run = profiled_loop  # type: ignore[method-assign]
+    return pilot_main(argv)
+
+
+THREAD_CPU_SUFFIX = ".cpu.json"
+"""A stats file with this suffix asks for rank 0's CPU split by thread instead of a cProfile run."""
+
+
+def thread_cpu_pilot(out_file: str, argv: list[str]) -> int:
+    """Rank 0 without a profiler: the CPU of its loop thread and of its other threads (fetch, stage-out,
+    the source's sender) from the loop's start to its end, written as JSON.  Why: the run's CPU per range
+    mixes the loop with the fetch thread, which parses and checks every leased range."""
+    from hpcpilot.cli import main as pilot_main
+    from hpcpilot.controller import Controller
+
+    loop = Controller.run
+
+    def timed_loop(self: Controller) -> Any:
+        thread0, process0 = time.thread_time(), time.process_time()
+        try:
+            return loop(self)
+        finally:
+            main = time.thread_time() - thread0
+            Path(out_file).write_text(json.dumps({"loop": main, "others": time.process_time() - process0 - main}))
+
+    Controller.run = timed_loop  # type: ignore[method-assign]
+    return pilot_main(argv)
+
+
+def rank0_threads(tmp: Path, n: int, per_request: int, env: dict[str, str]) -> None:
+    """One more pilot run (no profiler): rank 0's CPU per range in its loop thread and in its other threads."""
+    run_dir = tmp / f"threads-{per_request}"
+    out_file = run_dir / f"rank0{THREAD_CPU_SUFFIX}"
+    run_profiled_pilot(run_dir, n, per_request, env, out_file)
+    cpu = json.loads(out_file.read_text())
+    print(f"\nrank 0 by thread (no profiler), {n} ranges, ranges_per_request={per_request}, from the loop's start "
+          f"to its end: loop thread {1e6 * cpu['loop'] / n:.1f} us CPU/range, other threads (fetch: parse and "
+          f"check each leased range; stage-out; the source's sender) {1e6 * cpu['others'] / n:.1f} us/range")
+
+
+def run_profiled_pilot(run_dir: Path, n: int, per_request: int, env: dict[str, str], out_file: Path) -> None:
+    access_point = es_access_point(run_dir / "access_point", n)
+    argv = pilot_argv(RANKS, access_point, run_dir, pilot_settings(per_request))
+    module = argv.index("hpcpilot")  # ... python -m hpcpilot run ...
+    argv[module:module + 1] = ["bench.bench_es_throughput", PROFILE_FLAG, str(out_file)]
+    with launch(argv, run_dir, env) as run:
+        code = run.wait(timeout=90 + n / 50)
+    problem = check_pilot_run(run, code, jobs=1)
+    if problem:
+        raise RuntimeError(f"{run_dir}: {problem}")
 
 
 def profile_rank0(tmp: Path, n: int, per_request: int, env: dict[str, str]) -> None:
-    """One more pilot run with py-spy on rank 0 (idle included); prints the busiest hpcpilot lines."""
-    spy = Path(sys.executable).parent / "py-spy"
-    if not spy.exists():
-        print("\n--profile: py-spy is not installed in the venv (.venv/bin/pip install py-spy); skipped")
-        return
+    """One more pilot run with rank 0 under cProfile; prints where its loop spends its time."""
     run_dir = tmp / f"profile-{per_request}"
-    access_point = es_access_point(run_dir / "access_point", n)
-    raw = run_dir / "rank0.txt"
-    with launch(pilot_argv(RANKS, access_point, run_dir, pilot_settings(per_request)), run_dir, env) as run:
-        pid = rank_pid(run.pid, 0)
-        if pid is None:
-            raise RuntimeError(f"{run_dir}: rank 0 not found")
-        spy_argv = [str(spy), "record", "-p", str(pid), "-r", "200", "--idle", "-f", "raw", "-o", str(raw),
-                    "--nonblocking"]
-        with subprocess.Popen(spy_argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as recorder:
-            run.wait(timeout=90 + n / 100)
-            recorder.wait(timeout=60)
-    print_profile(raw, per_request, n)
+    stats_file = run_dir / "rank0.pstats"
+    run_profiled_pilot(run_dir, n, per_request, env, stats_file)
+    print_profile(stats_file, per_request, n)
+    rank0_threads(tmp, n, per_request, env)
 
 
-def print_profile(raw: Path, per_request: int, n: int) -> None:
-    """Samples per thread state, and the deepest hpcpilot frame of the main thread's busy samples."""
-    idle = busy = 0
-    lines: Counter[str] = Counter()
-    for row in raw.read_text().splitlines():
-        stack, _, count = row.rpartition(" ")
-        frames = stack.split(";")
-        if "Controller.run" not in stack:
-            continue  # start-up, shutdown and the fetch/stage-out threads
-        if any(f.startswith(("Backoff.wait", "sleep")) for f in frames):
-            idle += int(count)
-            continue
-        busy += int(count)
-        own = [f for f in frames if "hpcpilot/" in f]
-        lines[own[-1] if own else frames[-1]] += int(count)
-    total = max(1, idle + busy)
-    print(f"\nrank 0 under py-spy (200 Hz, idle included), {n} ranges, ranges_per_request={per_request}: "
-          f"main loop {100 * idle / total:.0f} % asleep in Backoff.wait, {100 * busy / total:.0f} % busy")
-    for frame, count in lines.most_common(12):
-        print(f"  {100 * count / total:5.1f} %  {frame}")
+def print_profile(stats_file: Path, per_request: int, n: int) -> None:
+    """The loop's steps (cumulative) and the functions with the most own time, as shares of the loop's
+    busy time (Controller.run less Backoff.wait)."""
+    import pstats
+
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    cumulative: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    calls: Counter[str] = Counter()
+    for (path, line, name), (_cc, ncalls, tottime, cumtime, _callers) in stats.items():
+        label = f"{Path(path).name}:{line} {name}" if path != "~" else name
+        own[label] += tottime
+        cumulative[_qualified(path, name)] += cumtime
+        calls[_qualified(path, name)] += ncalls
+    loop, idle = max(cumulative["Controller.run"], 1e-9), cumulative["Backoff.wait"]
+    print(f"\nrank 0 under cProfile (CPU time of its main thread, the loop only), {n} ranges, "
+          f"ranges_per_request={per_request}: Controller.run {loop:.2f} s CPU, {idle:.2f} s of it in Backoff.wait; "
+          "cProfile slows calls down: read the shares, not the seconds")
+    print(f"  loop passes (Scheduler.handle calls) {calls['Scheduler.handle']}, range reports received "
+          f"{calls['Controller.on_range_report']}, range deals sent {calls['MpiTransport.send']}")
+    for name in PROFILE_FUNCTIONS[1:]:
+        print(f"  {100 * cumulative[name] / loop:5.1f} % cumulative  {name}")
+    print("  functions with the most own CPU time, % of the loop's:")
+    for label, seconds in own.most_common(18):
+        print(f"  {100 * seconds / loop:5.1f} %  {label}")
+
+
+def _qualified(path: str, name: str) -> str:
+    """'Class.method' for the functions in PROFILE_FUNCTIONS (pstats keeps only the bare name and its file)."""
+    owners = {"controller.py": "Controller", "transport.py": ("Backoff" if name == "wait" else "MpiTransport"),
+              "scheduler.py": "Scheduler", "book.py": "EsBook"}
+    owner = owners.get(Path(path).name)
+    return f"{owner}.{name}" if owner else name
 
 
 # ---- output -------------------------------------------------------------------------------------------
@@ -565,45 +678,52 @@ def ratio(value: float, base: float) -> str:
     return f"{value / base:.2f}"
 
 
-def throughput_rows(bare: Timed, pool: Timed, pilots: Sequence[PilotRun]) -> list[list[object]]:
-    rows: list[list[object]] = [[bare.label + " (ceiling)", bare.items, bare.seconds, bare.rate, bare.wall,
-                                 ratio(bare.rate, pool.rate), "1.00", "", ""],
-                                [pool.label, pool.items, pool.seconds, pool.rate, pool.wall, "1.00",
-                                 ratio(pool.rate, bare.rate), "", ""]]
-    for pilot in pilots:
-        rate = pilot.timed.rate
-        met = "yes" if rate >= TARGET_RATE and rate >= pool.rate else "NO"
-        rows.append([pilot.timed.label, pilot.timed.items, pilot.timed.seconds, rate, pilot.timed.wall,
-                     ratio(rate, pool.rate), ratio(rate, bare.rate), f">= {TARGET_RATE:.0f}/s and >= pool", met])
+def batched_rows(batched: Sequence[Batched]) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for b in batched:
+        job, steady, bare = b.pilot.timed.rate, b.pilot.steady_rate, b.bare.rate
+        rows.append([b.per_message, bare, b.pool.rate, job, steady, ratio(job, bare), ratio(steady, bare),
+                     ratio(job, b.pool.rate), f">= {TARGET_BARE_RATIO:g}",
+                     "yes" if steady / bare >= TARGET_BARE_RATIO else "NO"])
     return rows
+
+
+def single_rows(singles: Sequence[Timed]) -> list[list[object]]:
+    return [[t.label, t.items, t.seconds, t.rate, t.wall] for t in singles]
 
 
 def detail_rows(pilots: Sequence[PilotRun]) -> list[list[object]]:
     return [[p.per_request, p.timed.wall, p.timed.seconds, p.timed.rate, p.steady_rate, p.tail, p.gap_ms,
-             p.rank0_busy, p.rank0_cpu, p.worker_cpu, p.check or "each exactly once, finished"] for p in pilots]
+             p.rank0_busy, p.rank0_us, p.workers_us, p.rank0_cpu, p.worker_cpu,
+             p.check or "each exactly once, finished"] for p in pilots]
 
 
-def print_results(n: int, bare: Timed, pool: Timed, pilots: Sequence[PilotRun], bytecode: bool) -> None:
+def print_results(n: int, batched: Sequence[Batched], singles: Sequence[Timed], bytecode: bool) -> None:
     print_table(
-        f"Event-range throughput: {n} items on mpiexec -n {RANKS} ({RANKS - 1} worker ranks), {os.cpu_count()} cores",
-        ["hpcpilot: one ES job from a Harvester access point, payload_mode=noop; seconds = first outcome recorded",
-         "  by rank 0 -> job's final report written (run.h5 recordedAt, jobReport.json mtime); items = ranges",
-         "  after the first report",
-         "MPIPoolExecutor: map(noop, range(N), chunksize=1), timed around map after bootup",
-         "wall s = mpiexec launch to exit, start-up of the 8 ranks included",
-         "bare mpi4py: blocking recv/send of one small range dict per request, timed from a barrier; a ceiling",
-         "  for one item per message: hpcpilot deals ranges_per_request ranges per message, so it may pass it",
+        f"Event-range throughput at equal batching: {n} ranges on mpiexec -n {RANKS} ({RANKS - 1} worker ranks), "
+        f"{os.cpu_count()} cores",
+        ["k = ranges per message in every runner: hpcpilot eventservice.ranges_per_request=k; bare mpi4py: rank 0",
+         "  answers each blocking request with a list of k range dicts (prebuilt), the next request carries the k",
+         "  IDs done; MPIPoolExecutor: map(noop, range(N), chunksize=k) after bootup. Rates in ranges/s.",
+         "hpcpilot job/s: first outcome recorded by rank 0 -> job's final report written (status report, log",
+         "  tarball and final update included); steady/s: first -> last outcome recorded (the dispatch path)",
+         f"target: hpcpilot steady / bare >= {TARGET_BARE_RATIO:g} (the job ratio is shown too)",
          bytecode_note(bytecode)],
-        ["method", "items", "seconds", "items/s", "wall s", "vs pool", "vs bare", "target", "met"],
-        throughput_rows(bare, pool, pilots))
+        ["k", "bare mpi4py", "pool", "hpcpilot job", "hpcpilot steady", "job/bare", "steady/bare", "job/pool",
+         "target", "met"], batched_rows(batched))
+    print_table("One range per message (shown apart: not the batching hpcpilot uses)",
+                ["the same runners with k = 1; wall s = mpiexec launch to exit"],
+                ["method", "items", "seconds", "items/s", "wall s"], single_rows(singles))
+    pilots = [b.pilot for b in batched]
     print_table(
         "hpcpilot runs in detail",
         ["wall = mpiexec launch to exit (start-up of 8 ranks included); steady = first to last outcome recorded;",
          "  tail = last outcome recorded -> final report written (status report, log tarball, final update)",
          "gap = mean time between two reports of one rank: with a null payload about one request's round trip",
-         "rank 0 busy = its CPU inside the job window / the window; CPU s = utime+stime of the whole run"],
-        ["rpr", "wall s", "job s", "job/s", "steady/s", "tail s", "gap ms", "rank 0 busy %", "rank 0 CPU s",
-         "workers CPU s", "every range reported"], detail_rows(pilots))
+         "rank 0 busy = its CPU inside the job window / the window; us/range = CPU inside the job window per",
+         "  range (workers: all 7 together; 10 ms ticks read every 0.1 s); CPU s = utime+stime of the whole run"],
+        ["rpr", "wall s", "job s", "job/s", "steady/s", "tail s", "gap ms", "rank 0 busy %", "rank 0 us/range",
+         "workers us/range", "rank 0 CPU s", "workers CPU s", "every range reported"], detail_rows(pilots))
     settings = pilots[-1].settings
     if settings:
         print("\n  eventservice settings as rank 0 logged them (last run; ranges_per_request varied as above):")
@@ -628,14 +748,19 @@ def print_idle(idle: IdleShare, settle: float) -> None:
           f"{'met' if worst < TARGET_IDLE_PERCENT else 'NOT met'})")
 
 
-def print_targets(pool: Timed, pilots: Sequence[PilotRun]) -> None:
-    best = max(pilots, key=lambda p: p.timed.rate)
-    rate = best.timed.rate
-    print(f"\ntargets (best hpcpilot: ranges_per_request={best.per_request}, {rate:.0f} ranges/s):")
+def print_targets(batched: Sequence[Batched]) -> None:
+    best = max(batched, key=lambda b: b.pilot.timed.rate)
+    rate = best.pilot.timed.rate
+    print(f"\ntargets (best hpcpilot: ranges_per_request={best.per_message}, {rate:.0f} ranges/s job window):")
     print(f"  >= {TARGET_RATE:.0f} ranges/s: {'met' if rate >= TARGET_RATE else 'NOT met'}")
-    print(f"  >= MPIPoolExecutor ({pool.rate:.0f}/s): {'met' if rate >= pool.rate else 'NOT met'} "
-          f"({rate / pool.rate:.2f}x)")
-    wrong = [p.per_request for p in pilots if p.check]
+    print(f"  >= MPIPoolExecutor at the same chunksize ({best.pool.rate:.0f}/s): "
+          f"{'met' if rate >= best.pool.rate else 'NOT met'} ({rate / best.pool.rate:.2f}x)")
+    for b in batched:
+        share = b.pilot.steady_rate / b.bare.rate
+        print(f"  k={b.per_message}: steady / bare mpi4py = {share:.2f} (target >= {TARGET_BARE_RATIO:g}: "
+              f"{'met' if share >= TARGET_BARE_RATIO else 'NOT met'}); job window / bare = "
+              f"{b.pilot.timed.rate / b.bare.rate:.2f}")
+    wrong = [b.per_message for b in batched if b.pilot.check]
     print(f"  every range reported exactly once: {'yes, in every run' if not wrong else f'NO for rpr {wrong}'}")
 
 
@@ -646,23 +771,28 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ranges", type=int, default=50_000, help="event ranges (and pool/bare items)")
     parser.add_argument("--per-request", type=int, nargs="+", default=[8, 32, 128],
-                        help="eventservice.ranges_per_request values to run")
-    parser.add_argument("--quick", action="store_true", help="10,000 ranges, rpr 32 and 128, short idle window")
-    parser.add_argument("--profile", action="store_true", help="one more run with py-spy on rank 0")
+                        help="ranges per message (eventservice.ranges_per_request, pool chunksize, bare batch)")
+    parser.add_argument("--quick", action="store_true", help="10,000 ranges, k 32 and 128, short idle window")
+    parser.add_argument("--profile", action="store_true", help="one more run with rank 0 under cProfile (k=32)")
     parser.add_argument("--skip-idle", action="store_true", help="no server-outage idle measurement")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="keep PYTHONDONTWRITEBYTECODE as set")
-    parser.add_argument("--pool", type=int, metavar="N", help=argparse.SUPPRESS)  # rank 0 of the pool run
-    parser.add_argument("--bare", type=int, metavar="N", help=argparse.SUPPRESS)  # every rank of the bare run
-    return parser.parse_args()
+    parser.add_argument("--pool", type=int, nargs=2, metavar=("N", "K"), help=argparse.SUPPRESS)  # pool's rank 0
+    parser.add_argument("--bare", type=int, nargs=2, metavar=("N", "K"), help=argparse.SUPPRESS)  # bare run
+    args = parser.parse_args()
+    if args.ranges < 1 or min(args.per_request) < 1:
+        parser.error("--ranges and --per-request must be positive")
+    return args
 
 
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == PROFILE_FLAG:  # one rank of a profiled pilot run
+        raise SystemExit(profiled_pilot(sys.argv[2], sys.argv[3:]))
     args = parse_args()
     if args.pool is not None:
-        pool_main(args.pool)
+        pool_main(*args.pool)
         return
     if args.bare is not None:
-        bare_main(args.bare)
+        bare_main(*args.bare)
         return
     n = 10_000 if args.quick else args.ranges
     per_request = [32, 128] if args.quick else args.per_request
@@ -671,15 +801,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="hpcpilot-bench-es-"))
     try:
         env = bench_env(tmp, not args.no_bytecode_cache)
-        bare = run_bare(tmp, n, env)
-        pool = run_pool(tmp, n, env)
-        pilots = [run_hpcpilot(tmp, n, rpr, env) for rpr in per_request]
-        print_results(n, bare, pool, pilots, not args.no_bytecode_cache)
-        print_targets(pool, pilots)
+        batched = [run_batched(tmp, n, k, env) for k in per_request]
+        singles = [run_bare(tmp, n, 1, env), run_pool(tmp, n, 1, env)]
+        print_results(n, batched, singles, not args.no_bytecode_cache)
+        print_targets(batched)
         if not args.skip_idle:
             print_idle(run_idle(tmp, settle, window, env), settle)
         if args.profile:
-            profile_rank0(tmp, n, max(per_request), env)
+            profile_rank0(tmp, n, PROFILE_PER_REQUEST, env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

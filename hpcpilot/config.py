@@ -130,7 +130,12 @@ class PandaConfig:
     call_deadline: float = _doc("give up one call (all retries) after this long (s)", 600.0)
     retry_initial: float = _doc("first retry back-off (s)", 1.0)
     retry_max: float = _doc("longest retry back-off (s)", 120.0)
-    jobs_per_fetch: int = _doc("most jobs asked for in one getJob", 8)
+    jobs_per_fetch: int = _doc("most jobs asked for in one getJob (nJobs); rank 0 asks for as many as ranks are "
+                               "idle, up to this (the server sets no ceiling and may answer fewer)", 100)
+    fetches_in_flight: int = _doc("job requests under way at once while ranks are idle, if the job source can "
+                                  "take them in parallel (a Harvester access point takes one)", 4)
+    senders: int = _doc("threads delivering queued updates at once, each owning the jobs whose PandaID modulo "
+                        "this is its number (one job's updates stay in order; 1 = one at a time)", 4)
     getjob_failures: int = _doc("end the pilot after this many failed job requests in a row with nothing "
                                 "running (pilot3's --getjob-failures)", 5)
     ca_dir: str = _doc("CA directory ('' = $X509_CERT_DIR or the system store)", "")
@@ -166,6 +171,9 @@ class HarvesterConfig:
     feed_timeout: float = _doc("seconds to wait for Harvester to answer a job or event-range request before "
                                "concluding none is coming (0 = never ask: run what the access point holds)", 300.0)
     poll_interval: float = _doc("seconds between looks at the access point while a request is open", 10.0)
+    status_interval: float = _doc("seconds event-range statuses gather before event_status is written (and at "
+                                  "the end; a job's outputs at once): a killed pilot loses at most that much, "
+                                  "which Harvester re-dispatches (0 = write at every report)", 2.0)
     job_spec_file: str = _doc("jobSpecFile: the job definition(s)", "HPCJobs.json")
     job_spec_format: str = _doc("jobSpecFileFormat: json ({PandaID: job}) | cgi (one URL-encoded job)", "json")
     event_ranges_file: str = _doc("eventRangesFile: event ranges fed by Harvester", "JobsEventRanges.json")
@@ -264,6 +272,8 @@ MAX_SECONDS = 366 * 24 * 3600  # one year: longer than any allocation, job, hear
 MAX_COUNT = 10**6  # more nodes, ranks, jobs per request or events per bundle than any machine has
 MAX_SIZE = 10**12  # in the key's unit (kB or MB): beyond any disk, only refuses runaway digits
 MAX_PERCENT = 10**4  # a grace of 100 times the limit
+MAX_FETCHES_IN_FLIGHT = 64  # each is a thread at rank 0; more would only queue at the server
+MAX_SENDERS = 64  # each is a sender thread at rank 0 with its own HTTP request in flight
 INTERVAL = Range(0, MAX_SECONDS, above_low=True)  # a period or timeout: 0 would spin or never wait
 DURATION = Range(0, MAX_SECONDS)  # a time where 0 means off, unlimited or at once (as documented per key)
 COUNT = Range(1, MAX_COUNT)
@@ -294,6 +304,8 @@ _RANGES: dict[tuple[str, str], Range] = {
     **{("panda", key): INTERVAL for key in ("heartbeat", "debug_heartbeat", "lost_heartbeat", "connect_timeout",
                                             "read_timeout", "call_deadline", "retry_initial", "retry_max")},
     ("panda", "jobs_per_fetch"): COUNT,
+    ("panda", "fetches_in_flight"): Range(1, MAX_FETCHES_IN_FLIGHT),
+    ("panda", "senders"): Range(1, MAX_SENDERS),
     ("panda", "credential_min_lifetime"): DURATION,
     ("panda", "proxy_check_interval"): INTERVAL,
     ("eventservice", "ranges_per_request"): COUNT,
@@ -305,6 +317,7 @@ _RANGES: dict[tuple[str, str], Range] = {
     ("eventservice", "report_interval"): DURATION,
     ("harvester", "feed_timeout"): DURATION,
     ("harvester", "poll_interval"): INTERVAL,
+    ("harvester", "status_interval"): DURATION,
 }
 DEFAULT_RANGE = SIZE  # a numeric key not listed above: not negative, and bounded
 

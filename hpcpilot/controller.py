@@ -14,9 +14,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hpcpilot import __version__
+from hpcpilot import __version__, clones
 from hpcpilot.config import resolve_path
 from hpcpilot.errors import ErrorCode, PilotError, cutting_signal, pilot_exit_status, signal_error
 from hpcpilot.eventservice import bundle
@@ -33,9 +33,11 @@ from hpcpilot.eventservice.book import (
 )
 from hpcpilot.eventservice.eslife import es_job_dir
 from hpcpilot.livestatus import LiveStatus
+from hpcpilot.monitor.metrics import limits_for_job
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
+    CloneClaim,
     EventRanges,
     Heartbeat,
     JobDone,
@@ -45,6 +47,7 @@ from hpcpilot.protocol import (
     NoMoreWork,
     RangeReport,
     Ready,
+    Release,
     SetDebug,
     Signalled,
     Stop,
@@ -56,7 +59,10 @@ from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, p
 from hpcpilot.scheduler import (
     Abandon,
     Action,
+    AskClone,
     Assign,
+    CloneAnswered,
+    CloneClaimed,
     Event,
     Fetch,
     Finished,
@@ -77,6 +83,7 @@ from hpcpilot.scheduler import (
     SetDebugMode,
     StopRank,
     StopRequested,
+    TellClone,
     WorkRequested,
 )
 from hpcpilot.signals import SignalFlag
@@ -85,9 +92,16 @@ from hpcpilot.sources import Command, Delivery, JobSource
 from hpcpilot.states import EventRangeStatus, JobState
 from hpcpilot.transport import Backoff, Transport
 
+if TYPE_CHECKING:  # h5py and numpy are imported by rank 0 only when it keeps a run record
+    from hpcpilot.runrecord import RangeBatch
+
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+SUMMARY_MAX_SHARE = 0.02
+"""summary.json is rewritten whole (every job), so between rewrites rank 0 waits at least the rewrite's
+cost / this share as well as monitor.status_interval: its share of rank 0's time stays under 2 % and its
+cost per final report stays flat however many jobs the file lists."""
 RANGE_ROWS_BATCH = 5000
 RANGE_ROWS_SECONDS = 1.0
 
@@ -97,6 +111,7 @@ _SIMPLE_EVENTS: dict[type, Callable[[Any], Event]] = {
     JobUpdate: lambda m: JobProgress(m.rank, JobRecord.from_summary(m.record)),
     Alive: lambda m: RankAlive(m.rank),
     JobDone: lambda m: JobEnded(m.rank, JobRecord.from_summary(m.record)),
+    CloneClaim: lambda m: CloneClaimed(m.rank, m.panda_id, m.phase),
     Stopped: lambda m: RankStopped(m.rank),
 }
 """Messages that become one scheduler event as they are."""
@@ -119,16 +134,25 @@ class Controller:
         self.single_rank = single_rank
         self.n_ranks = 1 if single_rank else transport.size
         # Slow I/O runs beside the loop, so messages and the walltime guard are never kept waiting:
-        # one thread asks the source for work, one does rank 0's stage-out (bundles, ES job logs).
-        self.fetcher = ThreadPoolExecutor(1, thread_name_prefix="fetch")
+        # fetch threads ask the source for work, one thread does rank 0's stage-out (bundles, ES job logs).
+        # As many fetch threads as fetches may be in flight: a source that does not say it takes parallel
+        # calls (``concurrent_fetches``) is called from one thread at a time.
+        fetches = scheduler.policy.limit_fetches(int(getattr(source, "concurrent_fetches", 1)))
+        self.fetcher = ThreadPoolExecutor(fetches, thread_name_prefix="fetch")
         self.stager = ThreadPoolExecutor(1, thread_name_prefix="stageout")
         self.in_flight: list[Future[Event]] = []
         self.range_counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
         # Range outcomes go to run.h5 in batches: one HDF5 append per report made rank 0 the bottleneck.
-        self.range_rows: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        # Kept as the reports came (when, outcomes, events of each): the JSON rows are made at the write.
+        self.range_rows: dict[tuple[int, int], list[RangeBatch]] = {}
+        self.range_rows_pending = 0
         self.range_rows_written = clock()
         self.output_dir = resolve_path(scheduler.config.stage.output_dir or "outputs", Path.cwd())
         self.live = LiveStatus(workdir, scheduler.config.site.name, self.n_ranks, self.started)
+        # clone job -> (its spec, the event range it was given): reported with the job's outcome (ask_clone)
+        self.clone_ranges: dict[int, tuple[JobSpec, tuple[str, ...]]] = {}
+        self.summary_due, self.summary_stale = 0.0, False  # summary.json: next rewrite allowed at; a job ended
+        self.memory_limits: dict[int, int] = {}  # PandaID -> memory limit (kB) of an assigned job, for the run record
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -144,6 +168,7 @@ class Controller:
             for action in self.scheduler.handle(self.clock(), events):
                 self.execute(action)
             self.write_range_rows()
+            self.write_summary_if_due()
             if self.clock() >= next_status:
                 log.info("status: %s", self.scheduler.status_line())
                 self.write_status()
@@ -158,7 +183,15 @@ class Controller:
         self.source.close()
         self.write_summary()
         self.write_status(ended=True)
+        self.release_ranks()
         return self.scheduler.done
+
+    def release_ranks(self) -> None:
+        """Rank 0 ends: let every worker rank leave.  A stopped rank waits for this word in its loop, where a
+        launcher's SIGTERM finds the pilot's handler (hpcpilot.worker); one given up as lost gets it too, in
+        case it still hears (the transport drops what is sent to a rank MPI reports dead)."""
+        for rank in self.scheduler.ranks:
+            self.transport.send(rank, Release())
 
     def write_status(self, ended: bool = False) -> None:
         """W/status.json and W/metrics.prom (livestatus); a full disk must not stop the pilot."""
@@ -169,13 +202,12 @@ class Controller:
 
     def write_range_rows(self, now: bool = False) -> None:
         """Append buffered range outcomes to run.h5 about once a second (each keeps its arrival time)."""
-        pending = sum(len(rows) for rows in self.range_rows.values())
+        pending = self.range_rows_pending
         if not pending or (not now and pending < RANGE_ROWS_BATCH
                            and self.clock() - self.range_rows_written < RANGE_ROWS_SECONDS):
             return
-        for (rank, panda_id), rows in self.range_rows.items():
-            self.recorder.add_event_ranges(rank, panda_id, rows)
-        self.range_rows, self.range_rows_written = {}, self.clock()
+        self.recorder.add_range_batches(self.range_rows)
+        self.range_rows, self.range_rows_pending, self.range_rows_written = {}, 0, self.clock()
 
     def completed_io(self) -> list[Event]:
         """Answers of the fetch and stage-out threads that are ready (their functions never raise)."""
@@ -206,6 +238,7 @@ class Controller:
         self.stop_signal = signum
         name = signal.Signals(signum).name
         log.warning("received %s: stopping every rank", name)
+        self.write_summary()  # the batch system may follow with SIGKILL: the file must be current now
         return [StopRequested(int(signal_error(signum)), f"pilot received {name}")]
 
     @staticmethod
@@ -249,13 +282,12 @@ class Controller:
 
     def on_range_report(self, message: RangeReport) -> list[Event]:
         if self.recorder is not None and message.outcomes:
-            stamp = self.clock()
-            rows = self.range_rows.setdefault((self.rank_label(message.rank), message.panda_id), [])
             book = self.scheduler.es.get(message.panda_id)
             sizes = book.n_events if book is not None else {}  # a range's events, from its start/last event
-            rows += [{"recordedAt": stamp, **o.to_wire(),
-                      **({"nEvents": sizes[o.event_range_id]} if o.event_range_id in sizes else {})}
-                     for o in message.outcomes]
+            events = [sizes.get(outcome.event_range_id) for outcome in message.outcomes]  # now: it leaves at the send
+            key = (self.rank_label(message.rank), message.panda_id)
+            self.range_rows.setdefault(key, []).append((self.clock(), message.outcomes, events))
+            self.range_rows_pending += len(events)
         return [RangesReported(message.rank, message.panda_id, message.outcomes, message.want)]
 
     # ---- actions --------------------------------------------------------------------------
@@ -266,6 +298,7 @@ class Controller:
         elif isinstance(action, Assign):
             log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank),
                      extra={"PandaID": action.job.panda_id})
+            self.remember_memory_limit(action.job)
             self.transport.send(action.rank, AssignJob(action.job.to_wire(), action.stage_in,
                                                           action.job.event_service))
         elif isinstance(action, SendNoMoreWork):
@@ -284,6 +317,8 @@ class Controller:
             self.followups.append(self.abandon(action.code, action.diag))
         elif isinstance(action, Finished):
             log.info("every rank has stopped")
+        elif isinstance(action, AskClone | TellClone):
+            self.execute_clone(action)
         else:
             self.execute_es(action)
 
@@ -291,9 +326,8 @@ class Controller:
         """The event-service actions: ranges in and out, bundles, the job's end."""
         if isinstance(action, FetchRanges):
             self.in_background(self.fetcher, self.fetch_ranges, action.job, action.n)
-        elif isinstance(action, DealRanges):
-            wires = tuple(r.to_wire() for r in action.ranges)
-            self.transport.send(action.rank, EventRanges(action.panda_id, wires, action.no_more))
+        elif isinstance(action, DealRanges):  # the parsed ranges: EventRanges pickles them compactly
+            self.transport.send(action.rank, EventRanges(action.panda_id, action.ranges, action.no_more))
         elif isinstance(action, MakeBundle):
             self.in_background(self.stager, self.make_bundle, action)
         elif isinstance(action, ReportRanges):
@@ -315,7 +349,7 @@ class Controller:
             wires = self.source.fetch_jobs(n)
         except Exception as exc:  # a source bug must not end every rank: it is a failed request
             log.error("cannot fetch jobs: %s: %s", type(exc).__name__, exc)
-            return JobsFetched((), (), True, f"{type(exc).__name__}: {exc}"[:300])
+            return JobsFetched((), (), True, f"{type(exc).__name__}: {exc}"[:300], asked=n)
         jobs, rejected = [], []
         for wire in wires:
             try:
@@ -333,7 +367,7 @@ class Controller:
             log.warning("job source unavailable; asking again later")
         reason = str(getattr(self.source, "fetch_error", "")) if unavailable else ""
         hopeless = bool(getattr(self.source, "fetch_hopeless", False))
-        return JobsFetched(tuple(jobs), tuple(rejected), unavailable, reason, hopeless)
+        return JobsFetched(tuple(jobs), tuple(rejected), unavailable, reason, hopeless, asked=n)
 
     def source_unavailable(self, answer: list[Any]) -> bool:
         """A PanDA source says why a fetch came back empty: a negative status is an outage, not the end."""
@@ -382,7 +416,8 @@ class Controller:
 
     def report_ranges(self, action: ReportRanges) -> None:
         self.source.update_event_ranges(action.job, action.updates, action.bundle)
-        self.range_counts[action.job.panda_id].update(str(u.status) for u in action.updates)
+        by_status = Counter(u.status for u in action.updates)  # str() once per status, not once per range
+        self.range_counts[action.job.panda_id].update({str(status): n for status, n in by_status.items()})
 
     def close_es_job(self, action: CloseEsJob) -> EsJobClosed:
         """Stage the job's log out (stage-out thread); the final report follows as EsJobClosed."""
@@ -393,6 +428,63 @@ class Controller:
             log.error("job %d: log stage-out failed: %s", action.job.panda_id, exc)
         return EsJobClosed(action.record)
 
+    def remember_memory_limit(self, job: JobSpec) -> None:
+        """The job's memory limit as the worker applies it (limits_for_job), kept for its run-record row: the
+        report draws it on the memory panel, and the final record does not carry minRamCount."""
+        cfg = self.scheduler.config.monitor
+        self.memory_limits[job.panda_id] = limits_for_job(job.min_ram_count, job.core_count, job.looping_check,
+                                                          cfg).memory_kb
+
+    # ---- clone jobs (hpcpilot.clones) ----------------------------------------------------
+
+    def execute_clone(self, action: AskClone | TellClone) -> None:
+        if isinstance(action, AskClone):
+            self.in_background(self.fetcher, self.ask_clone, action)
+        else:
+            self.transport.send(action.rank, action.verdict)
+
+    def ask_clone(self, action: AskClone) -> CloneAnswered:
+        """Ask the source for the clone's one event range (fetch thread; always answers).
+
+        A Harvester access point does not coordinate clones (its range files serve event-service jobs of
+        this worker only, and Harvester hands a job set's clones to workers without sharing their event
+        table): it says so with ``coordinates_clones = False`` and every clone goes on -- a duplicate run
+        costs CPU, a wrong "another clone won" would lose the job.  An outage is retried
+        ``clones.CLONE_TRIES`` times before the clone is given up with a retryable code.
+        """
+        job = action.job
+        if not getattr(self.source, "coordinates_clones", True):
+            return CloneAnswered(clones.verdict_of(job.panda_id, action.phase, [job.panda_id]))
+        why = "no answer"
+        for attempt in range(clones.CLONE_TRIES):
+            if attempt:
+                time.sleep(self.scheduler.policy.fetch_retry)  # the pause between two failed getJob requests
+            try:
+                wires = self.source.fetch_event_ranges(job, 1)
+            except Exception as exc:  # the fetch thread must always answer, or the clone would wait for ever
+                why = f"{type(exc).__name__}: {exc}"
+                continue
+            if wires or not self.source_unavailable(wires):
+                if wires:
+                    self.clone_ranges[job.panda_id] = (job, tuple(filter(None, map(range_id_of, wires))))
+                log.info("job %d: clone %s", job.panda_id, "goes on" if wires else "lost to another clone",
+                         extra={"PandaID": job.panda_id})
+                return CloneAnswered(clones.verdict_of(job.panda_id, action.phase, list(wires)))
+            why = str(getattr(self.source, "fetch_error", "") or why)
+        return CloneAnswered(clones.verdict_of(job.panda_id, action.phase, None, why))
+
+    def report_clone_range(self, record: JobRecord) -> None:
+        """The range a clone took ends with the clone (before its final update: the server takes range
+        updates only from an active job), so the journal closes its lease and the server knows which clone
+        ran; a failed clone's range goes back, for a retry of the job to take."""
+        taken = self.clone_ranges.pop(record.panda_id, None)
+        if taken is None:
+            return
+        job, range_ids = taken
+        status = EventRangeStatus.FINISHED if record.state == JobState.FINISHED else EventRangeStatus.FAILED
+        self.source.update_event_ranges(job, [EventRangeUpdate(rid, status, record.pilot_error_code,
+                                                               record.pilot_error_diag) for rid in range_ids])
+
     def rank_label(self, rank: int) -> int:
         return 0 if self.single_rank else rank
 
@@ -400,6 +492,8 @@ class Controller:
         record.rank = self.rank_label(record.rank)
         if not final and record.panda_id in self.debug_tails:
             record.stdout = self.debug_tails.pop(record.panda_id)
+        if final:
+            self.report_clone_range(record)
         self.source.update_job(record, final)
         if final:  # a failed job is what an operator greps for: WARNING (pilot errors are ERROR)
             log.log(logging.WARNING if record.state == JobState.FAILED else logging.INFO, "job %d %s%s",
@@ -408,8 +502,10 @@ class Controller:
                     extra={"PandaID": record.panda_id})
             if self.recorder is not None:
                 self.write_range_rows(now=True)
-                self.recorder.add_job(record.to_summary())
-            self.write_summary()
+                limit = self.memory_limits.pop(record.panda_id, None)
+                self.recorder.add_job(record.to_summary(), memory_limit_kb=limit)
+            self.summary_stale = True
+            self.write_summary_if_due()
 
     # ---- summary --------------------------------------------------------------------------
 
@@ -422,9 +518,16 @@ class Controller:
         return Delivery({pid: dict(counts) for pid, counts in self.range_counts.items()},
                         {r.panda_id: "acknowledged" for r in self.scheduler.done})
 
+    def write_summary_if_due(self) -> None:
+        """Rewrite summary.json if a job ended since the last rewrite and the next one is allowed
+        (``SUMMARY_MAX_SHARE``); ``run`` writes it at its end and ``check_signals`` on a signal."""
+        if self.summary_stale and self.clock() >= self.summary_due:
+            self.write_summary()
+
     def write_summary(self) -> None:
         """summary.json: every job this pilot ran, with PanDA field names, the rank and whether the
         source has acknowledged its final update; event ranges as acknowledged, rejected and owed."""
+        began = time.perf_counter()
         done = self.scheduler.done
         delivery = self.delivery()
         summary = {
@@ -440,6 +543,10 @@ class Controller:
         tmp = self.workdir / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=1, default=str))
         os.replace(tmp, self.workdir / SUMMARY_FILE)
+        cost = time.perf_counter() - began
+        self.summary_stale = False
+        self.summary_due = self.clock() + max(self.scheduler.config.monitor.status_interval,
+                                              cost / SUMMARY_MAX_SHARE)
 
     def human_summary(self) -> str:
         done = self.scheduler.done

@@ -8,9 +8,11 @@ by feeding events and asserting actions.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import math
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from heapq import heappop, heappush
 
 from hpcpilot.config import SiteConfig
 from hpcpilot.credentials import CredentialGuard
@@ -29,7 +31,7 @@ from hpcpilot.eventservice.book import (
 )
 from hpcpilot.monitor.metrics import Limits, check_report, limits_for_job
 from hpcpilot.monitor.samples import MonitorReport
-from hpcpilot.protocol import lost_after
+from hpcpilot.protocol import CloneVerdict, lost_after
 from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.states import JobState, RankState
 
@@ -72,6 +74,8 @@ class JobsFetched:
     Harvester feed).  Failed requests count towards ``getjob_failures``."""
     hopeless: bool = False
     """The failure will not heal by asking again (a server certificate that does not verify)."""
+    asked: int | None = None
+    """The ``n`` of the Fetch this answers (None: not said, the oldest request under way is taken as answered)."""
 
 
 @dataclass(frozen=True)
@@ -133,9 +137,25 @@ class ServerCommand:
     name: str
 
 
+@dataclass(frozen=True)
+class CloneClaimed:
+    """A clone job asks whether it may run its payload (phase runonce) or stage out (storeonce); hpcpilot.clones."""
+
+    rank: int
+    panda_id: int
+    phase: str
+
+
+@dataclass(frozen=True)
+class CloneAnswered:
+    """The source's answer to a clone's claim (``AskClone``), as the verdict the clone gets."""
+
+    verdict: CloneVerdict
+
+
 Event = (RankReady | RankAlive | WorkRequested | JobsFetched | JobProgress | ReportReceived | JobEnded | RankStopped
          | RankFailed | RankDied | StopRequested | ServerCommand | RangesFetched | RangesReported | BundleStaged
-         | EsJobClosed)
+         | EsJobClosed | CloneClaimed | CloneAnswered)
 
 # ---- actions ------------------------------------------------------------------------
 
@@ -200,8 +220,24 @@ class Finished:
     """Every rank has stopped: the controller may write its summary and exit."""
 
 
+@dataclass(frozen=True)
+class AskClone:
+    """Ask the source for the clone job's one event range (the fetch thread answers with CloneAnswered)."""
+
+    job: JobSpec
+    phase: str
+
+
+@dataclass(frozen=True)
+class TellClone:
+    """Send the clone's verdict to the rank that runs it."""
+
+    rank: int
+    verdict: CloneVerdict
+
+
 Action = (Fetch | Assign | SendNoMoreWork | Kill | StopRank | Report | SetDebugMode | Abandon | Finished | FetchRanges
-          | DealRanges | MakeBundle | ReportRanges | CloseEsJob)
+          | DealRanges | MakeBundle | ReportRanges | CloseEsJob | AskClone | TellClone)
 
 KILL_COMMANDS: dict[str, tuple[ErrorCode, str]] = {
     "tobekilled": (ErrorCode.PANDAKILL, "killed by the PanDA server"),
@@ -229,6 +265,12 @@ class _Job:
     last_heartbeat: float = 0.0
     killing: bool = False
     debug: bool = False
+    beat_token: int = -1
+    """Which heartbeat entry of ``Scheduler.due`` is this job's live one (older entries are skipped)."""
+
+
+_BEAT, _WALLTIME = 0, 1
+"""Kinds of ``Scheduler.due`` entries: a job's next heartbeat, and the end of its maxWalltime."""
 
 
 @dataclass
@@ -241,7 +283,8 @@ class SchedulerPolicy:
     heartbeat: float = 1800.0
     debug_heartbeat: float = 300.0
     lost_after: float = 60.0
-    jobs_per_fetch: int = 8
+    jobs_per_fetch: int = 100
+    fetches_in_flight: int = 4
     startup_timeout: float = 120.0
     fetch_retry: float = 30.0
     getjob_failures: int = 5
@@ -252,8 +295,15 @@ class SchedulerPolicy:
                    heartbeat=config.panda.heartbeat, debug_heartbeat=config.panda.debug_heartbeat,
                    lost_after=lost_after(config.monitor),
                    jobs_per_fetch=config.panda.jobs_per_fetch,
+                   fetches_in_flight=config.panda.fetches_in_flight,
                    fetch_retry=min(30.0, max(1.0, config.panda.retry_max)),
                    getjob_failures=config.panda.getjob_failures)
+
+    def limit_fetches(self, source_limit: int) -> int:
+        """Fetches in flight at once: the policy's number, but no more than the job source can take in
+        parallel (a Harvester access point has one request file); returns the number, for the thread pool."""
+        self.fetches_in_flight = max(1, min(self.fetches_in_flight, source_limit))
+        return self.fetches_in_flight
 
 
 @dataclass
@@ -267,10 +317,15 @@ class Scheduler:
     jobs: dict[int, _Job] = field(default_factory=dict)
     es: dict[int, EsBook] = field(default_factory=dict)
     pending: deque[JobSpec] = field(default_factory=deque)
-    idle: deque[int] = field(default_factory=deque)
+    idle: OrderedDict[int, None] = field(default_factory=OrderedDict)
+    """Idle ranks, first come first served; an OrderedDict so that a lost or stopped one leaves in O(1)."""
     done: list[JobRecord] = field(default_factory=list)
     leased: int = 0
-    fetching: bool = False
+    fetches: list[int] = field(default_factory=list)
+    """The ``n`` of each Fetch under way (at most ``policy.fetches_in_flight``)."""
+    outage_open: int = 0
+    """Requests that were under way when the last counted fetch failure came: their failures are the same
+    outage and do not count again towards ``getjob_failures``."""
     source_empty: bool = False
     stopping: tuple[int, str] | None = None
     finished: bool = False
@@ -288,8 +343,24 @@ class Scheduler:
     enters when it first speaks and leaves when it stops or is lost, so finding the silent ones costs
     O(1) per message and O(lost) per pass, never a scan over all ranks."""
 
+    state_counts: Counter[RankState] = field(default_factory=Counter)
+    """Ranks per state, kept by ``_set_state``: the status line and views read it instead of counting ranks."""
+    due: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    """A heap of (when, seq, kind, PandaID, token): job heartbeats and maxWalltime ends, so a pass looks only
+    at what is due.  Entries of closed jobs or superseded heartbeats stay until popped (or compacted)."""
+    due_seq: int = 0
+    done_failed: int = 0
+    done_seen: int = 0
+    """How many of ``done`` are failed, counted up to ``done[done_seen]`` (each record is looked at once)."""
+
     def __post_init__(self) -> None:
         self.ranks = {r: _Rank() for r in self.worker_ranks}
+        self.state_counts = Counter({RankState.STARTING: len(self.ranks)})
+
+    @property
+    def fetching(self) -> bool:
+        """A Fetch is under way."""
+        return bool(self.fetches)
 
     # -- the one entry point ----------------------------------------------------------
 
@@ -321,8 +392,15 @@ class Scheduler:
 
     def _gone(self, number: int, state: RankState) -> None:
         """The rank will send nothing more that counts (stopped) or is given up (lost)."""
-        self.ranks[number].state = state
+        self._set_state(number, state)
         self.alive.pop(number, None)
+
+    def _set_state(self, number: int, state: RankState) -> None:
+        """The one place a rank's state changes, so ``state_counts`` stays right without a scan."""
+        rank = self.ranks[number]
+        self.state_counts[rank.state] -= 1
+        self.state_counts[state] += 1
+        rank.state = state
 
     def _check_liveness(self) -> list[Action]:
         """Declare lost the ranks whose signal stopped for longer than the limit (oldest first)."""
@@ -341,8 +419,7 @@ class Scheduler:
         rank = self.ranks[number]
         panda_id, rank.panda_id = rank.panda_id, None
         self._gone(number, RankState.LOST)
-        if number in self.idle:
-            self.idle.remove(number)
+        self.idle.pop(number, None)
         code = int(ErrorCode.EXCEEDEDMAXWAITTIME)
         actions: list[Action] = [StopRank(number, code, diag)]
         job = self.jobs.get(panda_id) if panda_id is not None else None
@@ -372,22 +449,22 @@ class Scheduler:
         rank = self.ranks[event.rank]
         if rank.state in (RankState.LOST, RankState.STOPPED):
             return []
-        rank.state, rank.panda_id = RankState.IDLE, None
-        if event.rank not in self.idle:
-            self.idle.append(event.rank)
+        self._set_state(event.rank, RankState.IDLE)
+        rank.panda_id = None
+        self.idle.setdefault(event.rank, None)
         return []
 
     def _on_JobsFetched(self, event: JobsFetched) -> list[Action]:
-        self.fetching = False
+        self._fetch_answered(event.asked)
         self.pending.extend(event.jobs)
         self.leased += len(event.jobs) + len(event.rejected)
         if event.unavailable:
             self.fetch_retry_at = self.now + self.policy.fetch_retry
             if event.reason:
-                self.fetch_failures += 1
+                self._count_fetch_failure()
                 self._maybe_give_up(event)
         else:
-            self.fetch_failures = 0
+            self.fetch_failures, self.outage_open = 0, 0
             if not event.jobs and not event.rejected:
                 self.source_empty = True
         actions: list[Action] = []
@@ -397,6 +474,21 @@ class Scheduler:
         if self.stopping is not None:  # the answer to a fetch under way when the stop began: never started
             actions += [Report(record, final=True) for record in self._drop_pending(*self.stopping)]
         return actions
+
+    def _fetch_answered(self, asked: int | None) -> None:
+        """Take the answered request off those under way (the oldest when the answer does not say its size)."""
+        if asked is not None and asked in self.fetches:
+            self.fetches.remove(asked)  # a handful at most: O(fetches_in_flight)
+        elif self.fetches:
+            self.fetches.pop(0)
+
+    def _count_fetch_failure(self) -> None:
+        """One outage counts once per request sent into it, not once per request that was already under way."""
+        if self.outage_open > 0:
+            self.outage_open -= 1
+            return
+        self.fetch_failures += 1
+        self.outage_open = len(self.fetches)
 
     def _maybe_give_up(self, event: JobsFetched) -> None:
         """With nothing running, ``getjob_failures`` failed requests in a row (or one that will not heal)
@@ -420,7 +512,9 @@ class Scheduler:
         job.record = event.record
         if event.record.state == JobState.RUNNING and job.payload_start is None:
             job.payload_start = self.now
-        job.last_heartbeat = self.now
+            if job.spec.max_walltime:
+                self._push_due(job.payload_start + job.spec.max_walltime, _WALLTIME, job)
+        job.last_heartbeat = self.now  # its live heartbeat entry finds the new time when it comes due
         return [Report(event.record, final=False)]
 
     def _on_ReportReceived(self, event: ReportReceived) -> list[Action]:
@@ -448,8 +542,7 @@ class Scheduler:
         rank = self.ranks[event.rank]
         if rank.state != RankState.LOST:
             self._gone(event.rank, RankState.STOPPED)
-        if event.rank in self.idle:
-            self.idle.remove(event.rank)
+        self.idle.pop(event.rank, None)
         return []
 
     def _on_RankFailed(self, event: RankFailed) -> list[Action]:
@@ -486,6 +579,7 @@ class Scheduler:
             return [Kill(job.rank, job.spec.panda_id, int(code), diag)]
         if event.name in ("debug", "debugoff"):
             job.debug = event.name == "debug"
+            self._schedule_beat(job)  # the interval changed: the entry due at the old one is superseded
             return [SetDebugMode(job.rank, job.spec.panda_id, job.debug)]
         return []
 
@@ -517,6 +611,22 @@ class Scheduler:
         self.done.append(event.record)
         return [Report(event.record, final=True)]
 
+    # -- clone jobs (hpcpilot.clones) -----------------------------------------------------
+
+    def _on_CloneClaimed(self, event: CloneClaimed) -> list[Action]:
+        """Ask the source for the clone, unless the job is gone or being killed (the kill wakes its wait)."""
+        job = self.jobs.get(event.panda_id)
+        if job is None or job.killing:
+            return []
+        return [AskClone(job.spec, event.phase)]
+
+    def _on_CloneAnswered(self, event: CloneAnswered) -> list[Action]:
+        """The verdict goes to the rank the job runs on (the claim's rank may be a single-rank label)."""
+        job = self.jobs.get(event.verdict.panda_id)
+        if job is None or job.killing:
+            return []
+        return [TellClone(job.rank, event.verdict)]
+
     # -- event service ------------------------------------------------------------------
 
     def _guard_at(self) -> float | None:
@@ -531,7 +641,8 @@ class Scheduler:
 
     def _join_es(self, rank: int, book: EsBook, stage_in: bool = False) -> Assign:
         book.join(rank)
-        self.ranks[rank].state, self.ranks[rank].panda_id = RankState.BUSY, book.panda_id
+        self._set_state(rank, RankState.BUSY)
+        self.ranks[rank].panda_id = book.panda_id
         return Assign(rank, book.spec, stage_in=stage_in)
 
     def _leave_es(self, rank: int, record: JobRecord) -> list[Action]:
@@ -545,7 +656,7 @@ class Scheduler:
         if rank.panda_id == panda_id:
             rank.panda_id = None
             if rank.state == RankState.BUSY:
-                rank.state = RankState.IDLE if self.stopping is None else RankState.STOPPING
+                self._set_state(number, RankState.IDLE if self.stopping is None else RankState.STOPPING)
 
     def _check_es_report(self, event: ReportReceived) -> list[Action]:
         """Memory and looping are per rank in an ES job: only the offending rank's part is killed."""
@@ -582,13 +693,16 @@ class Scheduler:
         return any(not book.is_open and not book.leasing_stopped for book in self.es.values())
 
     def _tick_es(self) -> list[Action]:
+        if not self.es:
+            return []
         actions: list[Action] = []
+        guard_at = self._guard_at()
         for book in list(self.es.values()):
-            n = book.fetch_wanted(self.now, self._guard_at())
+            n = book.fetch_wanted(self.now, guard_at)
             if n:
                 book.fetching = True
                 actions.append(FetchRanges(book.spec, n))
-            actions += book.serve_waiting(self._guard_at(), self.now)
+            actions += book.serve_waiting(guard_at, self.now)
             for due in (book.due_bundle(self.now), book.due_report(self.now)):
                 if due is not None:
                     actions.append(due)
@@ -612,7 +726,7 @@ class Scheduler:
         actions += self._startup_timeout()
         actions += self._check_liveness()
         actions += self._no_rank_left()
-        actions += self._check_jobs()
+        actions += self._due_jobs()
         actions += self._tick_es()
         if self._startup_complete():
             actions += self._assign()
@@ -652,15 +766,62 @@ class Scheduler:
     def _walltime_reached(self) -> bool:
         return self.policy.deadline is not None and self.now >= self.policy.deadline - self.policy.margin
 
-    def _check_jobs(self) -> list[Action]:
+    def _due_jobs(self) -> list[Action]:
+        """Heartbeats and maxWalltime kills whose time has come: O(due) per pass, never a walk over every job."""
         actions: list[Action] = []
-        for job in list(self.jobs.values()):
-            actions += self._job_walltime(job)
-            interval = self.policy.debug_heartbeat if job.debug else self.policy.heartbeat
-            if self.now - job.last_heartbeat >= interval:
-                job.last_heartbeat = self.now
-                actions.append(Report(job.record, final=False))
+        while self.due and self.due[0][0] <= self.now:
+            _, _, kind, panda_id, token = heappop(self.due)
+            job = self.jobs.get(panda_id)
+            if job is None:
+                continue  # closed since
+            actions += self._beat_due(job, token) if kind == _BEAT else self._walltime_due(job)
         return actions
+
+    def _walltime_due(self, job: _Job) -> list[Action]:
+        """A maxWalltime entry came due: kill, or (at the limit exactly: only beyond it kills) look again later."""
+        kill = self._job_walltime(job)
+        if not kill and not job.killing and job.payload_start is not None:
+            self._push_due(self._later(job.payload_start, job.spec.max_walltime), _WALLTIME, job)
+        return kill
+
+    def _beat_due(self, job: _Job, token: int) -> list[Action]:
+        """A heartbeat entry came due: beat if the interval since the last update passed, else wait for it."""
+        if token != job.beat_token:
+            return []  # superseded (the debug interval changed)
+        interval = self._beat_interval(job)
+        if self.now - job.last_heartbeat < interval:  # a progress update came meanwhile
+            self._schedule_beat(job, self._later(job.last_heartbeat, interval))
+            return []
+        job.last_heartbeat = self.now
+        self._schedule_beat(job)
+        return [Report(job.record, final=False)]
+
+    def _beat_interval(self, job: _Job) -> float:
+        return self.policy.debug_heartbeat if job.debug else self.policy.heartbeat
+
+    def _later(self, start: float, interval: float) -> float:
+        """``start + interval``, but after now: an entry re-queued in this pass must not come due again in it."""
+        return max(start + interval, math.nextafter(self.now, math.inf))
+
+    def _schedule_beat(self, job: _Job, when: float | None = None) -> None:
+        """Make a new entry the job's live heartbeat one (the old one, if any, is skipped when popped); tokens
+        are unique over the run, so an entry of an earlier job with the same PandaID is never taken for live."""
+        job.beat_token = self.due_seq + 1
+        self._push_due(job.last_heartbeat + self._beat_interval(job) if when is None else when, _BEAT, job)
+
+    def _push_due(self, when: float, kind: int, job: _Job) -> None:
+        """Queue a due time; drop dead entries once they outnumber the live ones (O(1) amortized)."""
+        if len(self.due) > 4 * len(self.jobs) + 64:
+            self.due = [e for e in self.due if self._due_live(e)]
+            self.due.sort()  # a sorted list is a heap
+        self.due_seq += 1
+        heappush(self.due, (when, self.due_seq, kind, job.spec.panda_id, job.beat_token))
+
+    def _due_live(self, entry: tuple[float, int, int, int, int]) -> bool:
+        job = self.jobs.get(entry[3])
+        if job is None:
+            return False
+        return entry[4] == job.beat_token if entry[2] == _BEAT else not job.killing
 
     def _job_walltime(self, job: _Job) -> list[Action]:
         limit = job.spec.max_walltime
@@ -675,7 +836,7 @@ class Scheduler:
         while self.idle and self.stopping is None:
             book = self._es_ranks_wanted()
             if book is not None:  # event-service jobs take every rank they can use
-                actions.append(self._join_es(self.idle.popleft(), book))
+                actions.append(self._join_es(self._next_idle(), book))
                 continue
             if self._es_staging() or not self.pending:
                 break  # an ES job is staging in: its ranks wait for it to open
@@ -684,30 +845,49 @@ class Scheduler:
                 record = self._not_started(job, ErrorCode.REACHEDMAXTIME, self._cannot_finish_diag(job))
                 actions.append(Report(record, final=True))
                 continue
-            rank = self.idle.popleft()
+            rank = self._next_idle()
             actions.append(self._start_es(rank, job) if job.event_service else self._start(rank, job))
-        wanted = 0 if self._es_staging() else len(self.idle) - len(self.pending)
-        if self._may_lease() and wanted > 0 and not self.fetching and self.now >= self.fetch_retry_at:
-            self.fetching = True
-            n = min(wanted, self.policy.jobs_per_fetch)
-            if self.policy.max_jobs is not None:
-                n = min(n, self.policy.max_jobs - self.leased)
-            actions.append(Fetch(n))
+        actions += self._fetches()
         # When stopping, idle ranks leave at once: a fetch under way (a server outage) must not keep them.
         if self.stopping is not None or (not self.pending and not self.fetching and not self._may_lease()
                                          and not self._es_staging()):
             while self.idle:
-                rank = self.idle.popleft()
-                self.ranks[rank].state = RankState.STOPPING
+                rank = self._next_idle()
+                self._set_state(rank, RankState.STOPPING)
                 self._heard_from(rank)  # the wait for its acknowledgement starts now
                 actions.append(SendNoMoreWork(rank))
+        return actions
+
+    def _next_idle(self) -> int:
+        return self.idle.popitem(last=False)[0]
+
+    def _fetches(self) -> list[Action]:
+        """Fetches for the idle ranks that no queued job or request under way covers, each up to
+        ``jobs_per_fetch`` and up to ``fetches_in_flight`` at once; while the source is failing, one at a
+        time, so an outage is probed by one request rather than met with a burst."""
+        if not self._may_lease() or self._es_staging() or self.now < self.fetch_retry_at:
+            return []
+        room = 1 if self.fetch_failures else self.policy.fetches_in_flight
+        wanted = len(self.idle) - len(self.pending) - sum(self.fetches)
+        actions: list[Action] = []
+        while wanted > 0 and len(self.fetches) < room:
+            n = min(wanted, self.policy.jobs_per_fetch)
+            if self.policy.max_jobs is not None:
+                n = min(n, self.policy.max_jobs - self.leased - sum(self.fetches))
+            if n <= 0:
+                break
+            self.fetches.append(n)
+            wanted -= n
+            actions.append(Fetch(n))
         return actions
 
     def _start(self, rank: int, job: JobSpec) -> Assign:
         limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor)
         record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr, rank=rank, core_count=job.core_count)
-        self.jobs[job.panda_id] = _Job(job, rank, limits, record, assigned_at=self.now, last_heartbeat=self.now)
-        self.ranks[rank].state, self.ranks[rank].panda_id = RankState.BUSY, job.panda_id
+        self.jobs[job.panda_id] = new = _Job(job, rank, limits, record, assigned_at=self.now, last_heartbeat=self.now)
+        self._schedule_beat(new)
+        self._set_state(rank, RankState.BUSY)
+        self.ranks[rank].panda_id = job.panda_id
         return Assign(rank, job)
 
     def _can_finish(self, job: JobSpec) -> bool:
@@ -780,10 +960,16 @@ class Scheduler:
 
     # -- views --------------------------------------------------------------------------
 
+    def _failed_done(self) -> int:
+        """Failed records in ``done``, looking only at those added since the last call."""
+        for record in self.done[self.done_seen:]:
+            self.done_failed += record.state == JobState.FAILED
+        self.done_seen = len(self.done)
+        return self.done_failed
+
     def status_line(self) -> str:
-        busy = sum(r.state == RankState.BUSY for r in self.ranks.values())
-        idle = sum(r.state == RankState.IDLE for r in self.ranks.values())
-        failed = sum(r.state == JobState.FAILED for r in self.done)
+        busy, idle = self.state_counts[RankState.BUSY], self.state_counts[RankState.IDLE]
+        failed = self._failed_done()
         left = "unlimited" if self.policy.deadline is None else f"{self.policy.deadline - self.now:.0f} s"
         es = "".join(f" | {book.status()}" for book in self.es.values())
         return (f"jobs running={len(self.jobs) + len(self.es)} done={len(self.done) - failed} failed={failed} "

@@ -2,8 +2,11 @@
 
 Every range the source leased is in exactly one place: queued at rank 0, dealt to a rank,
 finished and waiting for (or inside) an output bundle, waiting for the next status report,
-or reported.  ``reported`` is the guard that makes every range reported exactly once: an
-outcome for a range that is not dealt to the rank that sends it is ignored and logged.
+or reported.  Every range is reported exactly once because each status comes from one of those
+places as the range leaves it: an outcome for a range that is not dealt to the rank that sends it is
+ignored and logged, and a range the source hands out again while rank 0 holds it, or soon after its
+status was sent, is ignored too (``ReportedRanges`` says why a bounded record is enough).  Memory is
+proportional to the ranges in flight, not to every range the job leased.
 
 The book decides
 * how many ranges to lease ahead (prefetch sized from the measured consumption rate, capped
@@ -18,8 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
-from collections.abc import Iterable
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from hpcpilot.config import EventServiceConfig
@@ -117,14 +120,134 @@ class CloseEsJob:
 
 # ---- the ledger -------------------------------------------------------------------------
 
+REPORTED_WINDOW = 10 * MAX_RANGES_PER_FETCH
+"""Ids of the most recently sent ranges remembered against a source handing one out again (see
+ReportedRanges): ten full leases, about 1 MB at rank 0 whatever the job's size."""
+
 
 def failed(range_id: str, code: int, diag: str) -> EventRangeUpdate:
     return EventRangeUpdate(range_id, EventRangeStatus.FAILED, int(code), diag)
 
 
+class ReportedRanges:
+    """Ranges whose status rank 0 has settled: how many (``len``), and which were sent lately (``in``).
+
+    Exactly once needs no history of every range: an outcome counts only if it comes from the rank
+    the range is dealt to, and the range leaves ``dealt`` as it counts, so a repeated or stray outcome
+    is ignored however old the range.  Ids are only needed against the *source* handing a range out
+    again; a range it holds is still in ``EsBook.n_events`` until its status is sent, so this record
+    only has to cover ranges already sent.  A retry by the PanDA server is a new range id (the
+    attempt number is part of it), and a restarted pilot reports the previous run's ranges failed
+    instead of handing them out again; what remains is a source repeating a lease it already made
+    (a Harvester feed written again before it read the pilot's statuses, a replayed server answer),
+    which comes within the next few leases.  So the newest ``window`` sent ids are kept: memory is
+    bounded, not proportional to every range the job ever leased."""
+
+    def __init__(self, window: int = REPORTED_WINDOW) -> None:
+        self.window = window
+        self.count = 0
+        self._ids: set[str] = set()
+        self._order: deque[str] = deque()  # oldest first: the one to forget next
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __contains__(self, range_id: object) -> bool:
+        return range_id in self._ids
+
+    def settled(self, n: int = 1) -> None:
+        """``n`` more ranges have their status queued for the server (or are inside a bundle)."""
+        self.count += n
+
+    def sent_all(self, range_ids: Iterable[str]) -> None:
+        """These statuses went out: remember their ids for a while (one set update and one trim per report)."""
+        ids = self._ids
+        new = [range_id for range_id in dict.fromkeys(range_ids) if range_id not in ids]
+        ids.update(new)
+        order = self._order
+        order.extend(new)
+        for _ in range(len(order) - self.window):
+            ids.discard(order.popleft())
+
+    def remembered(self) -> int:
+        return len(self._order)
+
+
+class Waiting:
+    """Ranks with a parked request for ranges, oldest first, with the total they want and an index
+    by how many ranges each holds.
+
+    Why the index: as the time left before the walltime guard shrinks, the ranks to refuse are those
+    whose held ranges already fill it, i.e. those holding the most; the index finds them without a
+    walk over every waiting rank.  Held counts take few distinct values (a rank holds at most about
+    one request's worth more than it asks for), so walking the index's keys is constant work."""
+
+    def __init__(self) -> None:
+        self._wants: OrderedDict[int, int] = OrderedDict()  # O(1) at the front, unlike a dict
+        self._held: dict[int, int] = {}
+        self._by_held: dict[int, dict[int, None]] = {}
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self._wants)
+
+    def __contains__(self, rank: object) -> bool:
+        return rank in self._wants
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._wants)
+
+    def park(self, rank: int, want: int, held: int) -> None:
+        """The rank wants ``want`` ranges; a new request replaces its old one in its place in line."""
+        self.total += want - self._wants.get(rank, 0)
+        self._wants[rank] = want
+        self.held_changed(rank, held)
+
+    def take(self, rank: int) -> int | None:
+        """Remove the rank's request; its want, or None if it had none."""
+        want = self._wants.pop(rank, None)
+        if want is not None:
+            self.total -= want
+            self._unindex(rank)
+        return want
+
+    def oldest(self) -> tuple[int, int]:
+        rank, want = self._wants.popitem(last=False)
+        self.total -= want
+        self._unindex(rank)
+        return rank, want
+
+    def held_changed(self, rank: int, held: int) -> None:
+        if rank in self._wants:
+            self._unindex(rank)
+            self._held[rank] = held
+            self._by_held.setdefault(held, {})[rank] = None
+
+    def holding_at_least(self, n: int) -> list[int]:
+        return [rank for held, ranks in self._by_held.items() if held >= n for rank in ranks]
+
+    def any_holding(self, n: int) -> bool:
+        return bool(self._by_held.get(n))
+
+    def _unindex(self, rank: int) -> None:
+        held = self._held.pop(rank, None)
+        if held is None:
+            return
+        bucket = self._by_held[held]
+        del bucket[rank]
+        if not bucket:
+            del self._by_held[held]
+
+
 @dataclass
 class EsBook:
-    """One event-service job at rank 0."""
+    """One event-service job at rank 0.
+
+    Cost: every request, outcome and pass is O(1) amortized in the ranks, the ranges dealt and the
+    ranges ever leased (plus O(what it deals or answers)); memory is O(ranges in flight).  ``dealt``
+    is indexed by rank (``by_rank``); a pass over the waiting ranks happens only when something that
+    decides it changed (``_dirty``: a request, a lease, a stop; or the walltime guard's count of
+    ranges that still fit, ``_fits_seen``); the events waiting for a bundle are a running total."""
 
     spec: JobSpec
     config: EventServiceConfig
@@ -134,14 +257,20 @@ class EsBook:
     members: set[int] = field(default_factory=set)
     queue: deque[EventRange] = field(default_factory=deque)
     dealt: dict[str, tuple[int, EventRange]] = field(default_factory=dict)
-    waiting: dict[int, int] = field(default_factory=dict)
+    by_rank: dict[int, dict[str, None]] = field(default_factory=dict)
+    """Rank -> the ids of the ranges dealt to it (emptied ranks leave)."""
+    waiting: Waiting = field(default_factory=Waiting)
     to_bundle: list[EventRangeUpdate] = field(default_factory=list)
+    bundle_events: int = 0
+    """Events of the ranges in ``to_bundle``."""
     bundle_opened_at: float | None = None
     bundling: bool = False
     to_report: list[EventRangeUpdate] = field(default_factory=list)
     last_report: float = 0.0
-    reported: set[str] = field(default_factory=set)
+    reported: ReportedRanges = field(default_factory=ReportedRanges)
     n_events: dict[str, int] = field(default_factory=dict)
+    """Events of every range rank 0 holds (queued, dealt, waiting for its bundle or its report): a
+    range leaves when its status is sent, so this is also the set of ranges in flight."""
     exhausted: bool = False
     fetching: bool = False
     fetch_retry_at: float = 0.0
@@ -158,6 +287,8 @@ class EsBook:
     killing: set[int] = field(default_factory=set)
     last_heartbeat: float = 0.0
     closing: bool = False
+    _dirty: bool = False
+    _fits_seen: int | None = None
 
     @property
     def panda_id(self) -> int:
@@ -196,7 +327,7 @@ class EsBook:
         """The rank is out of the job: what it still held is failed with ``code``."""
         self.members.discard(rank)
         self.killing.discard(rank)
-        self.waiting.pop(rank, None)
+        self.waiting.take(rank)
         self.fail_held(rank, code, diag)
 
     def member_gone(self, rank: int, code: int, diag: str) -> None:
@@ -209,31 +340,63 @@ class EsBook:
                 self.stop = (code, diag)
 
     def fail_held(self, rank: int, code: int, diag: str) -> None:
-        for range_id in [rid for rid, (owner, _r) in self.dealt.items() if owner == rank]:
+        """O(held): the rank's own index, not a scan of every dealt range."""
+        for range_id in self.by_rank.pop(rank, {}):
             del self.dealt[range_id]
             self._queue_report(failed(range_id, code, diag))
+        self.waiting.held_changed(rank, 0)
 
     def held_by(self, rank: int) -> int:
-        return sum(1 for owner, _r in self.dealt.values() if owner == rank)
+        return len(self.by_rank.get(rank, ()))
+
+    def _deal_batch(self, rank: int, n: int) -> tuple[EventRange, ...]:
+        """The next ``n`` queued ranges, dealt to the rank in one pass (``dealt`` and its index by rank)."""
+        if n <= 0:
+            return ()
+        popleft = self.queue.popleft
+        batch = tuple([popleft() for _ in range(n)])
+        dealt, held = self.dealt, self.by_rank.setdefault(rank, {})
+        for item in batch:
+            dealt[item.event_range_id] = (rank, item)
+            held[item.event_range_id] = None
+        return batch
 
     # -- leasing ------------------------------------------------------------------------
 
     def on_fetched(self, now: float, event: RangesFetched, retry: float) -> None:
         self.fetching = False
+        self._dirty = True
         for update in event.bad:
-            self._queue_report(update)
+            if self._take_in(update.event_range_id, 1):
+                self._queue_report(update)
         if event.unavailable:
             self.fetch_retry_at = now + retry
             return
         if not event.ranges and not event.bad:
             self.exhausted = True
-        fresh = [r for r in event.ranges if r.event_range_id not in self.reported
-                 and r.event_range_id not in self.dealt]
-        self.queue.extend(fresh)
-        for item in fresh:
-            self.n_events[item.event_range_id] = item.n_events
+        self._take_in_all(event.ranges)
         if self.leasing_stopped:
             self._fail_queue(*(self.stop or (int(ErrorCode.ESRECOVERABLE), "leasing stopped")))
+
+    def _take_in(self, range_id: str, n_events: int) -> bool:
+        """A range from the source is new unless rank 0 holds it (``n_events``) or sent it lately
+        (``reported``): a range handed out again is then never dealt or reported twice."""
+        if range_id in self.n_events or range_id in self.reported:
+            log.warning("job %d: range %s handed out again by the source: ignored", self.panda_id, range_id)
+            return False
+        self.n_events[range_id] = n_events
+        return True
+
+    def _take_in_all(self, ranges: Iterable[EventRange]) -> None:
+        """``_take_in`` for a whole lease, queueing the new ranges: one pass with no call per range."""
+        held, reported, queue = self.n_events, self.reported, self.queue
+        for item in ranges:
+            range_id = item.event_range_id
+            if range_id in held or range_id in reported:
+                log.warning("job %d: range %s handed out again by the source: ignored", self.panda_id, range_id)
+                continue
+            held[range_id] = item.last_event - item.start_event + 1  # EventRange.n_events, without the call
+            queue.append(item)
 
     def fetch_wanted(self, now: float, guard_at: float | None) -> int:
         """Ranges to lease now (0: none): keep ``prefetch_seconds`` of consumption queued."""
@@ -247,8 +410,8 @@ class EsBook:
             target = max(target, math.ceil(rate * self.config.prefetch_seconds))
             if guard_at is not None:
                 target = min(target, max(per_request, math.ceil(rate * max(0.0, guard_at - now))))
-        target += sum(self.waiting.values())
-        if len(self.queue) >= target / 2 + sum(self.waiting.values()) and self.queue:
+        target += self.waiting.total
+        if len(self.queue) >= target / 2 + self.waiting.total and self.queue:
             return 0
         return min(MAX_RANGES_PER_FETCH, max(per_request, target - len(self.queue)))
 
@@ -263,78 +426,126 @@ class EsBook:
     # -- dealing ------------------------------------------------------------------------
 
     def on_report(self, now: float, event: RangesReported, guard_at: float | None) -> list[DealRanges]:
-        for outcome in event.outcomes:
-            self._record_outcome(now, event.rank, outcome)
+        if event.outcomes:
+            self._record_outcomes(now, event.rank, event.outcomes)
         if event.want <= 0 or event.rank not in self.members:
             return []
-        self.waiting[event.rank] = event.want
+        self.waiting.park(event.rank, event.want, self.held_by(event.rank))
+        self._dirty = True
         return self.serve_waiting(guard_at, now)
 
     def serve_waiting(self, guard_at: float | None, now: float) -> list[DealRanges]:
-        """Answer parked requests from the queue; 'no more' once nothing more can come."""
-        actions: list[DealRanges] = []
-        for rank, want in list(self.waiting.items()):
-            if not self.queue and self._no_more_coming():
-                del self.waiting[rank]
-                actions.append(DealRanges(rank, self.panda_id, (), no_more=True))
-                continue
-            allowed = self.allowance(rank, want, guard_at, now)
-            if allowed == 0 and self.held_by(rank) == 0 and not self.leasing_stopped:
+        """Answer parked requests from the queue, oldest first; 'no more' once nothing more can come.
+
+        O(1) when nothing that decides it changed since the last call (the scheduler calls this on
+        every pass); otherwise O(ranks dealt to or answered)."""
+        if not self.waiting:
+            return []
+        if self.leasing_stopped or self.closing or (self.exhausted and not self.queue):
+            return self._answer_all()
+        fits = self._fits(guard_at, now)
+        if not self._dirty and fits == self._fits_seen:
+            return []  # no request, range or stop since the last pass, and the guard allows as much
+        self._dirty, self._fits_seen = False, fits
+        if fits is not None and fits <= 0:
+            if self.waiting.any_holding(0):
                 # Not even one range fits before the guard on an idle rank: none will on any rank.  The
                 # guard cuts the job with ranges left, so the job fails REACHEDMAXTIME like a normal one.
-                actions += self.stop_leasing(int(ErrorCode.REACHEDMAXTIME),
-                                             "no range can finish before the walltime guard", job_failure=True)
-                break
-            if allowed == 0:
-                del self.waiting[rank]
-                actions.append(DealRanges(rank, self.panda_id, (), no_more=True))
-                continue
-            if not self.queue:
-                continue
-            batch = tuple(self.queue.popleft() for _ in range(min(allowed, len(self.queue))))
-            for item in batch:
-                self.dealt[item.event_range_id] = (rank, item)
-            del self.waiting[rank]
+                return self.stop_leasing(int(ErrorCode.REACHEDMAXTIME),
+                                         "no range can finish before the walltime guard", job_failure=True)
+            return self._answer_all()
+        actions = [] if fits is None else self._answer(self.waiting.holding_at_least(fits))
+        while self.queue and self.waiting:
+            rank, want = self.waiting.oldest()
+            allowed = want if fits is None else min(want, fits - self.held_by(rank))
+            batch = self._deal_batch(rank, min(allowed, len(self.queue)))
             actions.append(DealRanges(rank, self.panda_id, batch, no_more=False))
+        if self.exhausted and not self.queue:
+            actions += self._answer_all()
         return actions
+
+    def _fits(self, guard_at: float | None, now: float) -> int | None:
+        """Ranges one rank can still finish before the guard at the mean wall time (None: no limit)."""
+        wall = self.mean_wall()
+        if guard_at is None or wall is None or wall <= 0:
+            return None
+        return math.floor(max(0.0, guard_at - now) / wall)
+
+    def _answer(self, ranks: Iterable[int]) -> list[DealRanges]:
+        """'No more' to these waiting ranks."""
+        answers = [DealRanges(rank, self.panda_id, (), no_more=True) for rank in ranks]
+        for answer in answers:
+            self.waiting.take(answer.rank)
+        return answers
+
+    def _answer_all(self) -> list[DealRanges]:
+        return self._answer(list(self.waiting))
 
     def allowance(self, rank: int, want: int, guard_at: float | None, now: float) -> int:
         """How many of ``want`` ranges this rank may get so that all it holds can finish in time."""
         if self.leasing_stopped or self.closing:
             return 0
-        wall = self.mean_wall()
-        if guard_at is None or wall is None or wall <= 0:
-            return want
-        fits = math.floor(max(0.0, guard_at - now) / wall) - self.held_by(rank)
-        return max(0, min(want, fits))
+        fits = self._fits(guard_at, now)
+        return want if fits is None else max(0, min(want, fits - self.held_by(rank)))
 
     def _no_more_coming(self) -> bool:
         return self.exhausted or self.leasing_stopped or self.closing
 
-    def _record_outcome(self, now: float, rank: int, outcome: EventRangeUpdate) -> None:
-        held = self.dealt.get(outcome.event_range_id)
-        if held is None or held[0] != rank:
-            log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
-                        self.panda_id, outcome.event_range_id, rank)
-            return
-        del self.dealt[outcome.event_range_id]
-        self.consumed += 1
-        if outcome.status == EventRangeStatus.FINISHED:
-            self.processed_events += self.n_events.get(outcome.event_range_id, 1)
-        if outcome.wall_time > 0:
-            self.wall_sum += outcome.wall_time
-            self.wall_count += 1
-        if outcome.status == EventRangeStatus.FINISHED and outcome.output:
-            if not self.to_bundle:
-                self.bundle_opened_at = now
-            self.to_bundle.append(outcome)
-        else:
-            self._queue_report(outcome)
+    def _record_outcomes(self, now: float, rank: int, outcomes: Iterable[EventRangeUpdate]) -> None:
+        """A report's outcomes in one pass: the hot path of a busy job (one call per
+        report, not a chain of five calls per range).  The same rules: an outcome counts only from the
+        rank the range is dealt to, and the range leaves ``dealt`` as it counts."""
+        dealt, held = self.dealt, self.by_rank.get(rank, {})
+        to_report, to_bundle, finished = self.to_report, self.to_bundle, EventRangeStatus.FINISHED
+        settled = counted = finished_ranges = finished_events = processed = 0
+        for outcome in outcomes:
+            range_id = outcome.event_range_id
+            entry = dealt.get(range_id)
+            if entry is None or entry[0] != rank:
+                log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
+                            self.panda_id, range_id, rank)
+                continue
+            del dealt[range_id]
+            del held[range_id]
+            item, counted = entry[1], counted + 1
+            if outcome.wall_time > 0:
+                self.wall_sum += outcome.wall_time
+                self.wall_count += 1
+            if outcome.status != finished:
+                settled += 1
+                to_report.append(outcome)
+                if self.first_failure is None:
+                    self.first_failure = (outcome.error_code or int(ErrorCode.UNKNOWNPAYLOADFAILURE),
+                                          outcome.error_diag)
+                continue
+            events = item.last_event - item.start_event + 1
+            processed += events
+            if outcome.output:
+                if not to_bundle:
+                    self.bundle_opened_at = now
+                to_bundle.append(outcome)
+                self.bundle_events += events
+            else:
+                settled, finished_ranges = settled + 1, finished_ranges + 1
+                finished_events += self.n_events.get(range_id, 1)
+                to_report.append(outcome)
+        self.consumed += counted
+        self.processed_events += processed
+        self.finished_ranges += finished_ranges
+        self.finished_events += finished_events
+        self.reported.settled(settled)
+        if counted:
+            if not held:
+                del self.by_rank[rank]
+            self.waiting.held_changed(rank, len(held))
 
     def _queue_report(self, update: EventRangeUpdate) -> None:
-        if update.event_range_id in self.reported:
-            return
-        self.reported.add(update.event_range_id)
+        """Every caller hands a range it just took out of the queue, ``dealt`` or a fetch's new
+        ranges, so no range comes here twice."""
+        self.reported.settled()
+        self._enqueue(update)
+
+    def _enqueue(self, update: EventRangeUpdate) -> None:
         self.to_report.append(update)
         self._count(update)
 
@@ -345,6 +556,14 @@ class EsBook:
         elif self.first_failure is None:
             self.first_failure = (update.error_code or int(ErrorCode.UNKNOWNPAYLOADFAILURE), update.error_diag)
 
+    def _sent(self, updates: Iterable[EventRangeUpdate]) -> None:
+        """These statuses go out now: the ranges leave rank 0 (their ids stay in ``reported`` a while)."""
+        ids = [update.event_range_id for update in updates]
+        pop = self.n_events.pop
+        for range_id in ids:
+            pop(range_id, None)
+        self.reported.sent_all(ids)
+
     # -- stopping ------------------------------------------------------------------------
 
     def stop_leasing(self, code: int, diag: str, job_failure: bool) -> list[DealRanges]:
@@ -353,9 +572,7 @@ class EsBook:
         if job_failure and self.stop is None:
             self.stop = (code, diag)
         self._fail_queue(code, diag)
-        answers = [DealRanges(rank, self.panda_id, (), no_more=True) for rank in self.waiting]
-        self.waiting.clear()
-        return answers
+        return self._answer_all()
 
     def drop_queue(self, code: int, diag: str) -> None:
         """Fail the queued ranges now (no rank is left to take them); leasing goes on when one joins."""
@@ -372,26 +589,25 @@ class EsBook:
     def due_bundle(self, now: float) -> MakeBundle | None:
         if self.bundling or not self.to_bundle:
             return None
-        events = sum(self.n_events.get(u.event_range_id, 1) for u in self.to_bundle)
+        events = self.bundle_events
         age = now - (self.bundle_opened_at or now)
         if events < self.config.bundle_events and age < self.config.bundle_seconds and not self._draining():
             return None
-        updates, self.to_bundle = tuple(self.to_bundle), []
+        updates, self.to_bundle, self.bundle_events = tuple(self.to_bundle), [], 0
         self.bundling = True
-        for update in updates:
-            self.reported.add(update.event_range_id)
+        self.reported.settled(len(updates))
         return MakeBundle(self.spec, updates, events)
 
     def on_bundle(self, event: BundleStaged) -> ReportRanges | None:
         self.bundling = False
         if event.error is not None:
             code, diag = event.error
-            for update in event.updates:
-                self.reported.discard(update.event_range_id)
-                self._queue_report(failed(update.event_range_id, code, f"output not staged out: {diag}"))
+            for update in event.updates:  # settled already, when the bundle was made
+                self._enqueue(failed(update.event_range_id, code, f"output not staged out: {diag}"))
             return None
         for update in event.updates:
             self._count(update)
+        self._sent(event.updates)
         return ReportRanges(self.spec, event.updates, event.bundle)
 
     def due_report(self, now: float) -> ReportRanges | None:
@@ -401,6 +617,7 @@ class EsBook:
             return None
         self.last_report = now
         updates, self.to_report = tuple(self.to_report), []
+        self._sent(updates)
         return ReportRanges(self.spec, updates)
 
     def _draining(self) -> bool:
@@ -408,6 +625,7 @@ class EsBook:
         return not self.members and (self._no_more_coming() or self.stop is not None)
 
     # -- the end ------------------------------------------------------------------------
+
 
     def is_done(self) -> bool:
         """Every range leased is reported, no rank works on the job, nothing is in flight."""
@@ -445,15 +663,20 @@ class EsBook:
                 f"dealt={len(self.dealt)} finished={self.finished_ranges} reported={len(self.reported)}")
 
 
+
 def _merge_members(record: JobRecord, members: Iterable[JobRecord], leader: int) -> None:
-    """CPU time adds up over ranks; memory peaks are per rank, so the job reports the largest."""
+    """CPU time adds up over ranks (the whole seconds PanDA gets are those of the precise sum, not a sum of
+    rounded parts: 64 ranks of 0.4 s are 26 s, not 0); memory peaks are per rank, so the job reports the largest."""
     members = list(members)
     for member in members:
         record.cpu_consumption_time += member.cpu_consumption_time
+        record.cpu_seconds += member.cpu_seconds
         for attr in ("max_pss", "max_rss", "max_vmem", "max_swap", "avg_pss", "avg_rss", "avg_vmem", "avg_swap"):
             setattr(record, attr, max(getattr(record, attr), getattr(member, attr)))
         for attr in ("tot_rchar", "tot_wchar", "tot_rbytes", "tot_wbytes"):
             setattr(record, attr, getattr(record, attr) + getattr(member, attr))
+    if record.cpu_seconds > 0:
+        record.cpu_consumption_time = round(record.cpu_seconds)
     starts = [m.start_time for m in members if m.start_time]
     ends = [m.end_time for m in members if m.end_time]
     record.start_time = min(starts) if starts else ""

@@ -103,6 +103,7 @@ class _EsRankLife(_JobLife):
         try:
             choose_executor(self.spec, self.cfg).run(ranges)
         finally:
+            self.record.cpu_seconds = ranges.cpu_seconds
             self.record.cpu_consumption_time = round(ranges.cpu_seconds)
             self.record.n_events = ranges.finished
             for attr, value in ranges.peaks.items():

@@ -61,11 +61,26 @@ class RangeLink:
                 raise NoMoreRanges
             return None
 
+    def take_all(self, timeout: float) -> list[EventRange]:
+        """Every buffered range at once (waiting up to ``timeout`` for one); NoMoreRanges when the supply
+        ended.  For an executor that needs no time per range: one lock per batch, not per range."""
+        with self._cond:
+            if not self._buffer and not self._no_more:
+                self._cond.wait(timeout)
+            if not self._buffer and self._no_more:
+                raise NoMoreRanges
+            taken = list(self._buffer)
+            self._buffer.clear()
+            return taken
+
     def done(self, outcome: EventRangeUpdate) -> None:
+        self.done_all((outcome,))
+
+    def done_all(self, outcomes: Iterable[EventRangeUpdate]) -> None:
         with self._cond:
             if self._oldest is None:
                 self._oldest = time.monotonic()
-            self._outcomes.append(outcome)
+            self._outcomes.extend(outcomes)
 
     def give_back(self, failure: Callable[[str], EventRangeUpdate]) -> int:
         """Fail every range dealt here and not started (``failure(range_id)`` builds the outcome);
@@ -82,8 +97,10 @@ class RangeLink:
 
     # ---- message loop ---------------------------------------------------------------------
 
-    def deliver(self, ranges: Iterable[Mapping[str, Any]], no_more: bool) -> None:
-        parsed = [EventRange.from_wire(r) for r in ranges]
+    def deliver(self, ranges: Iterable[EventRange | Mapping[str, Any]], no_more: bool) -> None:
+        """Ranges rank 0 dealt.  EventRanges carries them parsed (rank 0 checked each when it leased it:
+        checking again cost a worker rank about 8 us per range); a getEventRanges dict is parsed here."""
+        parsed = [r if isinstance(r, EventRange) else EventRange.from_wire(r) for r in ranges]
         with self._cond:
             self._outstanding = False
             refuse = self._refuse

@@ -235,11 +235,13 @@ def test_walltime_ends_the_job_with_every_range_reported(tmp_path: Path, server_
 
 
 def test_server_outage_during_the_run(tmp_path: Path, server_factory: Any) -> None:
-    server = server_factory([es_job(PANDA_ID, f"{ES_PAYLOAD} --ms-per-event 20")], ranges=150)
+    # A short prefetch keeps leasing going all through the run, so the outage falls while ranges are still to
+    # come (with the default 30 s of prefetch the whole job is leased at once and can end inside the outage).
+    server = server_factory([es_job(PANDA_ID, f"{ES_PAYLOAD} --ms-per-event 20")], ranges=300)
     proc = subprocess.Popen(pilot_argv(tmp_path, ["--server", server.url],
                                        ["eventservice.payload_mode=protocol", "panda.retry_initial=0.2",
                                         "panda.retry_max=1", "panda.call_deadline=3",
-                                        "eventservice.ranges_per_request=2"]),
+                                        "eventservice.ranges_per_request=2", "eventservice.prefetch_seconds=0.2"]),
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -253,7 +255,7 @@ def test_server_outage_during_the_run(tmp_path: Path, server_factory: Any) -> No
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err[-3000:]
     state = server.dump()
-    assert assert_accounted(state) == {"finished": 150}
+    assert assert_accounted(state) == {"finished": 300}
     check_bundles(state["event_ranges"], tmp_path / "out")
     assert state["jobs"][0]["status"] == "finished"
 
