@@ -11,6 +11,10 @@ Liveness: the loop sends ``Alive`` every ``monitor.report_interval`` whatever th
 (idle and waiting for work, staging in, running a job or an event-service part), and rank 0
 declares the rank lost only when that signal stops.  The other way round, a rank that got a
 signal and hears nothing from rank 0 for the same limit stops its job and leaves by itself.
+
+A rank that stopped stays in its loop until rank 0 ends (``Release``): MPICH's Hydra forwards SIGTERM to
+every rank, and one already in MPI_Finalize (where Python has put SIGTERM back to its default action)
+dies of it, upon which Hydra SIGKILLs every rank, rank 0 before its final updates.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ from hpcpilot.payload import owner_id, reap_stale_cgroups
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
+    CloneVerdict,
     EventRanges,
     JobDone,
     KillJob,
     Message,
     NoMoreWork,
     Ready,
+    Release,
     SetDebug,
     Signalled,
     Stop,
@@ -58,6 +64,10 @@ if TYPE_CHECKING:  # imported for real only by event-service jobs
     from hpcpilot.eventservice.link import RangeLink
 
 log = logging.getLogger(__name__)
+
+RELEASE_POLL = 0.5
+"""Longest sleep (s) of a stopped rank waiting for rank 0's Release: it may wait for hours on a node
+shared with payloads (two looks a second cost nothing), and a Release seen late delays the end by as much."""
 
 
 def startup_problems(config: SiteConfig, jobs_dir: Path) -> list[str]:
@@ -104,6 +114,7 @@ class Worker:
         self.outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
         self.running: _RunningJob | None = None
         self.leaving = False
+        self.rank0_done = False  # Release received, or rank 0 gone: a stopped rank has nobody to wait for
         self.stop_event = stop_event or threading.Event()
         self.node = node_info(jobs_dir)
 
@@ -151,6 +162,8 @@ class Worker:
             if self.leaving and self.running is None:
                 self.forward_outbox()
                 self.send(Stopped(self.rank))
+                if not self.rank0_done:
+                    self.await_release()
                 return
             if busy:
                 backoff.reset()
@@ -177,7 +190,7 @@ class Worker:
             return
         assert self.signals is not None and self.signals.signum is not None
         log.error("rank 0 did not answer the signal within %.0f s: this rank stops on its own", self.silence_limit)
-        self.leaving = True
+        self.leaving = self.rank0_done = True
         if self.running is not None:
             name = signal.Signals(self.signals.signum).name
             self.running.control.request_kill(int(signal_error(self.signals.signum)), f"pilot received {name}")
@@ -188,9 +201,33 @@ class Worker:
         if CONTROLLER not in self.transport.lost() or self.leaving:
             return
         log.error("rank 0 died (MPI reports its process failed): this rank stops its job and leaves")
-        self.leaving = True
+        self.leaving = self.rank0_done = True
         if self.running is not None:
             self.running.control.request_kill(int(ErrorCode.EXCEEDEDMAXWAITTIME), "rank 0 of the pilot died")
+
+    def await_release(self) -> None:
+        """Stay, stopped, until rank 0 ends, so that a signal from the launcher finds this rank in its loop
+        (module docstring).  Late messages for a job that ended here are dropped; a signal is passed on to
+        rank 0 as in the loop.  Bounded if rank 0 is gone: MPI reports it dead (fault-tolerant launch;
+        without fault tolerance the launcher ends every rank with it), or it leaves a signal unanswered
+        for the silence limit; in one process, the controller's end sets ``stop_event``."""
+        backoff = Backoff(maximum=RELEASE_POLL)
+        while not self.stop_event.is_set():
+            self.check_signal()
+            incoming = self.transport.receive()
+            if incoming is not None:
+                if isinstance(incoming[1], Release):
+                    return
+                log.debug("%s after this rank stopped: dropped", type(incoming[1]).__name__)
+                backoff.reset()
+                continue
+            if CONTROLLER in self.transport.lost():
+                log.error("rank 0 died (MPI reports its process failed): this rank leaves")
+                return
+            if self.signalled_at is not None and time.monotonic() - self.signalled_at > self.silence_limit:
+                log.error("rank 0 did not end within %.0f s of the signal: this rank leaves", self.silence_limit)
+                return
+            backoff.wait(self.stop_event)
 
     def send(self, message: Message) -> None:
         self.transport.send(CONTROLLER, message)
@@ -222,21 +259,31 @@ class Worker:
                 self.running.link.deliver(message.ranges, message.no_more)
             else:  # the job already ended here: rank 0 failed what it had dealt to this rank
                 log.debug("event ranges for job %d arrived after it ended here", message.panda_id)
-        elif isinstance(message, KillJob):
-            if self.running is not None and self.running.panda_id == message.panda_id:
-                log.info("rank 0 kills job %d: %s", message.panda_id, message.diag)
-                self.running.control.request_kill(message.error_code, message.diag)
-        elif isinstance(message, SetDebug):
-            if self.running is not None and self.running.panda_id == message.panda_id:
-                self.running.control.debug = message.on
+        elif isinstance(message, KillJob | SetDebug | CloneVerdict):
+            self.to_running_job(message)
         elif isinstance(message, Stop):  # also to a rank rank 0 believes lost: it must not outlive the pilot
             self.leaving = True
             if self.running is not None:
                 self.running.control.request_kill(message.error_code, message.diag)
         elif isinstance(message, NoMoreWork):
             self.leaving = True
+        elif isinstance(message, Release):  # rank 0 ends (this rank was given up as lost, and told Stop first)
+            self.leaving = self.rank0_done = True
         else:
             log.warning("unexpected message %s ignored", type(message).__name__)
+
+    def to_running_job(self, message: KillJob | SetDebug | CloneVerdict) -> None:
+        """Rank 0's word for the job this rank runs (a late one, for a job already ended here, is dropped)."""
+        if self.running is None or self.running.panda_id != message.panda_id:
+            return
+        control = self.running.control
+        if isinstance(message, KillJob):
+            log.info("rank 0 kills job %d: %s", message.panda_id, message.diag)
+            control.request_kill(message.error_code, message.diag)
+        elif isinstance(message, SetDebug):
+            control.debug = message.on
+        else:  # the clone job's thread waits for it (hpcpilot.clones)
+            control.clone.deliver(message)
 
     def start_job(self, job_wire: dict[str, Any], stage_in: bool = True, event_service: bool = False) -> None:
         control = JobControl()
