@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import requests.adapters
 import urllib3.exceptions
 
 from hpcpilot.config import PandaConfig, SiteSection
@@ -161,6 +162,18 @@ def _certificate_rejected(exc: BaseException) -> bool:
     return any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc))
 
 
+def _session(connections: int) -> requests.Session:
+    """A session keeping one HTTP connection per sender and per getJob in flight: urllib3 keeps 10 per host
+    by default and, with more threads than that, drops the extras after each call (a new TCP/TLS handshake
+    next time, and a warning per drop)."""
+    session = requests.Session()
+    session.headers["User-Agent"] = USER_AGENT
+    adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(connections, requests.adapters.DEFAULT_POOLSIZE))
+    for prefix in ("http://", "https://"):
+        session.mount(prefix, adapter)
+    return session
+
+
 class PandaClient:
     """The pilot's calls against one PanDA server, in the dialect the config asks for."""
 
@@ -175,8 +188,7 @@ class PandaClient:
         self.credentials = credentials if credentials is not None else Credentials.from_environ(panda.ca_dir)
         check_server_url(self.base, self.credentials.token is not None)
         self.legacy_accept_json = legacy_accept_json
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = USER_AGENT
+        self.session = _session(panda.senders + panda.fetches_in_flight)
         self.pilot_secrets: dict[int, Any] = {}
         self._resolved: dict[str, str] = {}
         self._lock = threading.Lock()

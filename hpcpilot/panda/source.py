@@ -47,8 +47,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import requests.adapters
-
 from hpcpilot import __version__
 from hpcpilot.batchinfo import pilot_identity
 from hpcpilot.config import SiteConfig
@@ -80,7 +78,6 @@ RESTART_JOB_DIAG = ("pilot restarted: the job was in flight when the previous pi
                     "ended without a final update")
 RESTART_RANGE_ERROR = ErrorCode.UNKNOWNPAYLOADFAILURE
 RESTART_RANGE_DIAG = "pilot restarted"
-DEFAULT_POOL_SIZE = requests.adapters.DEFAULT_POOLSIZE
 
 
 @dataclass(frozen=True)
@@ -115,7 +112,6 @@ class PandaSource:
         self._outcome = threading.local()  # each fetch thread reads the outcome of its own call
         self.journal = Journal(Path(workdir) / JOURNAL_NAME, shards=self.panda.senders)
         self.client = client if client is not None else PandaClient(config.panda, config.site)
-        _size_connection_pool(self.client, self.panda.senders + self.panda.fetches_in_flight)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._commands: list[Command] = []
@@ -589,15 +585,6 @@ class PandaSource:
                     else:
                         logger.info("job %s: server command %s ignored (job not running here)",
                                     panda_id, name)
-
-
-def _size_connection_pool(client: PandaClient, connections: int) -> None:
-    """Keep one HTTP connection per sender and per getJob in flight: urllib3 keeps 10 per host by
-    default and, with more threads than that, drops the extras after each call (a new TCP/TLS handshake
-    next time, and a warning per drop)."""
-    adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(connections, DEFAULT_POOL_SIZE))
-    for prefix in ("http://", "https://"):
-        client.session.mount(prefix, adapter)
 
 
 def _with_guids(report: Mapping[str, Any], job: Mapping[str, Any]) -> dict[str, Any]:
