@@ -72,7 +72,7 @@ CREATE INDEX IF NOT EXISTS leases_open ON leases (kind, state, created, key);
 _SHARD_INDEX = "CREATE INDEX IF NOT EXISTS outbox_shard ON outbox (shard, seq)"
 """Created after the ``shard`` column is added to a journal written before it existed."""
 NEXT_IN_SHARD_QUERY = ("SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain FROM outbox "
-                       "INDEXED BY outbox_shard WHERE shard=? ORDER BY seq LIMIT 1")
+                       "INDEXED BY outbox_shard WHERE shard=? ORDER BY seq LIMIT ?")
 """A sender's next update: a search of ``outbox_shard``, never a scan of the other senders' entries."""
 IN_FLIGHT_QUERY = ("SELECT kind, key, panda_id, body, run FROM leases INDEXED BY leases_open "
                    "WHERE kind=? AND state='leased' AND run < ? ORDER BY created, key")
@@ -337,17 +337,28 @@ class Journal:
         """The sender that owns a job's updates: all of one job's updates go through one sender, in order."""
         return panda_id % self.shards
 
-    def next_pending(self, shard: int | None = None) -> OutboxEntry | None:
-        """The oldest queued update (of the jobs of ``shard``, if given), or None."""
+    def next_pending(self, shard: int | None = None, skip: frozenset[int] = frozenset()) -> OutboxEntry | None:
+        """The oldest queued update (of the jobs of ``shard``, if given) whose seq is not in ``skip``
+        (updates parked until their job's status look-up), or None."""
         if shard is None:
-            entries = self.pending(limit=1)
+            entries = [e for e in self.pending(limit=len(skip) + 1) if e.seq not in skip]
             return entries[0] if entries else None
         with self._lock:
-            row = self._db.execute(NEXT_IN_SHARD_QUERY, (shard,)).fetchone()
-        if row is None:
-            return None
-        seq, rev, kind, pid, final, body, run, attempts, uncertain = row
-        return OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
+            rows = self._db.execute(NEXT_IN_SHARD_QUERY, (shard, len(skip) + 1)).fetchall()
+        for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows:
+            if seq not in skip:
+                return OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts,
+                                   bool(uncertain))
+        return None
+
+    def uncertain_range_updates(self, panda_id: int) -> list[OutboxEntry]:
+        """A job's range updates whose fate is open, in send order: what one status look-up settles."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain "
+                                    "FROM outbox WHERE kind=? AND panda_id=? AND uncertain=1 ORDER BY seq",
+                                    (RANGES, panda_id)).fetchall()
+        return [OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
+                for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows]
 
     def pending(self, before_run: int | None = None, limit: int | None = None) -> list[OutboxEntry]:
         """Queued updates in send order (only those queued by runs before ``before_run`` if given)."""

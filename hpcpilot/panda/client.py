@@ -19,7 +19,10 @@ Failures are logged once per episode (the first at WARNING, with the real cause;
 the recovery at INFO), so a long outage does not flood the log.
 
 ``api = "auto"`` tries v1 first and, the first time a v1 endpoint answers 404, remembers to use the
-legacy path for that call from then on (panda-server < 0.8 has no v1; >= 1.0 has only v1).
+legacy path for that call from then on (panda-server < 0.8 has no v1; >= 1.0 has only v1 and answers
+every legacy path with HTTP 403 "method X is forbidden", which is read as "no legacy API here").
+v1 ``update_event_ranges`` answers HTTP 500 on every release, also after committing (panda-wire A.5):
+``UnconfirmedRangeUpdate``, said once at INFO; the source settles it with one look-up per job.
 """
 
 from __future__ import annotations
@@ -65,6 +68,15 @@ class ServerUnavailable(PandaError):
 class Ambiguous(ServerUnavailable):
     """The server may have committed the update: ask it before sending again."""
 
+    def __init__(self, message: str, http_status: int = 0) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class UnconfirmedRangeUpdate(Ambiguous):
+    """v1 ``update_event_ranges`` answered HTTP 500: its answer on every panda-server release, also after
+    committing (panda-wire A.5, A.7).  Not a fault: the ranges' fate is settled by the job's status look-up."""
+
 
 class ServerUnusable(PandaError):
     """Retrying will not help: bad certificate, unsafe token transport, not an http(s) URL."""
@@ -84,6 +96,14 @@ class _NotSent(Exception):
 
 class _MaybeSent(Exception):
     """One attempt failed after the server may have acted on it."""
+
+    def __init__(self, message: str, http_status: int = 0) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+
+
+class _NoLegacyApi(Exception):
+    """A legacy path answered HTTP 403 'method X is forbidden': this server has no legacy API (panda-server 1.0)."""
 
 
 @dataclass
@@ -194,6 +214,7 @@ class PandaClient:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._trouble = ""
+        self._told_range_500 = False
         logger.info("PanDA client for %s (api %s; %s)", self.base, panda.api, self.credentials.describe())
 
     # ------------------------------------------------------------------------------ public calls
@@ -283,7 +304,12 @@ class PandaClient:
         the update (including v1's HTTP 500 after committing, panda-wire A.5) raises ``Ambiguous``."""
         ids = wire.range_ids_of(payload)
         fields = {"eventRanges": json.dumps(list(payload)), "version": int(version)}
-        reply = self._call(wire.UPDATE_EVENT_RANGES, fields, deadline, repeatable=False)
+        try:
+            reply = self._call(wire.UPDATE_EVENT_RANGES, fields, deadline, repeatable=False)
+        except Ambiguous as exc:
+            if exc.http_status == 500 and self.api_for(wire.UPDATE_EVENT_RANGES) == "v1":
+                raise UnconfirmedRangeUpdate(str(exc), 500) from None
+            raise
         answer = self._parse(reply, wire.UPDATE_EVENT_RANGES, replies.parse_range_update, ambiguous=True)
         if answer.status == wire.STATUS_TIMEOUT:
             raise Ambiguous("updateEventRanges: the server timed out (StatusCode 10)")
@@ -303,9 +329,9 @@ class PandaClient:
         legacy getStatus."""
         ids = [int(i) for i in panda_ids]
         if self.api_for(wire.GET_JOB_STATUS) == "v1":
-            query: dict[str, Any] = {"job_ids": json.dumps(ids)}
+            query: dict[str, Any] = {"job_ids": ids}  # List[int] cast from repeated parameters (A.5)
         else:
-            query = {"ids": ",".join(str(i) for i in ids)}
+            query = {"ids": " ".join(str(i) for i in ids)}  # the server splits on whitespace (A.5)
         reply = self._call(wire.GET_JOB_STATUS, query, deadline, repeatable=True)
         return self._parse(reply, wire.GET_JOB_STATUS,
                            lambda data, v1: replies.parse_job_statuses(data, v1, ids), ambiguous=False)
@@ -314,7 +340,8 @@ class PandaClient:
                        deadline: float | None = None) -> dict[str, str]:
         """The server's status of every event range of the given (PandaID, jediTaskID) jobs:
         v1 get_event_range_statuses, legacy get_events_status."""
-        pairs = json.dumps([{"task_id": task, "job_id": job} for job, task in job_tasks])
+        # the server's code reads "panda_id" (its docstring says "job_id", A.5): send both, extra keys are ignored
+        pairs = json.dumps([{"task_id": task, "panda_id": job, "job_id": job} for job, task in job_tasks])
         key = "job_task_ids" if self.api_for(wire.GET_EVENTS_STATUS) == "v1" else "ids"
         reply = self._call(wire.GET_EVENTS_STATUS, {key: pairs}, deadline, repeatable=True)
         return self._parse(reply, wire.GET_EVENTS_STATUS, replies.parse_range_statuses, ambiguous=False)
@@ -358,7 +385,14 @@ class PandaClient:
         if self.legacy_accept_json:
             headers["Accept"] = "application/json"
         request = _Request("POST", wire.LEGACY_PREFIX + method, wire.encode_legacy(fields), headers)
-        return self._request(method, request, end, "legacy", repeatable)
+        try:
+            return self._request(method, request, end, "legacy", repeatable)
+        except _NoLegacyApi:
+            if self.panda.api == "auto":
+                raise ServerUnusable(f"{method}: {self.base} offers it neither on /api/v1 (HTTP 404) nor on the "
+                                     "legacy API (HTTP 403 'forbidden')") from None
+            raise ServerUnusable(f"{method}: {self.base} has no legacy API (HTTP 403 'method {method} is "
+                                 "forbidden', as on panda-server >= 1.0): set panda.api = v1 or auto") from None
 
     def _request(self, method: str, request: _Request, end: float, api: str, repeatable: bool) -> _Reply:
         backoff = max(self.panda.retry_initial, 0.01)
@@ -377,8 +411,9 @@ class PandaClient:
             except _MaybeSent as exc:
                 last_error, maybe_sent = str(exc), True
                 if not repeatable:
-                    self._episode(method, last_error)
-                    raise Ambiguous(f"{method}: {last_error}") from None
+                    if not self._expected(method, api, exc):
+                        self._episode(method, last_error)
+                    raise Ambiguous(f"{method}: {last_error}", exc.http_status) from None
             else:
                 self._recovered()
                 return reply
@@ -390,6 +425,18 @@ class PandaClient:
         why = "client closed" if self._stop.is_set() else f"gave up after {attempt} attempt(s)"
         error = Ambiguous if maybe_sent else ServerUnavailable  # a repeated request may have been taken too
         raise error(f"{method}: {why}: {last_error}")
+
+    def _expected(self, method: str, api: str, exc: _MaybeSent) -> bool:
+        """v1 update_event_ranges answering 500 is its normal answer (A.5): said once at INFO, never as trouble."""
+        if not (method == wire.UPDATE_EVENT_RANGES and api == "v1" and exc.http_status == 500):
+            return False
+        with self._lock:
+            first, self._told_range_500 = not self._told_range_500, True
+        if first:
+            logger.info("%s answers update_event_ranges with HTTP 500, as every panda-server release does after "
+                        "committing (panda-wire A.5): each job's range updates are confirmed by one status "
+                        "look-up per batch", self.base)
+        return True
 
     def _episode(self, method: str, error: str) -> None:
         """Log the first failure of an outage at WARNING with its cause, later ones at DEBUG."""
@@ -444,10 +491,12 @@ def _classify(response: requests.Response, request: _Request, api: str) -> _Repl
         return _Reply(200, response.content, api)
     if code == 404 and api == "v1":
         raise _Missing()
+    if code == 403 and api == "legacy" and b"is forbidden" in response.content[:200]:
+        raise _NoLegacyApi()
     if code in NOT_DELIVERED_HTTP:
         raise _NotSent(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
     if code >= 500:
-        raise _MaybeSent(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
+        raise _MaybeSent(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}", code)
     raise RequestRejected(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
 
 

@@ -1,9 +1,14 @@
 """``hpcpilot serve``: run the PanDA test server, or dump the final state of a state file.
 
     hpcpilot serve --port P --state FILE --jobs FILE... [--ranges-per-job N] [--events-per-range M]
-                   [--api both|v1|legacy] [--tls-cert C --tls-key K]
+                   [--release 1.0|0.8] [--api both|v1|legacy] [--tls-cert C --tls-key K]
                    [--fault KIND [--fault-count N] [--fault-method M] [--fault-after-commit] [--fault-delay S]]
     hpcpilot serve --dump STATE
+
+``--release`` picks the panda-server release it behaves like: 1.0 (the default, the current line: v1
+only, every legacy path HTTP 403 "method X is forbidden") or 0.8 (0.8.1: v1 and legacy).  ``--api``
+narrows or widens that (``legacy`` alone is a server older than 0.8).  On both releases v1
+update_event_ranges answers HTTP 500 after committing, as the real ones do.
 
 Job files hold getJob dicts: a Harvester ``HPCJobs.json`` map ``{PandaID: job}``, a list of jobs or
 one job.  Event-service jobs (``eventService: "True"``) get ``--ranges-per-job`` ranges.
@@ -36,7 +41,9 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=Path, nargs="*", default=[], help="job-definition files to load")
     parser.add_argument("--ranges-per-job", type=int, default=0, help="event ranges per event-service job")
     parser.add_argument("--events-per-range", type=int, default=1, help="events per generated range")
-    parser.add_argument("--api", choices=("both", "v1", "legacy"), default="both", help="APIs to serve")
+    parser.add_argument("--release", choices=("1.0", "0.8"), default="1.0",
+                        help="behave like panda-server 1.0 (v1 only, the default) or 0.8.1 (v1 and legacy)")
+    parser.add_argument("--api", choices=("both", "v1", "legacy"), help="APIs to serve (default: the release's)")
     parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--dump", type=Path, metavar="STATE", help="print STATE's final state as JSON")
@@ -47,7 +54,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fault-after-commit", action="store_true", help="commit the call, then answer the fault")
     parser.add_argument("--fault-delay", type=float, default=0.0, help="seconds of delay for the 'slow' fault")
     parser.add_argument("--no-v1-bug", action="store_true",
-                        help="v1 update_event_ranges answers 200 (panda-server 0.8.1 answers 500 after committing)")
+                        help="v1 update_event_ranges answers 200 (every real release answers 500 after committing)")
     parser.set_defaults(func=run_serve)
     return parser
 
@@ -80,10 +87,11 @@ def run_serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("hpcpilot serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
-    apis = ("v1", "legacy") if args.api == "both" else (args.api,)
+    apis = None if args.api is None else ("v1", "legacy") if args.api == "both" else (args.api,)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     try:
-        server = PandaTestServer(args.state, args.port, apis=apis, tls=tls, v1_event_update_bug=not args.no_v1_bug)
+        server = PandaTestServer(args.state, args.port, release=args.release, apis=apis, tls=tls,
+                                 v1_event_update_bug=not args.no_v1_bug)
     except (OSError, sqlite3.Error) as exc:  # a state file that cannot be opened: one line
         print(f"hpcpilot serve: {args.state}: cannot open the state file ({exc})", file=sys.stderr)
         return 2

@@ -1,7 +1,10 @@
 """A small PanDA-compatible test server (``hpcpilot serve``): both APIs, the real wire quirks.
 
-A test double of panda-server 0.8.1 for the pilot's four calls, not a scheduler.  It serves the
-legacy ``/server/panda/getJob|updateJob|getEventRanges|updateEventRanges`` (form-encoded or gzip
+A test double of the real panda-server releases for the pilot's calls, not a scheduler, built from the
+servers' code and their observed answers (panda-wire A.5-A.7).  ``release`` picks which: "1.0" (the
+default, the current line) serves only v1 and answers every legacy path HTTP 403 ``ERROR : method X is
+forbidden``; "0.8" (0.8.1, the last release with both) also serves the legacy
+``/server/panda/getJob|updateJob|getEventRanges|updateEventRanges`` (form-encoded or gzip
 JSON requests; URL-encoded replies, or JSON with ``Accept: application/json``) and the v1
 ``/api/v1/pilot/acquire_jobs|update_job`` and ``/api/v1/event/acquire_event_ranges|
 update_event_ranges`` (JSON bodies, ``{success, message, data}`` replies) on 127.0.0.1, with the
@@ -9,10 +12,14 @@ observed behaviours of panda-wire A.6: ``tobekilled`` for an unknown/archived jo
 attemptNr, status 0 and no change for an invalid state, empty ranges for unknown or killed jobs,
 ``StatusCode=0&Returns=%22&Command=E`` for non-JSON event input, the extra trailing ``false`` when
 events finish, 403 for unknown methods, 500 with the exception text, and v1 update_event_ranges
-answering HTTP 500 after committing (its body depends on ``version``, A.5).  The status look-ups
-the pilot asks when an update's fate is open are served too: v1 ``pilot/get_job_status`` and
-``event/get_event_range_statuses`` (GET), legacy ``getStatus`` and ``get_events_status``; a job
-the pilot reported finished or failed reads ``holding``, as on the real server before its Adder.
+answering HTTP 500 after committing on both releases (its body depends on ``version``, A.5).  The
+status look-ups the pilot asks when an update's fate is open are served in the forms the real servers
+accept, and refused as they refuse the others: v1 ``pilot/get_job_status`` (GET, ``job_ids`` as repeated
+parameters; a JSON string is a type error) and ``event/get_event_range_statuses`` (GET, items keyed
+``task_id`` and ``panda_id``; an item without ``panda_id`` is "database error in the PanDA server"),
+legacy ``getStatus`` (``ids`` split on whitespace) and ``get_events_status`` (bare JSON, ``null`` on any
+error).  A job the pilot reported finished or failed reads ``holding``, as on the real server before
+its Adder.
 
 State (jobs, event ranges, every request received) lives in SQLite, so the server can be stopped
 and started again on the same port ("down") without losing anything, and ``dump_state`` reads the
@@ -79,23 +86,34 @@ def _int(value: Any, default: int | None = None) -> int | None:
 class _Reply:
     """What a method returns: a legacy-style dict, or a ready HTTP answer."""
 
-    def __init__(self, data: Any, http_status: int = 200, raw: bytes | None = None, v1: Any = None) -> None:
+    def __init__(self, data: Any, http_status: int = 200, raw: bytes | None = None, v1: Any = None,
+                 v1_error: str | None = None) -> None:
         self.data = data
         self.http_status = http_status
         self.raw = raw
         self.v1 = v1  # the v1 ``data`` where it is not derived from the legacy reply
+        self.v1_error = v1_error  # v1 answers ``success: false`` with this message
 
+
+RELEASES = {"1.0": ("v1",), "0.8": ("v1", "legacy")}
+"""The APIs each modelled panda-server release serves (1.0.x: v1 only; 0.8.1: both)."""
+DEFAULT_RELEASE = "1.0"
+LOOKUP_DB_ERROR = "database error in the PanDA server"
+"""What v1 get_event_range_statuses answers when the server's code fails on an item (no ``panda_id``)."""
 
 class PandaTestServer:
     """The server object: state, faults and the HTTP listener (start/stop to go up/down)."""
 
-    def __init__(self, state: Path, port: int = 0, *, apis: Iterable[str] = ("v1", "legacy"),
-                 tls: tuple[str, str] | None = None, client_ca: str | None = None,
+    def __init__(self, state: Path, port: int = 0, *, release: str = DEFAULT_RELEASE,
+                 apis: Iterable[str] | None = None, tls: tuple[str, str] | None = None, client_ca: str | None = None,
                  trailing_false: bool = True, v1_event_update_bug: bool = True,
                  tokens: Iterable[str] | None = None) -> None:
+        if release not in RELEASES:
+            raise ValueError(f"release {release!r}: expected one of {', '.join(RELEASES)}")
         self.state_path = Path(state)
         self.port = port
-        self.apis = frozenset(apis)
+        self.release = release
+        self.apis = frozenset(RELEASES[release] if apis is None else apis)
         self.tls = tls
         self.client_ca = client_ca
         self.trailing_false = trailing_false
@@ -387,29 +405,36 @@ class PandaTestServer:
         return out
 
     def range_states(self, job_task_ids: Any) -> dict[str, dict[str, Any]]:
-        """{job_id: {eventRangeID: {status, error, dialog}}} for [{task_id, job_id}, ...] (A.5)."""
+        """{panda_id: {eventRangeID: {status, error, dialog}}} for [{task_id, panda_id}, ...], as the
+        server's ``get_events_status`` reads them (A.5): a job with no ranges of that task maps to {}.
+        Raises (ValueError, KeyError, TypeError, AttributeError) where the server's code fails: not JSON,
+        or an item without ``panda_id`` or ``task_id`` -- the docstring's ``job_id`` is not read."""
         pairs = json.loads(job_task_ids) if isinstance(job_task_ids, str) else job_task_ids
         out: dict[str, dict[str, Any]] = {}
         for pair in pairs:
-            job_id = _int(pair.get("job_id"))
+            task_id, panda_id = pair["task_id"], pair["panda_id"]
             rows = self._db.execute("SELECT event_range_id, status, error_code, error_diag FROM events "
-                                    "WHERE panda_id=? ORDER BY ord", (job_id,)).fetchall()
-            if rows:
-                out[str(job_id)] = {rid: {"status": status, "error": code, "dialog": diag}
-                                    for rid, status, code, diag in rows}
+                                    "WHERE panda_id=? ORDER BY ord", (_int(panda_id),)).fetchall()
+            out[str(panda_id)] = {rid: {"status": status, "error": code, "dialog": diag}
+                                  for rid, status, code, diag in rows if _task_of_range(rid) == _int(task_id)}
         return out
 
     def _get_status(self, fields: Mapping[str, Any]) -> _Reply:
-        """Legacy getStatus: ``status=a+b&attemptNr=1+2`` aligned with ``ids`` ('notfound' if unknown)."""
-        ids = [x for x in str(fields.get("ids", "")).split(",") if x.strip()]
+        """Legacy getStatus: ``status=a+b&attemptNr=1+2`` aligned with ``ids``, which the server splits on
+        whitespace ('notfound' if unknown; a comma-joined '7,9' is one unknown id, A.5)."""
+        ids = str(fields.get("ids", "")).split()
         states = self.job_states(ids)
         legacy = {"StatusCode": 0, "status": "+".join(s.replace("not found", "notfound") for _i, s, _a in states),
                   "attemptNr": "+".join(str(a) for _i, _s, a in states)}
         return _Reply(legacy, v1=[{"job_id": _int(i, i), "status": s, "attempt_number": a} for i, s, a in states])
 
     def _get_events_status(self, fields: Mapping[str, Any]) -> _Reply:
-        """Legacy get_events_status: the bare JSON dict, no StatusCode."""
-        data = self.range_states(fields.get("ids", "[]"))
+        """get_events_status: legacy answers the bare JSON dict (no StatusCode) and ``null`` where the
+        server's code fails; v1 answers ``success: false``, "database error in the PanDA server"."""
+        try:
+            data = self.range_states(fields.get("ids", "[]"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return _Reply(None, raw=b"null", v1_error=LOOKUP_DB_ERROR)
         return _Reply(data, raw=json.dumps(data).encode(), v1=data)
 
     def _update_one_event(self, event: Mapping[str, Any], zip_info: Any) -> tuple[bool | None, int | None]:
@@ -540,8 +565,13 @@ def _dump(db: sqlite3.Connection) -> dict[str, Any]:
     return {"jobs": jobs, "event_ranges": ranges, "requests": n_requests}
 
 
+def _task_of_range(range_id: str) -> int | None:
+    """The jediTaskID in a server-made eventRangeID ``<task>-<PandaID>-<file>-<processID>-<attempt>``."""
+    return _int(range_id.split("-", 1)[0])
+
+
 def _v1_event_update_bug_body(version: Any) -> bytes:
-    """What v1 update_event_ranges answers (HTTP 500, after committing) on panda-server 0.8.1 (A.5)."""
+    """What v1 update_event_ranges answers (HTTP 500, after committing) on 0.8.1 and 1.0.4 alike (A.5, A.7)."""
     if (_int(version, 0) or 0) >= 1:
         return b"unhashable type: 'list'"
     return b"Type not serializable for {'Returns', 'Commands'} (<class 'set'>)"
@@ -627,7 +657,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._admin(path[len("/admin/"):], body)
             return
         try:
-            if path.startswith(wire.LEGACY_PREFIX) and "legacy" in self.app.apis:
+            if path.startswith(wire.LEGACY_PREFIX):
                 self._legacy(path[len(wire.LEGACY_PREFIX):], body)
             elif path in wire.V1_METHOD_BY_PATH and "v1" in self.app.apis:
                 self._v1(wire.V1_METHOD_BY_PATH[path], body)
@@ -653,11 +683,11 @@ class _Handler(BaseHTTPRequestHandler):
         return {**query, **dict(parse_qsl(body.decode(), keep_blank_values=True))}
 
     def _legacy(self, method: str, body: bytes) -> None:
-        fields = self._legacy_fields(body)
-        if method not in wire.METHODS + wire.LOOKUPS:
-            self.app.record("legacy", method, fields, 403, self._auth())
+        if method not in wire.METHODS + wire.LOOKUPS or "legacy" not in self.app.apis:  # 1.0: every method
+            self.app.record("legacy", method, {}, 403, self._auth())
             self._send(403, f"ERROR : method {method} is forbidden".encode())
             return
+        fields = self._legacy_fields(body)
         if not self._token_ok():
             self.app.record("legacy", method, fields, 401, self._auth())
             self._send(401, b"invalid token")
@@ -666,11 +696,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _v1(self, method: str, body: bytes) -> None:
         if method in wire.LOOKUPS:
-            fields: dict[str, Any] = dict(parse_qsl(urlsplit(self.path).query, keep_blank_values=True))
-            ids = fields.get("job_ids", fields.get("job_task_ids", "[]"))
-            legacy = {"ids": ",".join(str(i) for i in json.loads(ids))} if method == wire.GET_JOB_STATUS \
-                else {"ids": ids}
-            self._serve("v1", method, fields, legacy)
+            self._v1_lookup(method)
             return
         if "application/json" not in self.headers.get("Content-Type", ""):
             fields = dict(parse_qsl(body.decode(), keep_blank_values=True))
@@ -679,7 +705,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._v1_reply({"success": False, "data": None,
                             "message": f"Type error: '{name}' must be of type int, got str."})
             return
-        fields = json.loads(body) if body else {}
+        try:
+            fields = json.loads(body) if body else {}
+        except ValueError as exc:  # 1.0.4's words (0.8.1 answers the bare exception text)
+            self.app.record("v1", method, {}, 500, self._auth())
+            self._send(500, f"ERROR : received invalid JSON : {exc}".encode())
+            return
         if not self._token_ok():
             self.app.record("v1", method, fields, 401, self._auth())
             self._send(401, b"invalid token")
@@ -692,6 +723,26 @@ class _Handler(BaseHTTPRequestHandler):
                                        f"{type(fields[bad[0]]).__name__}."})
             return
         self._serve("v1", method, fields, wire.from_v1(method, fields))
+
+    def _v1_lookup(self, method: str) -> None:
+        """The v1 look-ups, GET only, with their arguments cast as the server casts them (A.5)."""
+        pairs = parse_qsl(urlsplit(self.path).query, keep_blank_values=True)
+        if self.command != "GET":
+            self.app.record("v1", method, dict(pairs), 200, self._auth())
+            self._v1_reply({"success": False, "data": None, "message": f"expecting GET, received {self.command}"})
+            return
+        if method == wire.GET_EVENTS_STATUS:
+            fields: dict[str, Any] = dict(pairs)
+            self._serve("v1", method, fields, {"ids": fields.get("job_task_ids", "")})
+            return
+        values = [v for k, v in pairs if k == "job_ids"]
+        if not values or any(_int(v) is None for v in values):  # List[int] is cast from repeated parameters
+            self.app.record("v1", method, {"job_ids": values}, 200, self._auth())
+            self._v1_reply({"success": False, "data": None, "message": f"Type error: 'job_ids' with value "
+                                                                      f"'{values}' could not be casted to type "
+                                                                      "List from list."})
+            return
+        self._serve("v1", method, {"job_ids": [_int(v) for v in values]}, {"ids": " ".join(values)})
 
     def _serve(self, api: str, method: str, fields: Mapping[str, Any], legacy_fields: dict[str, Any]) -> None:
         """Run one call, counted in ``app.concurrency`` while it is served (including a slow fault's wait)."""
@@ -753,6 +804,8 @@ class _Handler(BaseHTTPRequestHandler):
             out = {"success": True, "message": "",
                    "data": {"StatusCode": 0, "Returns": replies.nested_json(data["Returns"], "Returns"),
                             "Commands": replies.nested_json(data["Command"], "Command")}}
+        elif reply.v1_error is not None:
+            out = {"success": False, "message": reply.v1_error, "data": None}
         elif reply.v1 is not None:
             out = {"success": True, "message": "", "data": reply.v1}
         else:

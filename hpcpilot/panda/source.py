@@ -51,10 +51,18 @@ from hpcpilot import __version__
 from hpcpilot.batchinfo import pilot_identity
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.journal import JOB, RANGE, Journal, OutboxEntry
+from hpcpilot.journal import JOB, RANGE, Journal, OutboxEntry, count_ranges
 from hpcpilot.panda import wire
 from hpcpilot.panda.auth import register_secret
-from hpcpilot.panda.client import Ambiguous, PandaClient, PandaError, RequestRejected, ServerUnusable
+from hpcpilot.panda.client import (
+    Ambiguous,
+    PandaClient,
+    PandaError,
+    RequestRejected,
+    ServerUnusable,
+    UnconfirmedRangeUpdate,
+)
+from hpcpilot.panda.rangecheck import MAX_UNCONFIRMED_SENDS, RangeChecks, settle
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, attempt_nr_of, panda_id_of, parse_int, show_value
 from hpcpilot.sources import Command, Delivery, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
@@ -68,10 +76,6 @@ FETCH_REFUSED = -3
 FETCH_UNUSABLE = -4
 SERVER_FINAL_JOB_STATES = frozenset({"holding", "finished", "failed", "cancelled", "closed", "merging"})
 """Job states that prove the server has a final update (finished/failed are 'holding' until its Adder)."""
-SERVER_FINAL_RANGE_STATES = {"finished": "finished", "done": "finished", "merged": "finished",
-                             "failed": "failed", "fatal": "fatal", "cancelled": "failed",
-                             "discarded": "failed", "corrupted": "failed"}
-"""Event-range states that prove the server has a final status, and what it counts as."""
 LOST_HEARTBEAT = "lostheartbeat"
 RESTART_JOB_ERROR = ErrorCode.KILLSIGNAL
 RESTART_JOB_DIAG = ("pilot restarted: the job was in flight when the previous pilot process on this workdir "
@@ -124,6 +128,7 @@ class PandaSource:
         self._last_success: float | None = None
         self._wakes = [threading.Event() for _ in range(self.journal.shards)]  # one per sender: none misses one
         self._stopping = threading.Event()
+        self._flushing = threading.Event()  # parked range updates are checked at once, not when due
         self._abort = threading.Event()
         self._replay_upto = self._recover()
         self._senders = [threading.Thread(target=self._send_loop, args=(shard,), name=f"panda-sender-{shard}",
@@ -323,14 +328,19 @@ class PandaSource:
     def flush(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the outbox to empty; True if it did."""
         end = time.monotonic() + timeout
+        self._flushing.set()
         self._wake_senders()
-        with self._cond:
-            while self.journal.pending_count():  # every shard drained
-                remaining = end - time.monotonic()
-                if remaining <= 0 or not self._senders_alive():
-                    return False
-                self._cond.wait(min(remaining, 0.5))
-        return True
+        try:
+            with self._cond:
+                while self.journal.pending_count():  # every shard drained
+                    remaining = end - time.monotonic()
+                    if remaining <= 0 or not self._senders_alive():
+                        return False
+                    self._cond.wait(min(remaining, 0.5))
+            return True
+        finally:
+            if not self._stopping.is_set():
+                self._flushing.clear()
 
     def pending(self) -> int:
         """Updates journaled and not yet acknowledged."""
@@ -405,18 +415,22 @@ class PandaSource:
 
     def _send_loop(self, shard: int) -> None:
         """One sender: the updates of the jobs of ``shard``, oldest first, with its own back-off (an update
-        that keeps failing holds up only its shard's jobs, whose order must be kept anyway)."""
+        that keeps failing holds up only its shard's jobs, whose order must be kept anyway).  Range updates
+        that their answer did not confirm (v1's 500) are parked until their job's one status look-up
+        (``rangecheck``); meanwhile the sender goes on with the shard's other updates."""
         wake = self._wakes[shard]
+        checks = RangeChecks()
         backoff = self.panda.retry_initial
         while not self._abort.is_set():
             wake.clear()
-            entry = self.journal.next_pending(shard)
-            if entry is None:
+            progress = self._send_next(shard, checks)
+            if progress is None:  # nothing to send now
                 with self._cond:
                     self._cond.notify_all()
-                wake.wait(timeout=5.0)
+                wait = checks.wait_time(time.monotonic())
+                wake.wait(timeout=5.0 if wait is None else min(5.0, max(wait, 0.01)))
                 continue
-            if self._send(entry):
+            if progress:
                 backoff = self.panda.retry_initial
                 with self._cond:
                     self._cond.notify_all()
@@ -428,23 +442,45 @@ class PandaSource:
         with self._cond:
             self._cond.notify_all()
 
-    def _send(self, entry: OutboxEntry) -> bool:
+    def _send_next(self, shard: int, checks: RangeChecks) -> bool | None:
+        """Do the shard's next piece of work: a due look-up, else the oldest update not parked.
+        True: progress; False: failed, back off; None: nothing to do now."""
+        entry = self.journal.next_pending(shard, skip=checks.parked_seqs())
+        job = checks.due_job(time.monotonic(), flushing=self._flushing.is_set())
+        if job is None and entry is not None and entry.kind == JOB and entry.final and checks.is_parked(entry.panda_id):
+            job = entry.panda_id  # the server takes range updates only while the job is active: ranges first
+        if job is not None:
+            return self._check_ranges(job, checks)
+        if entry is None:
+            return None
+        if entry.kind != JOB and entry.uncertain:  # left open by a failed look-up or a previous run
+            return self._check_ranges(entry.panda_id, checks)
+        return self._send(entry, checks)
+
+    def _send(self, entry: OutboxEntry, checks: RangeChecks) -> bool:
         """Deliver one outbox entry; False if it must be tried again later.  An answer that leaves the
-        update's fate open is followed at once by one look-up: the server that answered is up."""
-        outcome = self._send_once(entry)
+        update's fate open is followed at once by one look-up (the server that answered is up), except
+        v1's range-update 500, which is its normal answer: that update waits for its job's batched look-up."""
+        outcome = self._send_once(entry, checks)
         if outcome is None:
-            outcome = self._send_once(dataclasses.replace(entry, uncertain=True)) is True
+            if entry.kind != JOB:
+                return self._check_ranges(entry.panda_id, checks)
+            outcome = self._send_once(dataclasses.replace(entry, uncertain=True), checks) is True
         return outcome
 
-    def _send_once(self, entry: OutboxEntry) -> bool | None:
-        """True: done with it; False: try again later; None: its fate is open (marked uncertain)."""
+    def _send_once(self, entry: OutboxEntry, checks: RangeChecks) -> bool | None:
+        """True: done with it (or parked); False: try again later; None: its fate is open (marked uncertain)."""
         try:
             if entry.uncertain:
-                checked = self._check_with_server(entry)
+                checked = self._check_job(entry)
                 if checked is None:
                     return True
                 entry = checked
-            self._deliver(entry)
+            self._deliver(entry, checks)
+        except UnconfirmedRangeUpdate as exc:
+            self.journal.mark_uncertain(entry, str(exc))
+            checks.park(entry.panda_id, entry.seq, count_ranges(entry.body), time.monotonic())
+            return True
         except RequestRejected as exc:
             logger.error("server refused update #%d for job %s, not resending: %s", entry.seq, entry.panda_id,
                          exc)
@@ -468,7 +504,7 @@ class PandaSource:
             return False
         return True
 
-    def _deliver(self, entry: OutboxEntry) -> None:
+    def _deliver(self, entry: OutboxEntry, checks: RangeChecks) -> None:
         """Send one entry; on an acknowledging reply, remove it (or narrow it to what was not taken).
 
         The reply's server commands are queued before the entry leaves the outbox: ``flush`` returns once
@@ -480,6 +516,7 @@ class PandaSource:
                 self._last_success = time.monotonic()
             if entry.final:
                 self._set_final(entry.panda_id, "acknowledged")
+                checks.forget(entry.panda_id)
             self._queue_commands({entry.panda_id: names})
             self.journal.acknowledge(entry)
             return
@@ -497,38 +534,67 @@ class PandaSource:
         else:
             self.journal.acknowledge(entry)
 
-    def _check_with_server(self, entry: OutboxEntry) -> OutboxEntry | None:
-        """An update whose fate is unknown: ask the server.  None when it has everything (the entry is
-        then acknowledged); otherwise the entry narrowed to what the server lacks, to be sent."""
-        if entry.kind == JOB:
-            state = self.client.job_statuses([entry.panda_id], deadline=self.fetch_deadline).get(entry.panda_id)
-            if not entry.final:  # a heartbeat is done once the server's state is at or past it
-                if _progress(state) < _progress(entry.body.get("state")):
-                    return entry
+    def _check_ranges(self, panda_id: int, checks: RangeChecks) -> bool:
+        """One status look-up for every range update of a job whose fate is open: each is acknowledged,
+        narrowed to what the server lacks (sent again next), or -- sent too often without ever showing up
+        at the server -- refused for good.  False if the look-up failed (the updates stay uncertain)."""
+        entries = self.journal.uncertain_range_updates(panda_id)
+        if not entries:
+            checks.settled(panda_id, None)
+            return True
+        ids = [rid for entry in entries for rid in wire.range_ids_of(entry.body["payload"])]
+        try:
+            known = self.client.range_statuses([(panda_id, self._task_of(panda_id, ids))],
+                                               deadline=self.fetch_deadline)
+        except PandaError as exc:
+            checks.lookup_failed(panda_id)
+            log = logger.warning if checks.failing == 1 else logger.debug
+            log("job %s: status look-up for %d unconfirmed range update(s) failed: %s", panda_id, len(entries), exc)
+            return False
+        checks.settled(panda_id, len(known))
+        confirmed = resend = 0
+        for entry in entries:
+            verdict = settle(wire.range_ids_of(entry.body["payload"]), known)
+            for status in set(verdict.have.values()):
+                self._count(entry, [rid for rid, s in verdict.have.items() if s == status], status)
+            confirmed += len(verdict.have)
+            resend += len(verdict.missing)
+            if not verdict.missing:
                 self.journal.acknowledge(entry)
-                return None
-            if state not in SERVER_FINAL_JOB_STATES:
-                logger.info("job %s: the server's state is %s; sending the final update again", entry.panda_id,
-                            state)
+                checks.done(entry.seq)
+            elif checks.sends(entry.seq) >= MAX_UNCONFIRMED_SENDS:
+                self._refuse_unconfirmed(entry, verdict.missing, checks.sends(entry.seq))
+                checks.done(entry.seq)
+            else:
+                self.journal.narrow(entry, _only(entry.body, set(verdict.missing)))
+        logger.debug("job %s: one look-up (%d range(s) listed) settles %d update(s): %d range(s) confirmed, %d to "
+                     "send again", panda_id, len(known), len(entries), confirmed, resend)
+        return True
+
+    def _refuse_unconfirmed(self, entry: OutboxEntry, missing: Sequence[str], sends: int) -> None:
+        reason = (f"sent {sends} times and never shown by the server's status look-up (is the job still "
+                  f"active there?): {len(missing)} range(s), e.g. {missing[0]}")
+        logger.error("job %s: update #%d refused for good: %s", entry.panda_id, entry.seq, reason)
+        self._count(entry, list(missing), "rejected")
+        self.journal.reject(entry, reason)
+
+    def _check_job(self, entry: OutboxEntry) -> OutboxEntry | None:
+        """A job update whose fate is unknown: ask the server.  None when it has it (the entry is then
+        acknowledged); otherwise the entry, to be sent again."""
+        state = self.client.job_statuses([entry.panda_id], deadline=self.fetch_deadline).get(entry.panda_id)
+        if not entry.final:  # a heartbeat is done once the server's state is at or past it
+            if _progress(state) < _progress(entry.body.get("state")):
                 return entry
-            logger.info("job %s: the server already has a final state (%s); not sent again", entry.panda_id, state)
-            self._set_final(entry.panda_id, "acknowledged")
             self.journal.acknowledge(entry)
             return None
-        ids = wire.range_ids_of(entry.body["payload"])
-        known = self.client.range_statuses([(entry.panda_id, self._task_of(entry.panda_id, ids))],
-                                           deadline=self.fetch_deadline)
-        have = {rid: SERVER_FINAL_RANGE_STATES[known[rid]] for rid in ids
-                if known.get(rid) in SERVER_FINAL_RANGE_STATES}
-        for status in set(have.values()):
-            self._count(entry, [rid for rid, s in have.items() if s == status], status)
-        missing = [rid for rid in ids if rid not in have]
-        logger.info("job %s: the server has %d of %d range(s) of update #%d; %s", entry.panda_id, len(have),
-                    len(ids), entry.seq, f"sending the other {len(missing)}" if missing else "nothing to send")
-        if not missing:
-            self.journal.acknowledge(entry)
-            return None
-        return self.journal.narrow(entry, _only(entry.body, set(missing)))
+        if state not in SERVER_FINAL_JOB_STATES:
+            logger.info("job %s: the server's state is %s; sending the final update again", entry.panda_id,
+                        state)
+            return entry
+        logger.info("job %s: the server already has a final state (%s); not sent again", entry.panda_id, state)
+        self._set_final(entry.panda_id, "acknowledged")
+        self.journal.acknowledge(entry)
+        return None
 
     def _task_of(self, panda_id: int, range_ids: Sequence[str]) -> int | None:
         """The jediTaskID of a job: the first field of its eventRangeIDs, else the journaled definition."""

@@ -21,6 +21,7 @@ import pytest
 
 from hpcpilot.panda import wire
 from hpcpilot.panda.server import PandaTestServer
+from tests.fixtures.panda.panda_helpers import release_for
 from tests.pilotrun import FAST, LAPTOP, make_job, run_pilot
 
 OUTPUT = "clone.out.txt"
@@ -89,7 +90,7 @@ def assert_one_range_to(ranges: list[dict[str, Any]], winner: int) -> None:
 def test_two_pilots_runonce_clones_only_one_runs(tmp_path: Path, api: str) -> None:
     marks = tmp_path / "marks"
     marks.mkdir()
-    with PandaTestServer(tmp_path / "state.sqlite").start() as server:
+    with PandaTestServer(tmp_path / "state.sqlite", release=release_for(api)).start() as server:
         server.load_jobs([clone_job(1701, "runonce", marks, 1700), clone_job(1702, "runonce", marks, 1700)])
         homes = [tmp_path / "pilotA", tmp_path / "pilotB"]
         run_pilots([(pilot_argv(server.url, home, api), home) for home in homes])

@@ -33,14 +33,15 @@ def pilot(tmp: Path, server_url: str, settings: list[str], timeout: float = 120,
 
 
 @pytest.fixture
-def server(tmp_path: Path):
-    srv = PandaTestServer(tmp_path / "state.sqlite").start()
+def server(tmp_path: Path, request: pytest.FixtureRequest):
+    """``hpcpilot serve`` as the release a test names (indirect parameter), panda-server 1.0 by default."""
+    srv = PandaTestServer(tmp_path / "state.sqlite", release=getattr(request, "param", "1.0")).start()
     srv.load_jobs([make_job(800 + i, f"echo {i} > o{i}.txt", [f"o{i}.txt"]) for i in range(3)])
     yield srv
     srv.close()
 
 
-@pytest.mark.parametrize("api", ["v1", "legacy"])
+@pytest.mark.parametrize(("server", "api"), [("1.0", "v1"), ("0.8", "v1"), ("0.8", "legacy")], indirect=["server"])
 @pytest.mark.parametrize("kind", ["no-data", "status-zero", "garbage", "truncated"])
 def test_replies_that_prove_nothing_lose_nothing_and_end_nothing_early(tmp_path, server, api, kind):
     """The first getJob answers and every final updateJob's first answer prove nothing (the update
@@ -54,6 +55,7 @@ def test_replies_that_prove_nothing_lose_nothing_and_end_nothing_early(tmp_path,
     assert all(job["states"].count("finished") == 1 for job in jobs.values())
 
 
+@pytest.mark.parametrize("server", ["1.0", "0.8"], indirect=True)
 @pytest.mark.parametrize("kind", ["no-data", "status-zero", "garbage", "truncated", "500"])
 def test_a_final_update_committed_behind_a_bad_answer_is_not_sent_again(tmp_path, server, kind):
     server.set_fault(kind, method="updateJob", after_commit=True)  # every updateJob answer proves nothing

@@ -20,7 +20,7 @@ from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import PandaSource
 from hpcpilot.records import JobRecord, JobSpec, panda_id_of
 from hpcpilot.states import JobState
-from tests.fixtures.panda.panda_helpers import NODE, panda_config
+from tests.fixtures.panda.panda_helpers import NODE, panda_config, release_for
 from tests.jobfuzz import FINAL, final_updates, mutated_jobs, refusal
 
 N_JOBS = 2000
@@ -58,8 +58,8 @@ def _drain(source: PandaSource) -> list[Any]:
     return leased
 
 
-def _server(tmp_path: Path, jobs: list[dict[str, Any]]) -> PandaTestServer:
-    server = PandaTestServer(tmp_path / "state.sqlite").start()
+def _server(tmp_path: Path, jobs: list[dict[str, Any]], release: str = "1.0") -> PandaTestServer:
+    server = PandaTestServer(tmp_path / "state.sqlite", release=release).start()
     server.load_jobs(jobs)
     return server
 
@@ -92,7 +92,7 @@ def test_two_thousand_fuzzed_definitions_each_reported_once(tmp_path: Path, api:
     caplog.set_level(logging.INFO)
     jobs = mutated_jobs(N_JOBS, SEED + (api == "legacy"))
     expected = {int(str(job["PandaID"]).strip()): refusal(job) for job in jobs}
-    server = _server(tmp_path, jobs)
+    server = _server(tmp_path, jobs, release_for(api))
     try:
         source = _source(server.url, tmp_path / "work", api)
         try:

@@ -23,6 +23,7 @@ from hpcpilot.errors import EXIT_OK, ErrorCode
 from hpcpilot.panda import wire
 from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.report import event_times, load_run, rank_timeline, summarize
+from tests.fixtures.panda.panda_helpers import release_for
 from tests.pilotrun import (
     FAST,
     LAPTOP,
@@ -227,7 +228,7 @@ def test_json_log_on_every_rank(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("api", ["v1", "legacy"])
 def test_update_job_links_the_job_to_its_batch_job_and_sends_every_state(tmp_path: Path, api: str) -> None:
-    server = PandaTestServer(tmp_path / "state.sqlite").start()
+    server = PandaTestServer(tmp_path / "state.sqlite", release=release_for(api)).start()
     try:
         jobs = [make_job(1600 + n, f"sleep 1; echo {n} > o{n}.txt", [f"o{n}.txt"]) for n in range(2)]
         server.load_jobs(jobs)

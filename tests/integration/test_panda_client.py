@@ -11,7 +11,7 @@ import pytest
 
 from hpcpilot.panda import auth, wire
 from hpcpilot.panda.auth import Credentials
-from hpcpilot.panda.client import Ambiguous, PandaClient, RequestRejected, ServerUnavailable, ServerUnusable
+from hpcpilot.panda.client import Ambiguous, PandaClient, ServerUnavailable, ServerUnusable
 from hpcpilot.panda.server import PandaTestServer, token_fingerprint
 from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.states import JobState
@@ -44,7 +44,7 @@ def panda_clean_env(monkeypatch):
 
 @pytest.fixture
 def panda_server(tmp_path):
-    server = PandaTestServer(tmp_path / "state.sqlite").start()
+    server = PandaTestServer(tmp_path / "state.sqlite", release="0.8").start()
     server.load_jobs(job_definitions(3, start_id=500, es=True), ranges_per_job=4)
     yield server
     server.close()
@@ -163,12 +163,16 @@ def test_auto_falls_back_to_legacy_once(tmp_path):
 
 
 def test_auto_uses_v1_when_present_and_v1_only_server_refuses_legacy(tmp_path):
-    server = PandaTestServer(tmp_path / "s.sqlite", apis=("v1",)).start()
+    """panda-server 1.0 answers every legacy path 403 "method X is forbidden" (A.7): no legacy API, said in one
+    line that tells what to set, and not retried (it will not heal)."""
+    server = PandaTestServer(tmp_path / "s.sqlite", release="1.0").start()
     server.load_jobs(job_definitions(1))
     try:
         assert _client(server.url, "auto").acquire_jobs(1, NODE)[0] == 0
-        with pytest.raises(RequestRejected, match="HTTP 404"):
+        with pytest.raises(ServerUnusable, match=r"no legacy API \(HTTP 403 'method updateJob is forbidden'.*"
+                                                 r"set panda.api = v1 or auto"):
             _client(server.url, "legacy").update_job({"jobId": 1000, "state": "running"})
+        assert [r["http_status"] for r in server.requests("updateJob")] == [403]
     finally:
         server.close()
 
@@ -427,6 +431,7 @@ def test_x509_proxy_is_the_client_certificate(tmp_path, panda_certs, monkeypatch
         tmp_path / "s.sqlite",
         tls=(str(panda_certs["server_cert"]), str(panda_certs["server_key"])),
         client_ca=str(panda_certs["ca_cert"]),
+        release="0.8",
     ).start()
     server.load_jobs(job_definitions(1))
     try:

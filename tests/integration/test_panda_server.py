@@ -22,7 +22,7 @@ JSON = {"Accept": "application/json"}
 
 @pytest.fixture
 def panda_server(tmp_path):
-    server = PandaTestServer(tmp_path / "state.sqlite").start()
+    server = PandaTestServer(tmp_path / "state.sqlite", release="0.8").start()
     server.load_jobs(job_definitions(2, start_id=100, es=True), ranges_per_job=3, events_per_range=10)
     yield server
     server.close()

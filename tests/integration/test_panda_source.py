@@ -39,7 +39,7 @@ def panda_clean_env(monkeypatch):
 
 @pytest.fixture
 def panda_server(tmp_path):
-    server = PandaTestServer(tmp_path / "state.sqlite").start()
+    server = PandaTestServer(tmp_path / "state.sqlite", release="0.8").start()
     server.load_jobs(
         job_definitions(2, start_id=700) + job_definitions(1, start_id=800, es=True), ranges_per_job=4
     )
@@ -317,7 +317,7 @@ def test_tokens_and_secrets_never_reach_logs_or_files(tmp_path, monkeypatch, cap
     monkeypatch.setenv("OIDC_AUTH_DIR", str(token_dir))
     monkeypatch.setenv("OIDC_AUTH_ORIGIN", "atlas")
     secret = "pilot-secret-value-42"
-    server = PandaTestServer(tmp_path / "state.sqlite", tokens={token}).start()
+    server = PandaTestServer(tmp_path / "state.sqlite", release="0.8", tokens={token}).start()
     jobs = job_definitions(2)
     jobs[0]["pilotSecrets"] = json.dumps({"KEY": secret})
     server.load_jobs(jobs)

@@ -31,7 +31,7 @@ def panda_clean_env(monkeypatch):
 
 @pytest.fixture
 def server(tmp_path):
-    server = PandaTestServer(tmp_path / "state.sqlite").start()
+    server = PandaTestServer(tmp_path / "state.sqlite", release="0.8").start()
     server.load_jobs(job_definitions(8, start_id=900) + job_definitions(1, start_id=800, es=True),
                      ranges_per_job=4)
     yield server
@@ -157,7 +157,7 @@ def test_an_outage_is_logged_once_by_the_client_not_once_per_sender(server, tmp_
 
 def test_next_pending_of_a_shard_is_an_index_search(tmp_path):
     journal = Journal(tmp_path / "j.sqlite", shards=4)
-    plan = " ".join(row[-1] for row in journal._db.execute(f"EXPLAIN QUERY PLAN {NEXT_IN_SHARD_QUERY}", (1,)))
+    plan = " ".join(row[-1] for row in journal._db.execute(f"EXPLAIN QUERY PLAN {NEXT_IN_SHARD_QUERY}", (1, 1)))
     assert "SEARCH outbox USING INDEX outbox_shard" in plan and "SCAN" not in plan, plan
     journal.close()
 

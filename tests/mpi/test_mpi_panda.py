@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.panda.panda_helpers import release_for
 from tests.pilotrun import BIN, LAPTOP, make_job, wait_for
 
 pytestmark = pytest.mark.mpi
@@ -33,7 +34,8 @@ def test_six_jobs_through_a_panda_server_on_four_ranks(tmp_path: Path, api: str)
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "hpcpilot", "serve", "--port", str(port), "--state",
-                               str(tmp_path / "state.db"), "--jobs", str(tmp_path / "jobs.json")],
+                               str(tmp_path / "state.db"), "--jobs", str(tmp_path / "jobs.json"),
+                               "--release", release_for(api)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: _listening(port), timeout=30)
