@@ -446,9 +446,11 @@ class PandaSource:
         """Do the shard's next piece of work: a due look-up, else the oldest update not parked.
         True: progress; False: failed, back off; None: nothing to do now."""
         entry = self.journal.next_pending(shard, skip=checks.parked_seqs())
-        job = checks.due_job(time.monotonic(), flushing=self._flushing.is_set())
+        job = checks.due_job(time.monotonic())
         if job is None and entry is not None and entry.kind == JOB and entry.final and checks.is_parked(entry.panda_id):
             job = entry.panda_id  # the server takes range updates only while the job is active: ranges first
+        if job is None and entry is None and self._flushing.is_set():
+            job = checks.due_job(time.monotonic(), flushing=True)  # all sent: check what is parked now
         if job is not None:
             return self._check_ranges(job, checks)
         if entry is None:
