@@ -117,11 +117,18 @@ def pilot_argv(tmp: Path, access_point: Path, settings: Sequence[str] = (), rank
     return argv
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a child a test stops with SIGINT: a test runner started with SIGINT ignored (a
+    background job of a non-interactive shell) would pass the ignored disposition on, and the child would
+    never see the signal."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_pilot(tmp: Path, access_point: Path, settings: Sequence[str] = (), ranks: int = 0,
                 extra: Sequence[str] = (), mpi: Mpi = MPICH) -> subprocess.Popen[str]:
     return subprocess.Popen(pilot_argv(tmp, access_point, settings, ranks, extra, mpi), cwd=tmp, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            env=mpi.environ())
+                            env=mpi.environ(), preexec_fn=default_sigint)
 
 
 def finish(proc: subprocess.Popen[str], tmp: Path, timeout: float = 120) -> PilotRun:

@@ -36,9 +36,10 @@ AGE_BASE = 2.0
 AGE_CAP = 120.0
 """The longest a parked update waits for its job's look-up (s)."""
 MAX_UNCONFIRMED_SENDS = 8
-"""An update sent (and answered) this many times that the look-ups never show taken is refused for good (the
-job is no longer active at the server, which then takes no range update): kept in the journal's ``rejected``
-table.  Sends that never reached the server (an outage) do not count."""
+"""An update sent (and answered) this many times that the look-ups never show taken is refused for good once the
+server says the job is no longer active (it then takes no range update of it): kept in the journal's ``rejected``
+table.  While the job is active the update stays owed (a server failing before it commits).  Sends that never
+reached the server (an outage) do not count."""
 
 SERVER_FINAL_RANGE_STATES = {"finished": "finished", "done": "finished", "merged": "finished",
                              "failed": "failed", "fatal": "fatal", "cancelled": "failed",

@@ -554,6 +554,8 @@ class PandaSource:
             log("job %s: status look-up for %d unconfirmed range update(s) failed: %s", panda_id, len(entries), exc)
             return False
         checks.settled(panda_id, len(known))
+        ended = self._job_ended_at_server(panda_id) if any(
+            checks.sends(entry.seq) >= MAX_UNCONFIRMED_SENDS for entry in entries) else False
         confirmed = resend = 0
         for entry in entries:
             verdict = settle(wire.range_ids_of(entry.body["payload"]), known)
@@ -564,7 +566,7 @@ class PandaSource:
             if not verdict.missing:
                 self.journal.acknowledge(entry)
                 checks.done(entry.seq)
-            elif checks.sends(entry.seq) >= MAX_UNCONFIRMED_SENDS:
+            elif ended and checks.sends(entry.seq) >= MAX_UNCONFIRMED_SENDS:
                 self._refuse_unconfirmed(entry, verdict.missing, checks.sends(entry.seq))
                 checks.done(entry.seq)
             else:
@@ -573,9 +575,18 @@ class PandaSource:
                      "send again", panda_id, len(known), len(entries), confirmed, resend)
         return True
 
+    def _job_ended_at_server(self, panda_id: int) -> bool:
+        """True when the server no longer runs the job (final, or unknown): it takes no range update of it any
+        more.  While the job is active a range update it never shows is still owed (a failing server)."""
+        try:
+            state = self.client.job_statuses([panda_id], deadline=self.fetch_deadline).get(panda_id)
+        except PandaError:
+            return False
+        return state in SERVER_FINAL_JOB_STATES or state in ("not found", "notfound")
+
     def _refuse_unconfirmed(self, entry: OutboxEntry, missing: Sequence[str], sends: int) -> None:
-        reason = (f"sent {sends} times and never shown by the server's status look-up (is the job still "
-                  f"active there?): {len(missing)} range(s), e.g. {missing[0]}")
+        reason = (f"sent {sends} times and never shown by the server's status look-up, and the job is no longer "
+                  f"active there: {len(missing)} range(s), e.g. {missing[0]}")
         logger.error("job %s: update #%d refused for good: %s", entry.panda_id, entry.seq, reason)
         self._count(entry, list(missing), "rejected")
         self.journal.reject(entry, reason)

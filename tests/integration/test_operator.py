@@ -28,6 +28,7 @@ from tests.pilotrun import (
     FAST,
     LAPTOP,
     REPO,
+    default_sigint,
     finish,
     make_access_point,
     make_job,
@@ -162,7 +163,7 @@ def test_a_closed_pipe_is_no_traceback(tmp_path: Path) -> None:
 
 def test_ctrl_c_is_no_traceback(tmp_path: Path) -> None:
     serve = subprocess.Popen([*HPCPILOT, "serve", "--state", str(tmp_path / "panda.db")], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
     assert serve.stdout is not None and "serving" in serve.stdout.readline()
     serve.send_signal(signal.SIGINT)
     _out, err = serve.communicate(timeout=60)
@@ -284,7 +285,7 @@ def test_status_and_metrics_of_a_running_pilot(tmp_path: Path) -> None:
         assert "running 2" in shown.stdout and "failed 1" in shown.stdout and "busy 2" in shown.stdout, shown.stdout
         assert "job 1703: 1305" in shown.stdout, shown.stdout
         watch = subprocess.Popen([*HPCPILOT, "status", str(workdir), "--watch", "0.2"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)
+                                 stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
         assert watch.stdout is not None and "hpcpilot on laptop: running" in watch.stdout.readline()
         watch.send_signal(signal.SIGINT)
         _out, err = watch.communicate(timeout=30)

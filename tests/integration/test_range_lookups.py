@@ -148,4 +148,5 @@ def test_updates_the_server_never_takes_are_refused_after_a_bound(tmp_path):
         source.close()
         assert len(srv.requests(wire.UPDATE_EVENT_RANGES)) == MAX_UNCONFIRMED_SENDS
         assert len(srv.requests(wire.GET_EVENTS_STATUS)) == MAX_UNCONFIRMED_SENDS
-        assert len(rejected) == 1 and "never shown by the server's status look-up" in rejected[0][3]
+        assert len(srv.requests(wire.GET_JOB_STATUS)) == 1  # refused only once the server says the job ended
+        assert len(rejected) == 1 and "no longer active there" in rejected[0][3]
