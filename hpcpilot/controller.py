@@ -258,6 +258,9 @@ class Controller:
         return handler(message)
 
     def on_ready(self, message: Ready) -> list[Event]:
+        name = message.node.get("node")
+        if name and name not in {node.get("node") for node in self.nodes.values()}:
+            self.source.report_worker_node(message.node)  # once per node: its first rank to answer
         self.nodes[message.rank] = message.node
         if self.recorder is not None:
             self.recorder.add_node(message.rank, message.node)

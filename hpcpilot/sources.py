@@ -78,6 +78,10 @@ class JobSource(Protocol):
                             bundle: OutputBundle | None = None) -> None:
         """Queue final event-range statuses (with the zip bundle that holds their outputs)."""
 
+    def report_worker_node(self, node: Mapping[str, Any]) -> None:
+        """Tell the source about one node of the allocation (once per node, from its first rank's Ready):
+        a PanDA server gets its worker-node map; it must not block rank 0's loop."""
+
     def poll(self, now: float) -> list[Command]:
         """Housekeeping (send queued updates, heartbeat files); returns commands received since the last poll."""
 

@@ -144,6 +144,10 @@ class HarvesterSource:
             self.job_request.open({"nJobs": n}, now)
         return FETCH_AWAITING_FEED
 
+    def report_worker_node(self, node: Mapping[str, Any]) -> None:
+        """Harvester has no worker-node endpoint; pilot3 merges the map into a job report's metadata, which
+        this source does not write yet (issue 25)."""
+
     def abandon(self) -> list[Mapping[str, Any]]:
         """Jobs read from the access point and never started: the pilot is stopping."""
         with self.lock:

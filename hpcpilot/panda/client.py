@@ -346,6 +346,24 @@ class PandaClient:
         reply = self._call(wire.GET_EVENTS_STATUS, {key: pairs}, deadline, repeatable=True)
         return self._parse(reply, wire.GET_EVENTS_STATUS, replies.parse_range_statuses, ambiguous=False)
 
+    def update_worker_node(self, fields: Mapping[str, Any], deadline: float | None = None) -> str:
+        """Send the worker-node map of one node (v1 only; B.10); returns the server's message.  A server
+        without the endpoint (404) or one that refuses it raises ``RequestRejected``."""
+        end = time.monotonic() + (self.panda.call_deadline if deadline is None else deadline)
+        body, headers = wire.encode_v1(dict(fields))
+        request = _Request("POST", wire.UPDATE_WORKER_NODE_PATH, body, headers)
+        try:
+            reply = self._request(wire.UPDATE_WORKER_NODE, request, end, "v1", repeatable=True)
+        except _Missing:
+            raise RequestRejected(f"{wire.UPDATE_WORKER_NODE}: not offered by {self.base} (HTTP 404)") from None
+        try:
+            answer = replies.decode_body(reply.content)
+        except wire.WireError as exc:
+            raise ServerUnavailable(f"{wire.UPDATE_WORKER_NODE}: not acknowledged: {exc}") from None
+        if answer.get("success") is not True:
+            raise RequestRejected(f"{wire.UPDATE_WORKER_NODE}: {wire.snippet(str(answer.get('message') or '-'))}")
+        return str(answer.get("message") or "")
+
     def close(self) -> None:
         """Interrupt back-off waits and close the session."""
         self._stop.set()

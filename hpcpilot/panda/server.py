@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE TABLE IF NOT EXISTS requests (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, api TEXT NOT NULL, method TEXT NOT NULL,
     fields TEXT NOT NULL, http_status INTEGER NOT NULL, auth TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS worker_nodes (
+    host_name TEXT PRIMARY KEY, fields TEXT NOT NULL, updates INTEGER NOT NULL);
 """
 
 
@@ -391,6 +393,15 @@ class PandaTestServer:
             returns.append(False)  # A.6.5: nEvents update fails on PostgreSQL after the events were stored
         return _Reply({"StatusCode": 0, "Returns": json.dumps(returns), "Command": json.dumps(commands)})
 
+    def upsert_worker_node(self, fields: Mapping[str, Any]) -> str:
+        """Keep one row per host, as the server's worker-node map does; the server's message."""
+        with self._lock:
+            known = self._db.execute("SELECT 1 FROM worker_nodes WHERE host_name=?", (fields["host_name"],)).fetchone()
+            self._db.execute("INSERT INTO worker_nodes (host_name, fields, updates) VALUES (?, ?, 1) ON CONFLICT"
+                             "(host_name) DO UPDATE SET fields=excluded.fields, updates=updates+1",
+                             (str(fields["host_name"]), json.dumps(dict(fields))))
+        return "Updated worker node." if known else "Inserted new worker node."
+
     def job_states(self, panda_ids: Iterable[Any]) -> list[tuple[Any, str, int]]:
         """(PandaID, state, attemptNr) as the real server tells them: 'not found' for an unknown job,
         'holding' for a job the pilot reported finished or failed (the Adder has not run, A.3)."""
@@ -562,7 +573,9 @@ def _dump(db: sqlite3.Connection) -> dict[str, Any]:
                   "SELECT event_range_id, panda_id, status, error_code, error_diag, zip, updates FROM events "
                   "ORDER BY ord")]
     n_requests = db.execute("SELECT count(*) FROM requests").fetchone()[0]
-    return {"jobs": jobs, "event_ranges": ranges, "requests": n_requests}
+    nodes = [{**json.loads(fields), "updates": updates}
+             for fields, updates in db.execute("SELECT fields, updates FROM worker_nodes ORDER BY host_name")]
+    return {"jobs": jobs, "event_ranges": ranges, "requests": n_requests, "worker_nodes": nodes}
 
 
 def _task_of_range(range_id: str) -> int | None:
@@ -659,6 +672,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if path.startswith(wire.LEGACY_PREFIX):
                 self._legacy(path[len(wire.LEGACY_PREFIX):], body)
+            elif path == wire.UPDATE_WORKER_NODE_PATH and "v1" in self.app.apis:
+                self._worker_node(body)
             elif path in wire.V1_METHOD_BY_PATH and "v1" in self.app.apis:
                 self._v1(wire.V1_METHOD_BY_PATH[path], body)
             else:
@@ -723,6 +738,20 @@ class _Handler(BaseHTTPRequestHandler):
                                        f"{type(fields[bad[0]]).__name__}."})
             return
         self._serve("v1", method, fields, wire.from_v1(method, fields))
+
+    def _worker_node(self, body: bytes) -> None:
+        """v1 update_worker_node: inserts or refreshes a node of the worker-node map; unknown fields are refused
+        as v1 refuses them, the three required ones must be there (0.8.1 and 1.0.4 take the same fields)."""
+        fields = json.loads(body) if body else {}
+        unknown = sorted(set(fields) - wire.WORKER_NODE_FIELDS)
+        missing = [k for k in ("site", "host_name", "cpu_model") if k not in fields]
+        self.app.record("v1", wire.UPDATE_WORKER_NODE, fields, 200, self._auth())
+        if unknown or missing:
+            why = f"got an unexpected keyword argument '{unknown[0]}'" if unknown else \
+                f"missing a required argument: '{missing[0]}'"
+            self._v1_reply({"success": False, "data": None, "message": f"Argument error: {why}"})
+            return
+        self._v1_reply({"success": True, "data": None, "message": self.app.upsert_worker_node(fields)})
 
     def _v1_lookup(self, method: str) -> None:
         """The v1 look-ups, GET only, with their arguments cast as the server casts them (A.5)."""

@@ -63,6 +63,7 @@ from hpcpilot.panda.client import (
     UnconfirmedRangeUpdate,
 )
 from hpcpilot.panda.rangecheck import MAX_UNCONFIRMED_SENDS, RangeChecks, settle
+from hpcpilot.panda.workernode import worker_node_fields
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, attempt_nr_of, panda_id_of, parse_int, show_value
 from hpcpilot.sources import Command, Delivery, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
@@ -122,6 +123,7 @@ class PandaSource:
         self._running: dict[int, float] = {}  # PandaID -> monotonic time leased
         self._secrets: dict[int, dict[str, Any]] = {}
         self._lost_reported: set[int] = set()
+        self._nodes_reported: set[str] = set()
         self._acked: dict[int, Counter[str]] = {}
         self._final: dict[int, str] = {}
         self._closing_delivery: Delivery | None = None  # the last word, once the journal is closed
@@ -260,6 +262,26 @@ class PandaSource:
         if plain:
             self.journal.enqueue_range_update(job.panda_id, plain, 0, [u["eventRangeID"] for u in plain])
         self._wake_sender(job.panda_id)
+
+    def report_worker_node(self, node: Mapping[str, Any]) -> None:
+        """Send one node's worker-node map (v1 ``update_worker_node``, 0.8.1 and 1.0) from a short-lived thread,
+        so rank 0's loop never waits for it.  Best effort: the map serves brokerage, no job depends on it, so a
+        failure is one INFO line and is not retried.  Not sent with ``panda.api = legacy`` (no such method)."""
+        name = str(node.get("node") or "")
+        with self._lock:
+            if not name or name in self._nodes_reported or self.panda.api == "legacy":
+                return
+            self._nodes_reported.add(name)
+        fields = worker_node_fields(node, self.config.site.name, self.config.site.queue)
+        threading.Thread(target=self._send_worker_node, args=(fields,), name="panda-worker-node", daemon=True).start()
+
+    def _send_worker_node(self, fields: Mapping[str, Any]) -> None:
+        try:
+            said = self.client.update_worker_node(fields, deadline=self.fetch_deadline)
+        except PandaError as exc:
+            logger.info("worker-node map of %s not sent: %s", fields.get("host_name"), exc)
+            return
+        logger.info("worker-node map of %s sent (%s)", fields.get("host_name"), said or "ok")
 
     def poll(self, now: float) -> list[Command]:
         """Commands received since the last poll, plus 'lostheartbeat' per running job when no job

@@ -33,6 +33,14 @@ GET_JOB_STATUS = "getStatus"
 GET_EVENTS_STATUS = "get_events_status"
 LOOKUPS = (GET_JOB_STATUS, GET_EVENTS_STATUS)
 
+UPDATE_WORKER_NODE = "update_worker_node"
+"""The worker-node map (v1 only, panda-server 0.8.1 and 1.0; B.10): not one of the legacy methods above."""
+UPDATE_WORKER_NODE_PATH = "/api/v1/pilot/update_worker_node"
+WORKER_NODE_FIELDS = frozenset({"site", "host_name", "cpu_model", "panda_queue", "n_logical_cpus", "n_sockets",
+                                "cores_per_socket", "threads_per_core", "cpu_architecture", "cpu_architecture_level",
+                                "clock_speed", "total_memory", "total_local_disk"})
+"""What update_worker_node accepts on 0.8.1 and 1.0.4 (v1 refuses any other field)."""
+
 LEGACY_PREFIX = "/server/panda/"
 V1_PATHS: dict[str, str] = {
     GET_JOB: "/api/v1/pilot/acquire_jobs",

@@ -50,8 +50,16 @@ def test_six_jobs_through_a_panda_server_on_four_ranks(tmp_path: Path, api: str)
         server.wait(timeout=30)
     dump = subprocess.run([sys.executable, "-m", "hpcpilot", "serve", "--dump", str(tmp_path / "state.db")],
                           capture_output=True, text=True, check=True)
-    state = {job["PandaID"]: job for job in json.loads(dump.stdout)["jobs"]}
+    dumped = json.loads(dump.stdout)
+    state = {job["PandaID"]: job for job in dumped["jobs"]}
     assert sorted(state) == [700 + i for i in range(6)]
+    # the worker-node map: once per node (4 ranks, one node), with the fields the server upserts; none on legacy
+    nodes = dumped["worker_nodes"]
+    if api == "legacy":
+        assert nodes == []
+    else:
+        assert [(n["host_name"], n["updates"]) for n in nodes] == [(socket.gethostname(), 1)], nodes
+        assert nodes[0]["cpu_model"] and nodes[0]["n_logical_cpus"] >= 1 and nodes[0]["panda_queue"] == "TESTQ"
     for panda_id, job in state.items():
         assert job["status"] == "finished", job
         report = job["output_report"]
