@@ -15,7 +15,8 @@ The 1k figure is the baseline of each column; the targets (issue 14) are 100k/1k
 event at 100k.  A second table comes from ``bench/scale_es.py`` (the event-service ledger), if present.
 Not a test: nothing is asserted.
 
-    .venv/bin/python -m bench.bench_scale [--quick] [--ranks 1000 10000 100000] [--no-before] [--no-es]
+    .venv/bin/python -m bench.bench_scale [--quick] [--ranks 1000 10000 100000] [--before COMMIT] [--no-before]
+        [--no-es]
 """
 
 from __future__ import annotations
@@ -56,20 +57,21 @@ QUIET = {"lost_after": 1e9, "heartbeat": 1e7, "debug_heartbeat": 1e7, "startup_t
 TEMPLATE = JobSpec.from_wire(make_job(1, "true", ["o.txt"]))
 
 
-def before_module() -> tuple[ModuleType | None, str]:
-    """The committed scheduler as a module of its own (read-only ``git show``), or None and why not."""
+def before_module(commit: str = BASELINE_COMMIT) -> tuple[ModuleType | None, str]:
+    """The scheduler of ``commit`` as a module of its own (read-only ``git show``), or None and why not.
+    Only a commit where the scheduler was one file (``hpcpilot/scheduler.py``, up to 9f240d3) can be loaded."""
     try:
-        source = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:hpcpilot/scheduler.py"], cwd=REPO,
+        source = subprocess.run(["git", "show", f"{commit}:hpcpilot/scheduler.py"], cwd=REPO,
                                 capture_output=True, text=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"git show {BASELINE_COMMIT}:hpcpilot/scheduler.py failed: {type(exc).__name__}"
+        return None, f"git show {commit}:hpcpilot/scheduler.py failed: {type(exc).__name__}"
     module = ModuleType("hpcpilot._scheduler_before")
     sys.modules[module.__name__] = module  # dataclasses look their module up while the class is made
     try:
-        exec(compile(source, f"{BASELINE_COMMIT}:hpcpilot/scheduler.py", "exec"), module.__dict__)
+        exec(compile(source, f"{commit}:hpcpilot/scheduler.py", "exec"), module.__dict__)
     except Exception as exc:  # the committed file may import names the tree no longer has
         return None, f"the committed scheduler does not import against this tree: {type(exc).__name__}: {exc}"
-    return module, f"{BASELINE_COMMIT}:hpcpilot/scheduler.py"
+    return module, f"{commit}:hpcpilot/scheduler.py"
 
 
 def job(panda_id: int) -> JobSpec:
@@ -247,12 +249,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1k and 10k ranks only")
     parser.add_argument("--ranks", type=int, nargs="+", help="rank counts (the first is the baseline)")
     parser.add_argument("--no-before", action="store_true", help="skip the committed scheduler's column")
+    parser.add_argument("--before", default=BASELINE_COMMIT, metavar="COMMIT",
+                        help=f"the commit whose one-file scheduler is the 'before' column ({BASELINE_COMMIT}; "
+                             "9f240d3 is the last one before the scheduler became a package)")
     parser.add_argument("--no-es", action="store_true", help="skip the ES ledger table (bench/scale_es.py)")
     args = parser.parse_args()
     ranks = tuple(args.ranks) if args.ranks else QUICK_RANKS if args.quick else FULL_RANKS
     if any(n < 1 for n in ranks):
         parser.error("--ranks: every count must be at least 1")
-    before, note = (None, "not run (--no-before)") if args.no_before else before_module()
+    before, note = (None, "not run (--no-before)") if args.no_before else before_module(args.before)
     scheduler_table(ranks, before, note)
     startup_table(ranks, before)
     if not args.no_es:

@@ -327,8 +327,8 @@ def _make_controller(args: argparse.Namespace, config: SiteConfig, transport: An
     if args.harvester_dir:  # an open request to Harvester is looked at every poll_interval
         policy.fetch_retry = config.harvester.poll_interval
     scheduler = Scheduler(worker_ranks, config, policy)
-    scheduler.credentials = CredentialGuard.from_environ(config.panda.credential_min_lifetime,
-                                                         config.panda.proxy_check_interval)
+    scheduler.gate.credentials = CredentialGuard.from_environ(config.panda.credential_min_lifetime,
+                                                              config.panda.proxy_check_interval)
     recorder = _make_recorder(workdir)
     controller = Controller(transport, source, scheduler, workdir, signals, recorder, single_rank=single_rank)
     return controller, signals

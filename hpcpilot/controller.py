@@ -285,9 +285,8 @@ class Controller:
 
     def on_range_report(self, message: RangeReport) -> list[Event]:
         if self.recorder is not None and message.outcomes:
-            book = self.scheduler.es.get(message.panda_id)
-            sizes = book.n_events if book is not None else {}  # a range's events, from its start/last event
-            events = [sizes.get(outcome.event_range_id) for outcome in message.outcomes]  # now: it leaves at the send
+            # a range's events, from its start/last event: asked now, the ledger forgets it at the report
+            events = self.scheduler.range_events(message.panda_id, [o.event_range_id for o in message.outcomes])
             key = (self.rank_label(message.rank), message.panda_id)
             self.range_rows.setdefault(key, []).append((self.clock(), message.outcomes, events))
             self.range_rows_pending += len(events)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcpilot.batchinfo import batch_job
-from hpcpilot.states import JobState
+from hpcpilot.states import JobState, RankState
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.prom"
@@ -60,7 +60,7 @@ class LiveStatus:
     def snapshot(self, scheduler: Any, now: float, ended: bool = False) -> dict[str, Any]:
         """The numbers of one moment, as status.json holds them."""
         self._count_new(scheduler.done)
-        ranks = Counter(str(rank.state) for rank in scheduler.ranks.values())
+        ranks = scheduler.ranks.counts  # kept by the registry as states change: no recount
         deadline = scheduler.policy.deadline
         if self.deadline_from is None:
             self.deadline_from = deadline_source(scheduler.config.walltime.limit, deadline)
@@ -69,7 +69,7 @@ class LiveStatus:
             "started": self.started, "updated": now, "ranks_total": self.n_ranks, "worker_ranks": len(scheduler.ranks),
             "jobs": {"running": len(scheduler.jobs) + len(scheduler.es), "queued": len(scheduler.pending),
                      "finished": self.done[str(JobState.FINISHED)], "failed": self.done[str(JobState.FAILED)]},
-            "ranks": {state: ranks.get(state, 0) for state in RANK_STATES},
+            "ranks": {state: ranks.get(RankState(state), 0) for state in RANK_STATES},
             "time_left": None if deadline is None else max(0.0, deadline - now),
             "guard_in": None if deadline is None else max(0.0, deadline - scheduler.policy.margin - now),
             "time_left_source": self.deadline_from["source"], "slurm_job": self.deadline_from["batch_job"],

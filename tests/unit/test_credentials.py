@@ -105,7 +105,7 @@ def test_rank_0_leases_nothing_more_once_the_proxy_is_about_to_expire(tmp_path: 
 
     make_proxy(tmp_path / "proxy", 2 * 3600)
     scheduler = started(1)
-    scheduler.credentials = CredentialGuard(tmp_path / "proxy", None, min_lifetime=3600, interval=0)
+    scheduler.gate.credentials = CredentialGuard(tmp_path / "proxy", None, min_lifetime=3600, interval=0)
     assert of_type(scheduler.handle(1.0, [WorkRequested(1)]), Fetch) == [Fetch(1)]
     scheduler.handle(2.0, [JobsFetched((spec(1),))])
     make_proxy(tmp_path / "proxy", 30 * 60)  # the proxy was not renewed: 30 min left

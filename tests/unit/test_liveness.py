@@ -104,7 +104,7 @@ def test_a_rank_whose_signal_stops_is_lost_told_to_stop_and_given_no_work() -> N
     actions = s.handle(12.5, [JobsFetched((job(1), job(2)))])
     assert [(a.rank, a.job.panda_id) for a in of(actions, Assign)] == [(1, 1)]
     actions = alive_until(s, 14.0, 18.0, (1,)) + s.handle(18.5, [WorkRequested(2)])  # a lost rank stays lost
-    assert not of(actions, Assign) and 2 not in s.idle
+    assert not of(actions, Assign) and 2 not in s.ranks.idle
 
 
 def test_a_busy_rank_whose_signal_stops_is_lost_with_its_job() -> None:

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from hpcpilot import scheduler as scheduler_module
 from hpcpilot.config import load_config
 from hpcpilot.controller import Controller
 from hpcpilot.monitor.samples import MonitorReport, TreeSample
@@ -39,6 +38,7 @@ from hpcpilot.scheduler import (
     StopRequested,
     WorkRequested,
 )
+from hpcpilot.scheduler import due as due_module
 from hpcpilot.signals import SignalFlag
 from hpcpilot.states import JobState, RankState
 from hpcpilot.transport import QueueHub
@@ -115,13 +115,13 @@ def all_busy(n_ranks: int, **policy: Any) -> tuple[Scheduler, list[int]]:
 def pops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts due-time entries popped by the scheduler."""
     counter = [0]
-    real = scheduler_module.heappop
+    real = due_module.heappop
 
     def counting(heap: list) -> Any:
         counter[0] += 1
         return real(heap)
 
-    monkeypatch.setattr(scheduler_module, "heappop", counting)
+    monkeypatch.setattr(due_module, "heappop", counting)
     return counter
 
 
@@ -129,7 +129,8 @@ def cycle_cost(n_ranks: int, pops: list[int], cycles: int = 50) -> tuple[int, in
     """(ranks visited, jobs visited, due entries popped) over ``cycles`` report/end/request/fetch cycles and
     as many empty passes, with every rank busy."""
     s, next_id = all_busy(n_ranks)
-    s.ranks, s.jobs = CountingDict(s.ranks), CountingDict(s.jobs)
+    s.ranks.slots = CountingDict(s.ranks.slots)
+    s.jobs = s.timers.jobs = CountingDict(s.jobs)  # the timers look jobs up in the same table
     pops[0] = 0
     t = 2.0
     for i in range(cycles):
@@ -143,7 +144,7 @@ def cycle_cost(n_ranks: int, pops: list[int], cycles: int = 50) -> tuple[int, in
         s.handle(t + 0.5, [JobProgress(rank, JobRecord(next_id[0] - 1, JobState.RUNNING))])
         s.handle(t + 0.5, [])  # an empty pass
         t += 1.0
-    return s.ranks.visits, s.jobs.visits, pops[0]  # type: ignore[attr-defined]
+    return s.ranks.slots.visits, s.jobs.visits, pops[0]  # type: ignore[attr-defined]
 
 
 def test_an_event_cycle_and_an_empty_pass_visit_no_rank_and_no_job_at_100_or_10000_ranks(pops: list[int]) -> None:
@@ -184,7 +185,7 @@ def test_the_due_heap_stays_proportional_to_the_running_jobs() -> None:
         panda_id = s.ranks[rank].panda_id
         actions = s.handle(2.0 + i, [JobEnded(rank, JobRecord(panda_id, JobState.FINISHED)), WorkRequested(rank)])
         s.handle(2.0 + i, answer(actions, next_id))
-    assert len(s.jobs) == 10 and len(s.due) <= 4 * len(s.jobs) + 64 + 1
+    assert len(s.jobs) == 10 and len(s.timers.due) <= 4 * len(s.jobs) + 64 + 1
 
 
 def test_rank_state_counts_match_a_recount_through_every_kind_of_change() -> None:
@@ -209,8 +210,8 @@ def test_rank_state_counts_match_a_recount_through_every_kind_of_change() -> Non
             events.append(StopRequested(15, "stop"))
         actions = s.handle(t, events)
         recount = Counter(r.state for r in s.ranks.values())
-        assert +s.state_counts == recount, f"step {step}"
-        assert set(s.idle) <= {n for n, r in s.ranks.items() if r.state == RankState.IDLE}  # waiting for work
+        assert +s.ranks.counts == recount, f"step {step}"
+        assert set(s.ranks.idle) <= {n for n, r in s.ranks.items() if r.state == RankState.IDLE}  # waiting for work
     assert "ranks busy=" in s.status_line()
 
 
@@ -258,7 +259,7 @@ def test_an_outage_counts_once_for_the_requests_under_way_and_is_probed_by_one_r
     assert len(of(actions, Fetch)) == 4
     failed = [JobsFetched((), unavailable=True, reason="server down", asked=10)] * 4
     assert not of(s.handle(1.0, failed), Fetch)
-    assert s.fetch_failures == 1  # one outage, not four failures in a row
+    assert s.gate.failures == 1  # one outage, not four failures in a row
     assert of(s.handle(6.0, []), Fetch) == [Fetch(10)]  # a single probe after the retry delay
     assert not of(s.handle(7.0, []), Fetch)
     actions = s.handle(8.0, [JobsFetched(tuple(spec(i) for i in range(1, 11)), asked=10)])
