@@ -33,7 +33,6 @@ from hpcpilot.eventservice.book import (
 )
 from hpcpilot.eventservice.eslife import es_job_dir
 from hpcpilot.livestatus import LiveStatus
-from hpcpilot.monitor.metrics import limits_for_job
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
@@ -300,9 +299,8 @@ class Controller:
         elif isinstance(action, Assign):
             log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank),
                      extra={"PandaID": action.job.panda_id})
-            self.remember_memory_limit(action.job)
-            self.transport.send(action.rank, AssignJob(action.job.to_wire(), action.stage_in,
-                                                          action.job.event_service))
+            self.memory_limits[action.job.panda_id] = action.limits.memory_kb  # for its run-record row
+            self.transport.send(action.rank, AssignJob(action.job, action.limits, action.stage_in))
         elif isinstance(action, SendNoMoreWork):
             self.transport.send(action.rank, NoMoreWork())
         elif isinstance(action, Kill):
@@ -429,13 +427,6 @@ class Controller:
         except Exception as exc:  # the job must still get its final report
             log.error("job %d: log stage-out failed: %s", action.job.panda_id, exc)
         return EsJobClosed(action.record)
-
-    def remember_memory_limit(self, job: JobSpec) -> None:
-        """The job's memory limit as the worker applies it (limits_for_job), kept for its run-record row: the
-        report draws it on the memory panel, and the final record does not carry minRamCount."""
-        cfg = self.scheduler.config.monitor
-        self.memory_limits[job.panda_id] = limits_for_job(job.min_ram_count, job.core_count, job.looping_check,
-                                                          cfg).memory_kb
 
     # ---- clone jobs (hpcpilot.clones) ----------------------------------------------------
 

@@ -32,11 +32,11 @@ from hpcpilot.jobsteps import STEPS_LOG, failure_diag, job_steps
 from hpcpilot.jobsteps import payload_command as steps_command
 from hpcpilot.monitor import diskscan, prmon
 from hpcpilot.monitor.leakfit import fit_leak, job_metrics_fields
-from hpcpilot.monitor.metrics import limits_for_job
+from hpcpilot.monitor.metrics import Limits
 from hpcpilot.monitor.sampler import PayloadSampler
 from hpcpilot.payload import Payload, payload_cgroup_name, start_payload
 from hpcpilot.protocol import Heartbeat, JobUpdate, Message
-from hpcpilot.records import CLONE_RUNONCE, CLONE_STOREONCE, JobRecord, JobSpec, panda_id_of
+from hpcpilot.records import CLONE_RUNONCE, CLONE_STOREONCE, JobRecord, JobSpec
 from hpcpilot.stageio import files, staging
 from hpcpilot.states import JobState
 from hpcpilot.timing import Timing, panda_time
@@ -92,16 +92,18 @@ class JobContext:
     base_dir: Path = field(default_factory=Path.cwd)
 
 
-def run_job(job_wire: dict[str, Any], ctx: JobContext, control: JobControl) -> JobRecord:
-    """Run one job to its end and return the final record (finished or failed, never raises)."""
+def run_job(spec: JobSpec, limits: Limits, ctx: JobContext, control: JobControl) -> JobRecord:
+    """Run one job to its end and return the final record (finished or failed, never raises).
+
+    ``spec`` and ``limits`` are rank 0's: the job definition is parsed once, where it arrives, and its
+    limits computed once, by the scheduler that enforces them."""
     timing = Timing()
-    record = JobRecord(panda_id=panda_id_of(job_wire), rank=ctx.rank, node=ctx.host,
+    record = JobRecord(panda_id=spec.panda_id, rank=ctx.rank, node=ctx.host,
                        site_name=ctx.config.site.queue, start_time=panda_time(time.time()))
     try:
-        spec = JobSpec.from_wire(job_wire)
         record.attempt_nr, record.core_count = spec.attempt_nr, spec.core_count
         record.n_input_files = len(spec.inputs)
-        _JobLife(spec, ctx, control, record, timing).run()
+        _JobLife(spec, limits, ctx, control, record, timing).run()
     except PilotError as exc:
         record.fail(exc.code, exc.diag)
     except Exception as exc:  # a bug must fail this job, not the rank
@@ -128,9 +130,10 @@ class _JobLife:
 
     pilot_files: tuple[str, ...] = PILOT_FILES  # names (or patterns) stage-in must not replace
 
-    def __init__(self, spec: JobSpec, ctx: JobContext, control: JobControl, record: JobRecord,
+    def __init__(self, spec: JobSpec, limits: Limits, ctx: JobContext, control: JobControl, record: JobRecord,
                  timing: Timing) -> None:
-        self.spec, self.ctx, self.control, self.record, self.timing = spec, ctx, control, record, timing
+        self.spec, self.limits, self.ctx, self.control, self.record = spec, limits, ctx, control, record
+        self.timing = timing
         self.cfg = ctx.config
         self.workdir = ctx.jobs_dir / f"PandaJob_{spec.panda_id}"
         self.guids: dict[str, str] = {}
@@ -223,8 +226,7 @@ class _JobLife:
                 "PILOT_HOME": str(self.ctx.pilot_dir), "PILOT_JOB_WORKDIR": str(self.workdir)}
 
     def run_payload(self) -> None:
-        limits = limits_for_job(self.spec.min_ram_count, self.spec.core_count, self.spec.looping_check,
-                                self.cfg.monitor)
+        limits = self.limits
         cgroup = None
         if self.cfg.monitor.use_cgroup:
             cgroup = PayloadCgroup.create(payload_cgroup_name(self.ctx.pilot_dir, self.spec.panda_id),

@@ -16,8 +16,9 @@ from types import MappingProxyType
 from typing import Any
 
 from hpcpilot.config import MonitorConfig
+from hpcpilot.monitor.metrics import Limits
 from hpcpilot.monitor.samples import MonitorReport, TreeSample
-from hpcpilot.records import EventRange, EventRangeUpdate
+from hpcpilot.records import EventRange, EventRangeUpdate, JobSpec
 
 
 def lost_after(monitor: MonitorConfig) -> float:
@@ -171,16 +172,29 @@ def _unpack_range_report(rank: int, panda_id: int, want: int, packed: tuple[tupl
 
 @dataclass(frozen=True, slots=True)
 class AssignJob:
-    """Run this job (the getJob dict, parsed again by the worker).
+    """Run this job: the definition as rank 0 parsed it and the limits rank 0 enforces (the worker's
+    cgroup applies the same memory limit), so neither is worked out twice.
 
-    For an event-service job (``event_service``, as rank 0 parsed it) only the first rank stages
-    the inputs in (``stage_in``); the ranks that join later use the shared copy.
+    For an event-service job only the first rank stages the inputs in (``stage_in``); the ranks that
+    join later use the shared copy.
     """
 
-    job: dict[str, Any]
+    job: JobSpec
+    limits: Limits
     stage_in: bool = True
-    event_service: bool = False
     tag = Tag.JOB
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the parsed fields plus the definition as a plain dict (a mappingproxy does not pickle):
+        the worker rebuilds the JobSpec without parsing it again."""
+        return _unpack_assign_job, (_job_values(self.job), dict(self.job.wire), self.limits, self.stage_in)
+
+
+_job_values = attrgetter(*(f.name for f in fields(JobSpec) if f.name != "wire"))
+
+
+def _unpack_assign_job(values: tuple[Any, ...], wire: dict[str, Any], limits: Limits, stage_in: bool) -> AssignJob:
+    return AssignJob(JobSpec(*values, wire=MappingProxyType(wire)), limits, stage_in)
 
 
 @dataclass(frozen=True, slots=True)

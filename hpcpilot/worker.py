@@ -35,6 +35,7 @@ from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, signal_error
 from hpcpilot.joblife import JobContext, JobControl, run_job
 from hpcpilot.monitor import diskscan
+from hpcpilot.monitor.metrics import Limits
 from hpcpilot.node import node_info
 from hpcpilot.payload import owner_id, reap_stale_cgroups
 from hpcpilot.protocol import (
@@ -57,7 +58,7 @@ from hpcpilot.protocol import (
     lost_after,
 )
 from hpcpilot.rankguard import RankGuard
-from hpcpilot.records import panda_id_of
+from hpcpilot.records import JobSpec
 from hpcpilot.transport import CONTROLLER, Backoff, Transport
 
 if TYPE_CHECKING:  # imported for real only by event-service jobs
@@ -252,7 +253,7 @@ class Worker:
 
     def handle(self, message: Message) -> None:
         if isinstance(message, AssignJob):
-            self.start_job(message.job, message.stage_in, message.event_service)
+            self.start_job(message.job, message.limits, message.stage_in)
         elif isinstance(message, EventRanges):
             if self.running is not None and self.running.link is not None and \
                     self.running.panda_id == message.panda_id:
@@ -285,13 +286,13 @@ class Worker:
         else:  # the clone job's thread waits for it (hpcpilot.clones)
             control.clone.deliver(message)
 
-    def start_job(self, job_wire: dict[str, Any], stage_in: bool = True, event_service: bool = False) -> None:
+    def start_job(self, job: JobSpec, limits: Limits, stage_in: bool = True) -> None:
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
         holder: list[Any] = []
-        panda_id = panda_id_of(job_wire)
+        panda_id = job.panda_id
         link = None
-        if event_service:  # imported here: most ranks never run an event-service job
+        if job.event_service:  # imported here: most ranks never run an event-service job
             from hpcpilot.eventservice.eslife import run_es_job
             from hpcpilot.eventservice.link import RangeLink
 
@@ -300,9 +301,9 @@ class Worker:
         def body() -> None:
             try:
                 if link is not None:
-                    holder.append(run_es_job(job_wire, ctx, control, link, stage_in))
+                    holder.append(run_es_job(job, limits, ctx, control, link, stage_in))
                 else:
-                    holder.append(run_job(job_wire, ctx, control))
+                    holder.append(run_job(job, limits, ctx, control))
             except BaseException:  # the job lives never raise; this guards against bugs in the guard itself
                 holder.append(traceback.format_exc())
 

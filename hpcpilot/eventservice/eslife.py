@@ -18,14 +18,14 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.eventservice.book import failed
 from hpcpilot.eventservice.executors import RangeContext, choose_executor
 from hpcpilot.eventservice.link import RangeLink
 from hpcpilot.joblife import PILOT_FILES, JobContext, JobControl, _JobLife, job_metrics
-from hpcpilot.records import JobRecord, JobSpec, panda_id_of
+from hpcpilot.monitor.metrics import Limits
+from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.states import JobState
 from hpcpilot.timing import Timing, panda_time
 
@@ -41,16 +41,15 @@ def es_job_dir(pilot_dir: Path, panda_id: int) -> Path:
     return pilot_dir / "jobs" / f"PandaJob_{panda_id}"
 
 
-def run_es_job(job_wire: dict[str, Any], ctx: JobContext, control: JobControl, link: RangeLink,
+def run_es_job(spec: JobSpec, limits: Limits, ctx: JobContext, control: JobControl, link: RangeLink,
                stage_in: bool) -> JobRecord:
     """This rank's part of an event-service job; never raises, always answers every range it got."""
     timing = Timing()
-    record = JobRecord(panda_id=panda_id_of(job_wire), rank=ctx.rank, node=ctx.host,
+    record = JobRecord(panda_id=spec.panda_id, rank=ctx.rank, node=ctx.host,
                        site_name=ctx.config.site.queue, start_time=panda_time(time.time()))
     try:
-        spec = JobSpec.from_wire(job_wire)
         record.attempt_nr, record.core_count = spec.attempt_nr, spec.core_count
-        _EsRankLife(spec, ctx, control, record, timing, link, stage_in).run()
+        _EsRankLife(spec, limits, ctx, control, record, timing, link, stage_in).run()
     except PilotError as exc:
         record.fail(exc.code, exc.diag)
     except Exception as exc:  # a bug must fail this rank's part, not the rank
@@ -73,9 +72,9 @@ class _EsRankLife(_JobLife):
 
     pilot_files = (*PILOT_FILES, f"{RANK_DIR_PREFIX}[0-9]*")  # and each rank's own directory, made after stage-in
 
-    def __init__(self, spec: JobSpec, ctx: JobContext, control: JobControl, record: JobRecord, timing: Timing,
-                 link: RangeLink, stage_in: bool) -> None:
-        super().__init__(spec, ctx, control, record, timing)
+    def __init__(self, spec: JobSpec, limits: Limits, ctx: JobContext, control: JobControl, record: JobRecord,
+                 timing: Timing, link: RangeLink, stage_in: bool) -> None:
+        super().__init__(spec, limits, ctx, control, record, timing)
         self.link, self.stage_in = link, stage_in
         self.workdir = es_job_dir(ctx.pilot_dir, spec.panda_id)
         self.rank_dir = self.workdir / f"{RANK_DIR_PREFIX}{ctx.rank}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hpcpilot.eventservice.book import CloseEsJob, DealRanges, FetchRanges, MakeBundle, ReportRanges
+from hpcpilot.monitor.metrics import Limits
 from hpcpilot.protocol import CloneVerdict
 from hpcpilot.records import JobRecord, JobSpec
 
@@ -21,8 +22,11 @@ class Fetch:
 
 @dataclass(frozen=True)
 class Assign:
+    """Run ``job`` on ``rank`` under ``limits`` (computed once, here, and sent with the job)."""
+
     rank: int
     job: JobSpec
+    limits: Limits
     stage_in: bool = True
 
 

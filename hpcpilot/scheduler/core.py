@@ -259,7 +259,7 @@ class Scheduler:
     def _join_es(self, rank: int, book: EsBook, stage_in: bool = False) -> Assign:
         book.join(rank)
         self.ranks.bind(rank, book.panda_id)
-        return Assign(rank, book.spec, stage_in=stage_in)
+        return Assign(rank, book.spec, book.limits, stage_in=stage_in)
 
     def _leave_es(self, rank: int, record: JobRecord) -> list[Action]:
         self.es_jobs.books[record.panda_id].member_done(rank, record)
@@ -368,7 +368,7 @@ class Scheduler:
                                                    last_heartbeat=self.now)
         self.timers.schedule_beat(new)
         self.ranks.bind(rank, job.panda_id)
-        return Assign(rank, job)
+        return Assign(rank, job, limits)
 
     # -- ending -------------------------------------------------------------------------
 

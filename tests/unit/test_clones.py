@@ -14,8 +14,9 @@ from hpcpilot.clones import CloneGate, verdict_of
 from hpcpilot.config import SiteConfig, replace
 from hpcpilot.errors import ErrorCode, JobDefinitionError
 from hpcpilot.joblife import JobContext, JobControl, run_job
+from hpcpilot.monitor.metrics import limits_for_job
 from hpcpilot.protocol import CloneClaim, CloneVerdict, Message
-from hpcpilot.records import JobSpec
+from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.scheduler import (
     AskClone,
     Assign,
@@ -100,6 +101,13 @@ def _context(tmp_path: Path, emit: Any) -> JobContext:
     return JobContext(config, 0, "host", tmp_path / "jobs", tmp_path, emit, base_dir=tmp_path)
 
 
+def _run(job: dict, ctx: JobContext, control: JobControl) -> JobRecord:
+    """The job life as a worker rank runs it: the definition and limits as rank 0 parsed and computed them."""
+    spec = JobSpec.from_wire(job)
+    return run_job(spec, limits_for_job(spec.min_ram_count, spec.core_count, spec.looping_check, ctx.config.monitor),
+                   ctx, control)
+
+
 @pytest.mark.parametrize("mode", ["runonce", "storeonce"])
 def test_a_clone_killed_while_it_waits_ends_with_the_kill_code(tmp_path: Path, mode: str) -> None:
     """The job thread waits for rank 0 without polling; a kill (rank 0, the server, a signal) must end it."""
@@ -112,7 +120,7 @@ def test_a_clone_killed_while_it_waits_ends_with_the_kill_code(tmp_path: Path, m
             threading.Timer(0.05, control.request_kill, (int(ErrorCode.PANDAKILL), "killed by the server")).start()
 
     job = make_job(11, f"touch {tmp_path}/ran; echo x > o.txt", ["o.txt"], cloneJob=mode)
-    record = run_job(job, _context(tmp_path, emit), control)
+    record = _run(job, _context(tmp_path, emit), control)
     assert claims == [CloneClaim(0, 11, mode)]
     assert (record.state, record.pilot_error_code) == (JobState.FAILED, int(ErrorCode.PANDAKILL))
     assert (tmp_path / "ran").exists() == (mode == "storeonce")  # storeonce claims after its payload
@@ -126,7 +134,7 @@ def test_a_clone_that_lost_runs_nothing_and_stages_nothing(tmp_path: Path) -> No
         if isinstance(message, CloneClaim):
             control.clone.deliver(verdict_of(message.panda_id, message.phase, []))
 
-    record = run_job(make_job(12, f"touch {tmp_path}/ran", cloneJob="runonce"), _context(tmp_path, emit), control)
+    record = _run(make_job(12, f"touch {tmp_path}/ran", cloneJob="runonce"), _context(tmp_path, emit), control)
     assert (record.state, record.pilot_error_code) == (JobState.FAILED, 1234)
     assert not (tmp_path / "ran").exists()
     assert record.output_report == {}

@@ -9,10 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from hpcpilot.config import SiteConfig
 from hpcpilot.eventservice.link import NoMoreRanges, RangeLink
-from hpcpilot.protocol import EventRanges, RangeReport
-from hpcpilot.records import EventRange, EventRangeUpdate
+from hpcpilot.monitor.metrics import limits_for_job
+from hpcpilot.protocol import AssignJob, EventRanges, RangeReport
+from hpcpilot.records import EventRange, EventRangeUpdate, JobSpec
 from hpcpilot.states import EventRangeStatus
+from tests.pilotrun import make_job
 
 
 def _wire(i: int, **extra: object) -> dict[str, object]:
@@ -89,3 +92,17 @@ def test_take_all_empties_the_buffer_and_done_all_reports_each_outcome_once() ->
     link.deliver([], no_more=True)
     with pytest.raises(NoMoreRanges):
         link.take_all(0)
+
+
+def test_a_job_travels_to_its_rank_as_rank_0_parsed_it_with_its_limits() -> None:
+    """AssignJob carries the parsed JobSpec and the limits rank 0 enforces; the worker parses nothing again."""
+    spec = JobSpec.from_wire({**make_job(77, "true", ["o.txt"]), "minRamCount": 3000, "coreCount": 4,
+                              "unknownField": {"nested": [1, 2]}})
+    limits = limits_for_job(spec.min_ram_count, spec.core_count, spec.looping_check, SiteConfig().monitor)
+    sent = AssignJob(spec, limits, stage_in=False)
+    received = _over_mpi(sent)
+    assert isinstance(received, AssignJob)
+    assert received == sent and dict(received.job.wire) == dict(spec.wire)
+    assert received.job.inputs == spec.inputs and received.limits.memory_kb == limits.memory_kb > 0
+    with pytest.raises(TypeError):  # the definition stays read-only on the worker
+        received.job.wire["PandaID"] = 1  # type: ignore[index]
