@@ -12,10 +12,10 @@ One module per job, each name importable from here:
 
 * ``schema``: the sections and keys, their defaults and documentation, ``SiteConfig`` and what it renders;
 * ``rules``: what a value must be (types, choices, ranges, text, the server URL) and ``validate_key``;
-* ``load``: the layers and their precedence, ``load_config``.
+* ``load``: the layers and their precedence, ``load_config`` and ``parse_overrides`` (``--set``).
 """
 
-from hpcpilot.config.load import ENV_PREFIX, Layer, load_config
+from hpcpilot.config.load import ENV_PREFIX, Layer, load_config, parse_overrides
 from hpcpilot.config.rules import (
     COUNT,
     DEFAULT_RANGE,
@@ -76,6 +76,7 @@ __all__ = [
     "WalltimeConfig",
     "documented_keys",
     "load_config",
+    "parse_overrides",
     "replace",
     "resolve_path",
     "value_range",

@@ -123,3 +123,15 @@ def _check_walltime(config: SiteConfig, merged: Layer) -> None:
         raise ConfigError(f"{limit_origin}: key 'walltime.limit': expected more than walltime.margin "
                           f"({margin} s, from {margin_origin}), got {limit}")
 
+
+def parse_overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
+    """``--set monitor.looping_limit=30`` pairs as nested overrides: the command-line layer of ``load_config``,
+    parsed here once for every command that takes ``--set`` (run, check-config, render-sbatch, deliver)."""
+    out: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not section or not name:
+            raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE")
+        out.setdefault(section, {})[name] = value
+    return out
