@@ -21,29 +21,18 @@ from pathlib import Path
 from typing import Any
 
 from hpcpilot import __version__
-from hpcpilot.config import SiteConfig, documented_keys, load_config, replace
+from hpcpilot.config import SiteConfig, documented_keys, load_config, parse_overrides, replace
 from hpcpilot.credentials import CredentialGuard
 from hpcpilot.errors import EXIT_STATUSES, ConfigError, cutting_signal, exit_status_for_signal, pilot_exit_status
 from hpcpilot.log import LOG_FORMATS, setup_logging
+from hpcpilot.panda.deliver import add_deliver_parser, run_deliver
 
 log = logging.getLogger("hpcpilot")
 EFFECTIVE_CONFIG = "config.effective.toml"
 
 
-def _overrides(pairs: list[str]) -> dict[str, dict[str, str]]:
-    """``--set monitor.looping_limit=30`` pairs as nested overrides."""
-    out: dict[str, dict[str, str]] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not section or not name:
-            raise ConfigError(f"--set {pair!r}: expected SECTION.KEY=VALUE")
-        out.setdefault(section, {})[name] = value
-    return out
-
-
 def _run_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    overrides: dict[str, dict[str, Any]] = _overrides(args.set or [])
+    overrides: dict[str, dict[str, Any]] = parse_overrides(args.set or [])
     if args.server:
         overrides.setdefault("panda", {})["server"] = args.server
     if args.queue:
@@ -96,7 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("pilot_args", nargs=argparse.REMAINDER, help="arguments for 'hpcpilot run' (after --)")
 
     from hpcpilot.livestatus import add_status_parser
-    from hpcpilot.panda.deliver import add_deliver_parser
     from hpcpilot.panda.serve_cli import add_serve_parser
     from hpcpilot.report import add_report_parser
 
@@ -138,8 +126,6 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_serve(args)
     if args.command == "deliver":
-        from hpcpilot.panda.deliver import run_deliver
-
         return run_deliver(args)
     if args.command == "report":
         from hpcpilot.report import report_main
@@ -183,7 +169,7 @@ def _launcher_rank(environ: Mapping[str, str]) -> int:
 
 def check_config(path: Path, settings: list[str]) -> int:
     """The configuration ``run`` would use with this file: HPCPILOT_* variables and ``--set`` applied."""
-    config = load_config(path, _overrides(settings))
+    config = load_config(path, parse_overrides(settings))
     print(config.describe())
     print(f"{path}: OK ({len(documented_keys())} keys known)")
     return 0
@@ -195,7 +181,7 @@ def render_sbatch(args: argparse.Namespace) -> int:
     from hpcpilot.slurm import render_sbatch as render
 
     settings = args.set or []
-    config = load_config(args.site_config, _overrides(settings))
+    config = load_config(args.site_config, parse_overrides(settings))
     extra = args.pilot_args[1:] if args.pilot_args[:1] == ["--"] else args.pilot_args
     pilot_args = ["--site-config", str(args.site_config)]
     for setting in settings:

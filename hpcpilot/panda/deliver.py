@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hpcpilot.config import load_config, parse_overrides
 from hpcpilot.errors import EXIT_CONFIG, EXIT_OK, EXIT_OWED
 
 logger = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ def add_deliver_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run_deliver(args: argparse.Namespace) -> int:
     """Replay the journal within ``--deadline``; one closing line on stdout."""
-    from hpcpilot.cli import _overrides
-    from hpcpilot.config import load_config
     from hpcpilot.node import node_info
     from hpcpilot.panda.client import PandaError
     from hpcpilot.panda.source import JOURNAL_NAME, PandaSource
@@ -50,7 +49,7 @@ def run_deliver(args: argparse.Namespace) -> int:
     if not journal.is_file():
         print(f"hpcpilot deliver: no journal {journal}", file=sys.stderr)
         return EXIT_CONFIG
-    overrides = _overrides(args.set or [])
+    overrides = parse_overrides(args.set or [])
     if args.server:
         overrides.setdefault("panda", {})["server"] = args.server
     config = load_config(args.site_config, overrides)

@@ -7,7 +7,9 @@ make the pilot write outside the job's workdir or the site's output directory.
 Plain-name rule (``check_lfn``), decided here and used for inputs and outputs alike: a name
 is refused when it is empty, ``.`` or ``..``, contains ``/``, ``\\``, NUL or any other
 control character (a newline would forge log and ``output.list`` lines), or starts with
-``-`` (it would be read as an option by site copy commands that do not use ``--``).
+``-`` (it would be read as an option by site copy commands that do not use ``--``); one longer
+than ``MAX_LFN_LENGTH`` characters is refused with LFNTOOLONG.  ``hpcpilot.records`` applies
+the rule to a job definition's file names as it parses them.
 
 Pilot files (decided here, for inputs and zip members alike): the job life passes the names it
 writes or reads in the job workdir itself (``job_setup.sh``, ``pandaJob.json``, the payload's
@@ -30,10 +32,10 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.records import MAX_LFN_LENGTH
 
 log = logging.getLogger(__name__)
 
+MAX_LFN_LENGTH = 255  # part of the plain-name rule: a longer LFN is refused with LFNTOOLONG
 _ZIP_CHUNK = 1 << 20
 
 

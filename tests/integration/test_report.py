@@ -297,9 +297,9 @@ def test_many_ranks_and_the_relative_growth_rule(tmp_path):
 
 
 def test_report_without_matplotlib_prints_a_note(recorded_run, tmp_path, capsys, monkeypatch):
-    import hpcpilot.report as report
+    import hpcpilot.report.plots as plots
 
-    monkeypatch.setattr(report, "plots_available", lambda: False)
+    monkeypatch.setattr(plots, "plots_available", lambda: False)
     path, _ = recorded_run
     assert _report(str(path), "--plots", str(tmp_path / "none")) == 0
     captured = capsys.readouterr()

@@ -52,7 +52,7 @@ runpy.run_path({payload!r}, run_name="__main__")
 CLEAN_A, LEAKY, CLEAN_B = 8101, 8102, 8103
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("memory_per_rank.png", "cpu_efficiency.png", "events_per_second.png")
-LEAK_PANEL_RGB = (0xFF, 0xF1, 0xF0)  # report.py's face colour of a leaking rank's memory panel
+LEAK_PANEL_RGB = (0xFF, 0xF1, 0xF0)  # report/plots.py's face colour of a leaking rank's memory panel
 
 
 def _payload(wrapper: Path, leak_kb: int) -> str:
