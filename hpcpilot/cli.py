@@ -9,6 +9,8 @@ MPI_Finalize until the allocation ends.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -85,14 +87,40 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("pilot_args", nargs=argparse.REMAINDER, help="arguments for 'hpcpilot run' (after --)")
 
     from hpcpilot.livestatus import add_status_parser
-    from hpcpilot.panda.serve_cli import add_serve_parser
     from hpcpilot.report import add_report_parser
 
-    add_serve_parser(sub)
+    _add_serve_parser(sub)
     add_deliver_parser(sub)
     add_report_parser(sub)
     add_status_parser(sub)
     return parser
+
+
+SERVE_PACKAGE = "hpcpilot_serve"
+SERVE_MISSING = ("hpcpilot serve: the PanDA test server is not installed: pip install ./serve "
+                 "(hpcpilot-serve, in the hpcpilot repository)")
+
+
+def _add_serve_parser(sub: Any) -> None:
+    """``hpcpilot serve``, delegated to the hpcpilot-serve distribution (``serve/``) where it is installed.
+
+    hpcpilot-serve is an optional extra that depends on hpcpilot, not a part of it: the hpcpilot wheel holds
+    no HTTP server.  It is looked up by name with importlib, so nothing in hpcpilot imports it; this is not a
+    hidden import cycle, as hpcpilot_serve never imports hpcpilot.cli.  Without it ``serve`` takes any
+    arguments and refuses in one line, so someone trying the pilot on a laptop learns what to install.
+    """
+    if importlib.util.find_spec(SERVE_PACKAGE) is not None:
+        importlib.import_module(f"{SERVE_PACKAGE}.cli").add_serve_parser(sub)
+        return
+    missing = sub.add_parser("serve", help="run a local PanDA test server (needs hpcpilot-serve: pip install "
+                                           "./serve)", add_help=False, prefix_chars="\0")  # every argument as is
+    missing.add_argument("ignored", nargs="*")
+    missing.set_defaults(func=_serve_missing)
+
+
+def _serve_missing(_args: argparse.Namespace) -> int:
+    print(SERVE_MISSING, file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,9 +150,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "render-sbatch":
         return render_sbatch(args)
     if args.command == "serve":
-        from hpcpilot.panda.serve_cli import run_serve
-
-        return run_serve(args)
+        return args.func(args)  # hpcpilot_serve's run_serve, or the one-line refusal where it is not installed
     if args.command == "deliver":
         return run_deliver(args)
     if args.command == "report":

@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash setup.sh --test
-.venv/bin/ruff check hpcpilot tests bench examples
+.venv/bin/ruff check hpcpilot tests bench examples serve
 exec .venv/bin/python -m pytest -q "$@"

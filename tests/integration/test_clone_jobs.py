@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from hpcpilot.panda import wire
-from hpcpilot.panda.server import PandaTestServer
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import release_for
 from tests.pilotrun import FAST, LAPTOP, make_job, run_pilot
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.panda.server import PandaTestServer
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import free_port, make_certs
 from tests.pilotrun import FAST, LAPTOP, make_job
 

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import PandaSource
 from hpcpilot.records import JobRecord, JobSpec, panda_id_of
 from hpcpilot.states import JobState
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import NODE, panda_config, release_for
 from tests.jobfuzz import FINAL, final_updates, mutated_jobs, refusal
 

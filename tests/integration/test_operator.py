@@ -21,8 +21,8 @@ from hpcpilot.cgroups import detect
 from hpcpilot.config import load_config
 from hpcpilot.errors import EXIT_OK, ErrorCode
 from hpcpilot.panda import wire
-from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.report import event_times, load_run, rank_timeline, summarize
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import release_for
 from tests.pilotrun import (
     FAST,

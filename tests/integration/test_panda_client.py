@@ -12,9 +12,10 @@ import pytest
 from hpcpilot.panda import auth, wire
 from hpcpilot.panda.auth import Credentials
 from hpcpilot.panda.client import Ambiguous, PandaClient, ServerUnavailable, ServerUnusable
-from hpcpilot.panda.server import PandaTestServer, token_fingerprint
 from hpcpilot.records import JobRecord, JobSpec
 from hpcpilot.states import JobState
+from hpcpilot_serve.handler import token_fingerprint
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import (
     NODE,
     fixture_bytes,

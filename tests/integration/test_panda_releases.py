@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from hpcpilot.panda import wire
-from hpcpilot.panda.server import PandaTestServer
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import job_definitions
 
 JSON = {"Accept": "application/json"}

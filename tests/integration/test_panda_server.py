@@ -12,8 +12,9 @@ from urllib.parse import parse_qsl
 import pytest
 import requests
 
-from hpcpilot.panda.serve_cli import add_serve_parser, run_serve
-from hpcpilot.panda.server import PandaTestServer, dump_state
+from hpcpilot_serve.cli import add_serve_parser, run_serve
+from hpcpilot_serve.server import PandaTestServer
+from hpcpilot_serve.state import dump_state
 from tests.fixtures.panda.panda_helpers import job_definitions
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -223,7 +224,7 @@ def test_serve_cli_dump_and_run(tmp_path):
     state = tmp_path / "serve.sqlite"
     assert run_serve(parser.parse_args(["serve", "--dump", str(state)])) == 2  # no such file yet
     code = (
-        "import sys; from hpcpilot.panda.serve_cli import add_serve_parser, run_serve; import argparse; "
+        "import sys; from hpcpilot_serve.cli import add_serve_parser, run_serve; import argparse; "
         "p = argparse.ArgumentParser(); add_serve_parser(p.add_subparsers()); "
         "sys.exit(run_serve(p.parse_args(sys.argv[1:])))"
     )

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from hpcpilot.journal import JOB, RANGE
-from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import FETCH_UNREACHABLE, LOST_HEARTBEAT, NodeInfo, PandaSource
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.sources import Command, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import NODE, free_port, job_definitions, panda_config
 
 REPO = Path(__file__).resolve().parents[2]

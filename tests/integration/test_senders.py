@@ -13,10 +13,10 @@ import pytest
 
 from hpcpilot.journal import NEXT_IN_SHARD_QUERY, Journal
 from hpcpilot.panda import wire
-from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import PandaSource
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.states import EventRangeStatus, JobState
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import NODE, job_definitions, panda_config
 
 SLOW = 0.3  # seconds each updateJob is held at the server: the other senders' calls arrive meanwhile

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcpilot.panda.server import PandaTestServer
+from hpcpilot_serve.server import PandaTestServer
 from tests.integration.test_clone_jobs import assert_lost, clone_job, pilot_argv, ran, run_pilots, staged
 from tests.pilotrun import BIN
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from hpcpilot.errors import ErrorCode
-from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import PandaSource
 from hpcpilot.records import panda_id_of
+from hpcpilot_serve.server import PandaTestServer
 from tests.fixtures.panda.panda_helpers import NODE, panda_config
 from tests.jobfuzz import FINAL, final_updates, mutated_jobs, refusal
 from tests.pilotrun import BIN, LAPTOP, make_access_point

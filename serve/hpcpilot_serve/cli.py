@@ -1,9 +1,9 @@
-"""``hpcpilot serve``: run the PanDA test server, or dump the final state of a state file.
+"""``hpcpilot-serve`` (also ``hpcpilot serve``): run the PanDA test server, or dump a state file's final state.
 
-    hpcpilot serve --port P --state FILE --jobs FILE... [--ranges-per-job N] [--events-per-range M]
+    hpcpilot-serve --port P --state FILE --jobs FILE... [--ranges-per-job N] [--events-per-range M]
                    [--release 1.0|0.8] [--api both|v1|legacy] [--tls-cert C --tls-key K]
                    [--fault KIND [--fault-count N] [--fault-method M] [--fault-after-commit] [--fault-delay S]]
-    hpcpilot serve --dump STATE
+    hpcpilot-serve --dump STATE
 
 ``--release`` picks the panda-server release it behaves like: 1.0 (the default, the current line: v1
 only, every legacy path HTTP 403 "method X is forbidden") or 0.8 (0.8.1: v1 and legacy).  ``--api``
@@ -14,7 +14,9 @@ Job files hold getJob dicts: a Harvester ``HPCJobs.json`` map ``{PandaID: job}``
 one job.  Event-service jobs (``eventService: "True"``) get ``--ranges-per-job`` ranges.
 ``--fault`` answers the next N requests (of one method, e.g. updateEventRanges) with a fault, before
 or after the server committed the call: 5xx, 500, garbage, no-data, status-zero, truncated, slow,
-reset (see hpcpilot/panda/faults.py); ``--no-v1-bug`` makes v1 update_event_ranges answer 200.
+reset (see serve/hpcpilot_serve/faults.py); ``--no-v1-bug`` makes v1 update_event_ranges answer 200.
+
+``hpcpilot serve`` is this command, registered by the hpcpilot command line where this package is installed.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ import sqlite3
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # annotations only: the server is imported when one is run (see run_serve)
+    from hpcpilot_serve.server import PandaTestServer
 
 logger = logging.getLogger(__name__)
+HELP = "run a local PanDA-compatible test server on 127.0.0.1"
 
 
-def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``serve`` sub-command to an argparse sub-parser collection."""
-    parser = subparsers.add_parser("serve", help="run a local PanDA-compatible test server on 127.0.0.1",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The command's options, for ``hpcpilot-serve`` and ``hpcpilot serve`` alike."""
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any free port)")
     parser.add_argument("--state", type=Path, help="SQLite state file (kept across restarts)")
     parser.add_argument("--jobs", type=Path, nargs="*", default=[], help="job-definition files to load")
@@ -59,6 +63,19 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``serve`` sub-command to an argparse sub-parser collection (``hpcpilot serve``)."""
+    return add_arguments(subparsers.add_parser("serve", help=HELP, description=__doc__,
+                                               formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``hpcpilot-serve`` console script."""
+    parser = argparse.ArgumentParser(prog="hpcpilot-serve", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return run_serve(add_arguments(parser).parse_args(argv))
+
+
 def _load_job_file(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -68,24 +85,27 @@ def _load_job_file(path: Path) -> Any:
         raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
 
 
+def _refusal(args: argparse.Namespace) -> str | None:
+    """What is wrong with the options, in one line, or None."""
+    if args.state is None:
+        return "--state FILE is required (or --dump STATE)"
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    return None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM (or print a dump); returns the process exit status."""
-    # Imported here, not at the top: the command line imports this module on every rank of every
-    # pilot run for ``add_serve_parser``, and the server pulls in ssl, sqlite3 and http.server.
-    from hpcpilot.panda.server import PandaTestServer, dump_state
+    # Imported here, not at the top (also dump_state in _print_dump): the hpcpilot command line imports this
+    # module on every rank of every pilot run for ``add_serve_parser``, and the server pulls in ssl,
+    # http.server and hpcpilot's PanDA wire code.
+    from hpcpilot_serve.server import PandaTestServer
 
     if args.dump is not None:
-        try:
-            print(json.dumps(dump_state(args.dump), indent=2))
-        except (FileNotFoundError, OSError) as exc:
-            print(f"hpcpilot serve: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    if args.state is None:
-        print("hpcpilot serve: --state FILE is required (or --dump STATE)", file=sys.stderr)
-        return 2
-    if bool(args.tls_cert) != bool(args.tls_key):
-        print("hpcpilot serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return _print_dump(args.dump)
+    refusal = _refusal(args)
+    if refusal is not None:
+        print(f"hpcpilot serve: {refusal}", file=sys.stderr)
         return 2
     apis = None if args.api is None else ("v1", "legacy") if args.api == "both" else (args.api,)
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
@@ -96,23 +116,44 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"hpcpilot serve: {args.state}: cannot open the state file ({exc})", file=sys.stderr)
         return 2
     try:
-        if args.fault:
-            server.set_fault(args.fault, args.fault_count, args.fault_delay, method=args.fault_method,
-                             after_commit=args.fault_after_commit)
-        for path in args.jobs:
-            added = server.load_jobs(_load_job_file(path), args.ranges_per_job, args.events_per_range)
-            logger.info("%s: %d job(s) loaded", path, len(added))
+        _prepare(server, args)
     except ValueError as exc:
         print(f"hpcpilot serve: {exc}", file=sys.stderr)
         server.close()
         return 2
+    return _serve_until_stopped(server, args.port)
+
+
+def _print_dump(path: Path) -> int:
+    from hpcpilot_serve.state import dump_state  # not at the top: see run_serve
+
+    try:
+        print(json.dumps(dump_state(path), indent=2))
+    except (FileNotFoundError, OSError) as exc:
+        print(f"hpcpilot serve: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _prepare(server: PandaTestServer, args: argparse.Namespace) -> None:
+    """Set the fault asked for and load the job files (ValueError: a bad fault or job file)."""
+    if args.fault:
+        server.set_fault(args.fault, args.fault_count, args.fault_delay, method=args.fault_method,
+                         after_commit=args.fault_after_commit)
+    for path in args.jobs:
+        added = server.load_jobs(_load_job_file(path), args.ranges_per_job, args.events_per_range)
+        logger.info("%s: %d job(s) loaded", path, len(added))
+
+
+def _serve_until_stopped(server: PandaTestServer, port: int) -> int:
+    """Listen until SIGINT or SIGTERM, then close the server (its state file stays)."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             server.start()
         except OSError as exc:  # a busy port, a certificate that cannot be read: one line, not a traceback
-            print(f"hpcpilot serve: cannot serve on 127.0.0.1:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"hpcpilot serve: cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         print(f"serving PanDA test server on {server.url}", flush=True)
         while not stop.wait(3600):
