@@ -91,7 +91,7 @@ class Scheduler:
         actions: list[Action] = []
         for event in events:
             rank = getattr(event, "rank", None)  # events of one rank carry it; any of them is a sign of life
-            if rank in self.ranks:
+            if rank in self.ranks.slots:
                 self.ranks.heard_from(rank, now)
             actions += HANDLERS[type(event)](self, event)
         actions += self._tick()
@@ -156,7 +156,7 @@ class Scheduler:
     # -- job events -------------------------------------------------------------------
 
     def _on_jobs_fetched(self, event: JobsFetched) -> list[Action]:
-        busy = bool(self.jobs or self.es_jobs or self.pending)
+        busy = bool(self.jobs or self.es_jobs.books or self.pending)
         self.gate.answered(event, self.now, busy)
         self.pending.extend(event.jobs)
         actions: list[Action] = []
@@ -316,7 +316,7 @@ class Scheduler:
         return self.policy.guard_reached(self.now)
 
     def _all_stopped(self) -> bool:
-        if self.jobs or self.es_jobs or self.gate.in_flight:
+        if self.jobs or self.es_jobs.books or self.gate.in_flight:
             return False
         return not self.ranks.alive and self.ranks.startup_complete()  # every rank answered, stopped or was lost
 
@@ -337,12 +337,12 @@ class Scheduler:
                 actions.append(Report(record, final=True))
                 continue
             actions.append(self._start(self.ranks.next_idle(), job))
-        may_lease = self._may_lease()
-        if may_lease and not self.es_jobs.staging():
+        may_lease, staging = self._may_lease(), self.es_jobs.staging()
+        if may_lease and not staging:
             actions += self.gate.requests(len(self.ranks.idle) - len(self.pending), self.now)
         # When stopping, idle ranks leave at once: a fetch under way (a server outage) must not keep them.
-        if self.stopping is not None or (not self.pending and not self.gate.in_flight and not self._may_lease()
-                                         and not self.es_jobs.staging()):
+        if self.stopping is not None or (not self.pending and not self.gate.in_flight and not may_lease
+                                         and not staging):
             actions += self._release_idle()
         return actions
 

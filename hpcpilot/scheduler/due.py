@@ -51,6 +51,10 @@ class DueQueue:
         heappush(self.heap, DueEntry(when, self.seq, kind, panda_id))
         return self.seq
 
+    def has_due(self, now: float) -> bool:
+        heap = self.heap
+        return bool(heap) and heap[0].when <= now
+
     def pop_due(self, now: float) -> Iterator[DueEntry]:
         """Every entry due at ``now``, earliest first (the caller skips those no longer live)."""
         while self.heap and self.heap[0].when <= now:

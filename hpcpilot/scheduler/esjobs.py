@@ -54,7 +54,7 @@ class EsJobs:
 
     def staging(self) -> bool:
         """A job's first rank is staging its inputs in: its other ranks wait for it to open."""
-        return any(not book.is_open and not book.leasing_stopped for book in self.books.values())
+        return bool(self.books) and any(not book.is_open and not book.leasing_stopped for book in self.books.values())
 
     def member_lost(self, book: EsBook, rank: int, code: int, diag: str, idle_ranks: bool) -> None:
         """A member rank was lost; with no member and no idle rank to join, its queued ranges fail now."""
@@ -137,6 +137,8 @@ class EsJobs:
 
     def tick(self, now: float) -> list[Action]:
         """Per pass: lease ranges ahead of demand, deal to waiting ranks, bundle, report, beat, close."""
+        if not self.books:
+            return []
         guard_at, heartbeat = self.policy.guard_at, self.policy.heartbeat
         actions: list[Action] = []
         for book in list(self.books.values()):

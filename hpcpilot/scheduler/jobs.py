@@ -68,6 +68,8 @@ class JobTimers:
 
     def due_actions(self, now: float) -> list[Action]:
         """Heartbeats and maxWalltime kills whose time has come: O(due) per pass."""
+        if not self.due.has_due(now):
+            return []
         actions: list[Action] = []
         for entry in self.due.pop_due(now):
             job = self.jobs.get(entry.panda_id)

@@ -115,6 +115,8 @@ class RankRegistry:
         """The ranks believed alive but silent for more than ``limit`` seconds, with how long, oldest first:
         O(silent), since ``alive`` is ordered by when each rank was last heard from."""
         silent: list[tuple[int, float]] = []
+        if not self.alive or now - next(iter(self.alive.values())) <= limit:
+            return silent  # the usual pass: the least recently heard rank is recent enough
         for number, seen in self.alive.items():
             if now - seen <= limit:
                 break
