@@ -21,222 +21,49 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hpcpilot.config import EventServiceConfig
 from hpcpilot.errors import ErrorCode
+from hpcpilot.eventservice.messages import (
+    MAX_RANGES_PER_FETCH,
+    BundleStaged,
+    CloseEsJob,
+    DealRanges,
+    EsJobClosed,
+    FetchRanges,
+    MakeBundle,
+    RangesFetched,
+    RangesReported,
+    ReportRanges,
+    failed,
+)
+from hpcpilot.eventservice.reported import REPORTED_WINDOW, ReportedRanges
+from hpcpilot.eventservice.waiting import Waiting
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec
-from hpcpilot.sources import OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
 
+# What the scheduler, the controller, the workers, the tests and the benches import from here (the
+# messages are at home in ``messages``, the window in ``reported``).
+__all__ = [
+    "REPORTED_WINDOW",
+    "BundleStaged",
+    "CloseEsJob",
+    "DealRanges",
+    "EsBook",
+    "EsJobClosed",
+    "FetchRanges",
+    "MakeBundle",
+    "RangesFetched",
+    "RangesReported",
+    "ReportRanges",
+    "failed",
+]
+
 log = logging.getLogger(__name__)
-
-MAX_RANGES_PER_FETCH = 1000
-"""nRanges asked in one getEventRanges call (the server caps a call at 100000 events)."""
-
-# ---- events (into the scheduler) ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RangesFetched:
-    """The source's answer to FetchRanges: parsed ranges, unusable ones (already failed), outage."""
-
-    panda_id: int
-    ranges: tuple[EventRange, ...]
-    bad: tuple[EventRangeUpdate, ...] = ()
-    unavailable: bool = False
-
-
-@dataclass(frozen=True)
-class RangesReported:
-    """A rank's range outcomes, and how many more ranges it wants."""
-
-    rank: int
-    panda_id: int
-    outcomes: tuple[EventRangeUpdate, ...]
-    want: int
-
-
-@dataclass(frozen=True)
-class BundleStaged:
-    """A bundle was written and staged out (``bundle``), or could not be (``error``)."""
-
-    panda_id: int
-    updates: tuple[EventRangeUpdate, ...]
-    bundle: OutputBundle | None
-    error: tuple[int, str] | None = None
-
-
-@dataclass(frozen=True)
-class EsJobClosed:
-    """The job's log was staged out; ``record`` is the final record to report."""
-
-    record: JobRecord
-
-
-# ---- actions (out of the scheduler) ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FetchRanges:
-    job: JobSpec
-    n: int
-
-
-@dataclass(frozen=True)
-class DealRanges:
-    rank: int
-    panda_id: int
-    ranges: tuple[EventRange, ...]
-    no_more: bool
-
-
-@dataclass(frozen=True)
-class MakeBundle:
-    """Zip these finished outputs, stage the zip out, answer with BundleStaged."""
-
-    job: JobSpec
-    updates: tuple[EventRangeUpdate, ...]
-    num_events: int
-
-
-@dataclass(frozen=True)
-class ReportRanges:
-    job: JobSpec
-    updates: tuple[EventRangeUpdate, ...]
-    bundle: OutputBundle | None = None
-
-
-@dataclass(frozen=True)
-class CloseEsJob:
-    """Stage the job's log out and answer with EsJobClosed carrying ``record``."""
-
-    job: JobSpec
-    record: JobRecord
-
-
-# ---- the ledger -------------------------------------------------------------------------
-
-REPORTED_WINDOW = 10 * MAX_RANGES_PER_FETCH
-"""Ids of the most recently sent ranges remembered against a source handing one out again (see
-ReportedRanges): ten full leases, about 1 MB at rank 0 whatever the job's size."""
-
-
-def failed(range_id: str, code: int, diag: str) -> EventRangeUpdate:
-    return EventRangeUpdate(range_id, EventRangeStatus.FAILED, int(code), diag)
-
-
-class ReportedRanges:
-    """Ranges whose status rank 0 has settled: how many (``len``), and which were sent lately (``in``).
-
-    Exactly once needs no history of every range: an outcome counts only if it comes from the rank
-    the range is dealt to, and the range leaves ``dealt`` as it counts, so a repeated or stray outcome
-    is ignored however old the range.  Ids are only needed against the *source* handing a range out
-    again; a range it holds is still in ``EsBook.n_events`` until its status is sent, so this record
-    only has to cover ranges already sent.  A retry by the PanDA server is a new range id (the
-    attempt number is part of it), and a restarted pilot reports the previous run's ranges failed
-    instead of handing them out again; what remains is a source repeating a lease it already made
-    (a Harvester feed written again before it read the pilot's statuses, a replayed server answer),
-    which comes within the next few leases.  So the newest ``window`` sent ids are kept: memory is
-    bounded, not proportional to every range the job ever leased."""
-
-    def __init__(self, window: int = REPORTED_WINDOW) -> None:
-        self.window = window
-        self.count = 0
-        self._ids: set[str] = set()
-        self._order: deque[str] = deque()  # oldest first: the one to forget next
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __contains__(self, range_id: object) -> bool:
-        return range_id in self._ids
-
-    def settled(self, n: int = 1) -> None:
-        """``n`` more ranges have their status queued for the server (or are inside a bundle)."""
-        self.count += n
-
-    def sent_all(self, range_ids: Iterable[str]) -> None:
-        """These statuses went out: remember their ids for a while (one set update and one trim per report)."""
-        ids = self._ids
-        new = [range_id for range_id in dict.fromkeys(range_ids) if range_id not in ids]
-        ids.update(new)
-        order = self._order
-        order.extend(new)
-        for _ in range(len(order) - self.window):
-            ids.discard(order.popleft())
-
-    def remembered(self) -> int:
-        return len(self._order)
-
-
-class Waiting:
-    """Ranks with a parked request for ranges, oldest first, with the total they want and an index
-    by how many ranges each holds.
-
-    Why the index: as the time left before the walltime guard shrinks, the ranks to refuse are those
-    whose held ranges already fill it, i.e. those holding the most; the index finds them without a
-    walk over every waiting rank.  Held counts take few distinct values (a rank holds at most about
-    one request's worth more than it asks for), so walking the index's keys is constant work."""
-
-    def __init__(self) -> None:
-        self._wants: OrderedDict[int, int] = OrderedDict()  # O(1) at the front, unlike a dict
-        self._held: dict[int, int] = {}
-        self._by_held: dict[int, dict[int, None]] = {}
-        self.total = 0
-
-    def __len__(self) -> int:
-        return len(self._wants)
-
-    def __contains__(self, rank: object) -> bool:
-        return rank in self._wants
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._wants)
-
-    def park(self, rank: int, want: int, held: int) -> None:
-        """The rank wants ``want`` ranges; a new request replaces its old one in its place in line."""
-        self.total += want - self._wants.get(rank, 0)
-        self._wants[rank] = want
-        self.held_changed(rank, held)
-
-    def take(self, rank: int) -> int | None:
-        """Remove the rank's request; its want, or None if it had none."""
-        want = self._wants.pop(rank, None)
-        if want is not None:
-            self.total -= want
-            self._unindex(rank)
-        return want
-
-    def oldest(self) -> tuple[int, int]:
-        rank, want = self._wants.popitem(last=False)
-        self.total -= want
-        self._unindex(rank)
-        return rank, want
-
-    def held_changed(self, rank: int, held: int) -> None:
-        if rank in self._wants:
-            self._unindex(rank)
-            self._held[rank] = held
-            self._by_held.setdefault(held, {})[rank] = None
-
-    def holding_at_least(self, n: int) -> list[int]:
-        return [rank for held, ranks in self._by_held.items() if held >= n for rank in ranks]
-
-    def any_holding(self, n: int) -> bool:
-        return bool(self._by_held.get(n))
-
-    def _unindex(self, rank: int) -> None:
-        held = self._held.pop(rank, None)
-        if held is None:
-            return
-        bucket = self._by_held[held]
-        del bucket[rank]
-        if not bucket:
-            del self._by_held[held]
 
 
 @dataclass
