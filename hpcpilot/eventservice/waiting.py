@@ -1,8 +1,9 @@
-"""Ranks waiting for ranges at rank 0.
+"""Ranks waiting for ranges at rank 0, and when a pass over them is worth making.
 
-The line keeps a busy rank 0 O(1) per event: it keeps the total its ranks want and an index by how
-many ranges each holds, so no walk over the waiting ranks sizes a lease or finds those the walltime
-guard leaves no room for.
+Both keep a busy rank 0 O(1) per event: the line keeps the total its ranks want and an index by
+how many ranges each holds (no walk over the waiting ranks to size a lease or to refuse those the
+walltime guard leaves no room for), and the gate skips the pass altogether when nothing that
+decides it changed since the last one.
 """
 
 from __future__ import annotations
@@ -77,3 +78,26 @@ class Waiting:
             del self._by_held[held]
 
 
+
+class PassGate:
+    """Whether a pass over the waiting ranks can answer anything the last pass did not.
+
+    The scheduler offers the book a pass on every loop; one with no new request, range or stop
+    since the last (``touch``), and with the walltime guard still allowing as many ranges per rank
+    (``fits``), would deal and refuse exactly what the last one did: nothing.  So it is skipped in
+    O(1), whatever the number of ranks waiting."""
+
+    def __init__(self) -> None:
+        self.dirty = False
+        self.fits_seen: int | None = None
+
+    def touch(self) -> None:
+        """Something that decides a pass changed: a request, a lease, a stop."""
+        self.dirty = True
+
+    def open(self, fits: int | None) -> bool:
+        """True if a pass with ``fits`` ranges per rank may answer differently; it then counts as made."""
+        if not self.dirty and fits == self.fits_seen:
+            return False
+        self.dirty, self.fits_seen = False, fits
+        return True
