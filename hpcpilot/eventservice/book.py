@@ -15,228 +15,92 @@ The book decides
   the mean wall time a range has been taking on this job),
 * when finished outputs go into a bundle and when statuses are reported,
 * the job's final record (nEvents, CPU and memory of all its ranks).
+
+``EsBook`` coordinates; each part keeps one structure or rule: ``holdings`` (what each rank holds),
+``waiting`` (ranks waiting for ranges), ``register`` (the ranges taken in: held, or settled in
+``reported``), ``outbox`` (statuses on their way to the server), ``tally`` (the running totals),
+``pacing`` (how many to lease and to deal), ``esrecord`` (the job's records), ``messages`` (what
+goes in and out).  The messages are importable from here as before.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, overload
 
 from hpcpilot.config import EventServiceConfig
 from hpcpilot.errors import ErrorCode
+from hpcpilot.eventservice import esrecord, pacing
+from hpcpilot.eventservice.holdings import Holdings
+from hpcpilot.eventservice.messages import (
+    BundleStaged,
+    CloseEsJob,
+    DealRanges,
+    EsJobClosed,
+    FetchRanges,
+    MakeBundle,
+    RangesFetched,
+    RangesReported,
+    ReportRanges,
+    failed,
+)
+from hpcpilot.eventservice.outbox import Outbox
+from hpcpilot.eventservice.register import RangeRegister
+from hpcpilot.eventservice.reported import REPORTED_WINDOW, ReportedRanges
+from hpcpilot.eventservice.tally import Tally
+from hpcpilot.eventservice.waiting import PassGate, Waiting
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec
-from hpcpilot.sources import OutputBundle
-from hpcpilot.states import EventRangeStatus, JobState
+
+# What the scheduler, the controller, the workers, the tests and the benches import from here (the
+# messages are at home in ``messages``, the window in ``reported``).
+__all__ = [
+    "REPORTED_WINDOW",
+    "BundleStaged",
+    "CloseEsJob",
+    "DealRanges",
+    "EsBook",
+    "EsJobClosed",
+    "FetchRanges",
+    "MakeBundle",
+    "RangesFetched",
+    "RangesReported",
+    "ReportRanges",
+    "failed",
+]
 
 log = logging.getLogger(__name__)
 
-MAX_RANGES_PER_FETCH = 1000
-"""nRanges asked in one getEventRanges call (the server caps a call at 100000 events)."""
-
-# ---- events (into the scheduler) ------------------------------------------------------
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class RangesFetched:
-    """The source's answer to FetchRanges: parsed ranges, unusable ones (already failed), outage."""
+class _KeptBy(Generic[T]):
+    """An attribute of ``EsBook`` whose value one of its parts keeps, under the name the scheduler, the
+    live view and the tests know: read and written through, so the fact has one place."""
 
-    panda_id: int
-    ranges: tuple[EventRange, ...]
-    bad: tuple[EventRangeUpdate, ...] = ()
-    unavailable: bool = False
+    def __init__(self, part: str) -> None:
+        self.part = part
+        self.name = ""
 
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
-@dataclass(frozen=True)
-class RangesReported:
-    """A rank's range outcomes, and how many more ranges it wants."""
+    @overload
+    def __get__(self, book: None, owner: type | None = None) -> _KeptBy[T]: ...
 
-    rank: int
-    panda_id: int
-    outcomes: tuple[EventRangeUpdate, ...]
-    want: int
+    @overload
+    def __get__(self, book: object, owner: type | None = None) -> T: ...
 
+    def __get__(self, book: object, owner: type | None = None) -> Any:
+        if book is None:
+            return self
+        return getattr(getattr(book, self.part), self.name)
 
-@dataclass(frozen=True)
-class BundleStaged:
-    """A bundle was written and staged out (``bundle``), or could not be (``error``)."""
-
-    panda_id: int
-    updates: tuple[EventRangeUpdate, ...]
-    bundle: OutputBundle | None
-    error: tuple[int, str] | None = None
-
-
-@dataclass(frozen=True)
-class EsJobClosed:
-    """The job's log was staged out; ``record`` is the final record to report."""
-
-    record: JobRecord
-
-
-# ---- actions (out of the scheduler) ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FetchRanges:
-    job: JobSpec
-    n: int
-
-
-@dataclass(frozen=True)
-class DealRanges:
-    rank: int
-    panda_id: int
-    ranges: tuple[EventRange, ...]
-    no_more: bool
-
-
-@dataclass(frozen=True)
-class MakeBundle:
-    """Zip these finished outputs, stage the zip out, answer with BundleStaged."""
-
-    job: JobSpec
-    updates: tuple[EventRangeUpdate, ...]
-    num_events: int
-
-
-@dataclass(frozen=True)
-class ReportRanges:
-    job: JobSpec
-    updates: tuple[EventRangeUpdate, ...]
-    bundle: OutputBundle | None = None
-
-
-@dataclass(frozen=True)
-class CloseEsJob:
-    """Stage the job's log out and answer with EsJobClosed carrying ``record``."""
-
-    job: JobSpec
-    record: JobRecord
-
-
-# ---- the ledger -------------------------------------------------------------------------
-
-REPORTED_WINDOW = 10 * MAX_RANGES_PER_FETCH
-"""Ids of the most recently sent ranges remembered against a source handing one out again (see
-ReportedRanges): ten full leases, about 1 MB at rank 0 whatever the job's size."""
-
-
-def failed(range_id: str, code: int, diag: str) -> EventRangeUpdate:
-    return EventRangeUpdate(range_id, EventRangeStatus.FAILED, int(code), diag)
-
-
-class ReportedRanges:
-    """Ranges whose status rank 0 has settled: how many (``len``), and which were sent lately (``in``).
-
-    Exactly once needs no history of every range: an outcome counts only if it comes from the rank
-    the range is dealt to, and the range leaves ``dealt`` as it counts, so a repeated or stray outcome
-    is ignored however old the range.  Ids are only needed against the *source* handing a range out
-    again; a range it holds is still in ``EsBook.n_events`` until its status is sent, so this record
-    only has to cover ranges already sent.  A retry by the PanDA server is a new range id (the
-    attempt number is part of it), and a restarted pilot reports the previous run's ranges failed
-    instead of handing them out again; what remains is a source repeating a lease it already made
-    (a Harvester feed written again before it read the pilot's statuses, a replayed server answer),
-    which comes within the next few leases.  So the newest ``window`` sent ids are kept: memory is
-    bounded, not proportional to every range the job ever leased."""
-
-    def __init__(self, window: int = REPORTED_WINDOW) -> None:
-        self.window = window
-        self.count = 0
-        self._ids: set[str] = set()
-        self._order: deque[str] = deque()  # oldest first: the one to forget next
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __contains__(self, range_id: object) -> bool:
-        return range_id in self._ids
-
-    def settled(self, n: int = 1) -> None:
-        """``n`` more ranges have their status queued for the server (or are inside a bundle)."""
-        self.count += n
-
-    def sent_all(self, range_ids: Iterable[str]) -> None:
-        """These statuses went out: remember their ids for a while (one set update and one trim per report)."""
-        ids = self._ids
-        new = [range_id for range_id in dict.fromkeys(range_ids) if range_id not in ids]
-        ids.update(new)
-        order = self._order
-        order.extend(new)
-        for _ in range(len(order) - self.window):
-            ids.discard(order.popleft())
-
-    def remembered(self) -> int:
-        return len(self._order)
-
-
-class Waiting:
-    """Ranks with a parked request for ranges, oldest first, with the total they want and an index
-    by how many ranges each holds.
-
-    Why the index: as the time left before the walltime guard shrinks, the ranks to refuse are those
-    whose held ranges already fill it, i.e. those holding the most; the index finds them without a
-    walk over every waiting rank.  Held counts take few distinct values (a rank holds at most about
-    one request's worth more than it asks for), so walking the index's keys is constant work."""
-
-    def __init__(self) -> None:
-        self._wants: OrderedDict[int, int] = OrderedDict()  # O(1) at the front, unlike a dict
-        self._held: dict[int, int] = {}
-        self._by_held: dict[int, dict[int, None]] = {}
-        self.total = 0
-
-    def __len__(self) -> int:
-        return len(self._wants)
-
-    def __contains__(self, rank: object) -> bool:
-        return rank in self._wants
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._wants)
-
-    def park(self, rank: int, want: int, held: int) -> None:
-        """The rank wants ``want`` ranges; a new request replaces its old one in its place in line."""
-        self.total += want - self._wants.get(rank, 0)
-        self._wants[rank] = want
-        self.held_changed(rank, held)
-
-    def take(self, rank: int) -> int | None:
-        """Remove the rank's request; its want, or None if it had none."""
-        want = self._wants.pop(rank, None)
-        if want is not None:
-            self.total -= want
-            self._unindex(rank)
-        return want
-
-    def oldest(self) -> tuple[int, int]:
-        rank, want = self._wants.popitem(last=False)
-        self.total -= want
-        self._unindex(rank)
-        return rank, want
-
-    def held_changed(self, rank: int, held: int) -> None:
-        if rank in self._wants:
-            self._unindex(rank)
-            self._held[rank] = held
-            self._by_held.setdefault(held, {})[rank] = None
-
-    def holding_at_least(self, n: int) -> list[int]:
-        return [rank for held, ranks in self._by_held.items() if held >= n for rank in ranks]
-
-    def any_holding(self, n: int) -> bool:
-        return bool(self._by_held.get(n))
-
-    def _unindex(self, rank: int) -> None:
-        held = self._held.pop(rank, None)
-        if held is None:
-            return
-        bucket = self._by_held[held]
-        del bucket[rank]
-        if not bucket:
-            del self._by_held[held]
+    def __set__(self, book: object, value: T) -> None:
+        setattr(getattr(book, self.part), self.name, value)
 
 
 @dataclass
@@ -245,9 +109,9 @@ class EsBook:
 
     Cost: every request, outcome and pass is O(1) amortized in the ranks, the ranges dealt and the
     ranges ever leased (plus O(what it deals or answers)); memory is O(ranges in flight).  ``dealt``
-    is indexed by rank (``by_rank``); a pass over the waiting ranks happens only when something that
-    decides it changed (``_dirty``: a request, a lease, a stop; or the walltime guard's count of
-    ranges that still fit, ``_fits_seen``); the events waiting for a bundle are a running total."""
+    is indexed by rank (``holdings``); a pass over the waiting ranks happens only when something that
+    decides it changed (``PassGate``: a request, a lease, a stop; or the walltime guard's count of
+    ranges that still fit); the events waiting for a bundle are a running total (``outbox``)."""
 
     spec: JobSpec
     config: EventServiceConfig
@@ -256,39 +120,45 @@ class EsBook:
     opened_at: float | None = None
     members: set[int] = field(default_factory=set)
     queue: deque[EventRange] = field(default_factory=deque)
-    dealt: dict[str, tuple[int, EventRange]] = field(default_factory=dict)
-    by_rank: dict[int, dict[str, None]] = field(default_factory=dict)
-    """Rank -> the ids of the ranges dealt to it (emptied ranks leave)."""
+    holdings: Holdings = field(default_factory=Holdings)
     waiting: Waiting = field(default_factory=Waiting)
-    to_bundle: list[EventRangeUpdate] = field(default_factory=list)
-    bundle_events: int = 0
-    """Events of the ranges in ``to_bundle``."""
-    bundle_opened_at: float | None = None
-    bundling: bool = False
-    to_report: list[EventRangeUpdate] = field(default_factory=list)
-    last_report: float = 0.0
-    reported: ReportedRanges = field(default_factory=ReportedRanges)
-    n_events: dict[str, int] = field(default_factory=dict)
-    """Events of every range rank 0 holds (queued, dealt, waiting for its bundle or its report): a
-    range leaves when its status is sent, so this is also the set of ranges in flight."""
+    register: RangeRegister = field(default_factory=RangeRegister)
+    tally: Tally = field(default_factory=Tally)
+    outbox: Outbox = field(init=False)
     exhausted: bool = False
     fetching: bool = False
     fetch_retry_at: float = 0.0
     leasing_stopped: bool = False
     stop: tuple[int, str] | None = None
-    wall_sum: float = 0.0
-    wall_count: int = 0
-    consumed: int = 0
-    processed_events: int = 0  # events of ranges a rank finished, bundled yet or not: the live view's progress
-    finished_ranges: int = 0
-    finished_events: int = 0
-    first_failure: tuple[int, str] | None = None
     member_records: list[JobRecord] = field(default_factory=list)
     killing: set[int] = field(default_factory=set)
     last_heartbeat: float = 0.0
     closing: bool = False
-    _dirty: bool = False
-    _fits_seen: int | None = None
+    _pass_gate: PassGate = field(default_factory=PassGate)
+
+    # The parts' facts, under the names the scheduler, the controller, the live view and the tests use.
+    n_events = _KeptBy[dict[str, int]]("register")
+    """Events of every range rank 0 holds (queued, dealt, waiting for its bundle or its report): a
+    range leaves when its status is sent, so this is also the set of ranges in flight."""
+    reported = _KeptBy[ReportedRanges]("register")
+    dealt = _KeptBy[dict[str, tuple[int, EventRange]]]("holdings")
+    by_rank = _KeptBy[dict[int, dict[str, None]]]("holdings")
+    to_bundle = _KeptBy[list[EventRangeUpdate]]("outbox")
+    bundle_events = _KeptBy[int]("outbox")
+    bundle_opened_at = _KeptBy[float | None]("outbox")
+    bundling = _KeptBy[bool]("outbox")
+    to_report = _KeptBy[list[EventRangeUpdate]]("outbox")
+    last_report = _KeptBy[float]("outbox")
+    wall_sum = _KeptBy[float]("tally")
+    wall_count = _KeptBy[int]("tally")
+    consumed = _KeptBy[int]("tally")
+    processed_events = _KeptBy[int]("tally")
+    finished_ranges = _KeptBy[int]("tally")
+    finished_events = _KeptBy[int]("tally")
+    first_failure = _KeptBy[tuple[int, str] | None]("tally")
+
+    def __post_init__(self) -> None:
+        self.outbox = Outbox(self.tally, self.register)
 
     @property
     def panda_id(self) -> int:
@@ -308,7 +178,7 @@ class EsBook:
     def open(self, now: float) -> None:
         if self.opened_at is None:
             self.opened_at = now
-            self.last_report = now
+            self.outbox.last_report = now
 
     def join(self, rank: int) -> None:
         self.members.add(rank)
@@ -341,34 +211,32 @@ class EsBook:
 
     def fail_held(self, rank: int, code: int, diag: str) -> None:
         """O(held): the rank's own index, not a scan of every dealt range."""
-        for range_id in self.by_rank.pop(rank, {}):
-            del self.dealt[range_id]
-            self._queue_report(failed(range_id, code, diag))
+        for range_id in self.holdings.release(rank):
+            self.outbox.report(failed(range_id, code, diag))
         self.waiting.held_changed(rank, 0)
 
     def held_by(self, rank: int) -> int:
-        return len(self.by_rank.get(rank, ()))
+        return self.holdings.held_by(rank)
 
     def _deal_batch(self, rank: int, n: int) -> tuple[EventRange, ...]:
-        """The next ``n`` queued ranges, dealt to the rank in one pass (``dealt`` and its index by rank)."""
+        """The next ``n`` queued ranges, dealt to the rank in one pass."""
         if n <= 0:
             return ()
         popleft = self.queue.popleft
         batch = tuple([popleft() for _ in range(n)])
-        dealt, held = self.dealt, self.by_rank.setdefault(rank, {})
-        for item in batch:
-            dealt[item.event_range_id] = (rank, item)
-            held[item.event_range_id] = None
+        self.holdings.deal(rank, batch)
         return batch
 
     # -- leasing ------------------------------------------------------------------------
 
     def on_fetched(self, now: float, event: RangesFetched, retry: float) -> None:
         self.fetching = False
-        self._dirty = True
-        for update in event.bad:
-            if self._take_in(update.event_range_id, 1):
-                self._queue_report(update)
+        self._pass_gate.touch()
+        for update in event.bad:  # already failed: new ones are reported as they are
+            if self.register.take_in(update.event_range_id, 1):
+                self.outbox.report(update)
+            else:
+                self._handed_out_again([update.event_range_id])
         if event.unavailable:
             self.fetch_retry_at = now + retry
             return
@@ -378,50 +246,31 @@ class EsBook:
         if self.leasing_stopped:
             self._fail_queue(*(self.stop or (int(ErrorCode.ESRECOVERABLE), "leasing stopped")))
 
-    def _take_in(self, range_id: str, n_events: int) -> bool:
-        """A range from the source is new unless rank 0 holds it (``n_events``) or sent it lately
-        (``reported``): a range handed out again is then never dealt or reported twice."""
-        if range_id in self.n_events or range_id in self.reported:
-            log.warning("job %d: range %s handed out again by the source: ignored", self.panda_id, range_id)
-            return False
-        self.n_events[range_id] = n_events
-        return True
-
     def _take_in_all(self, ranges: Iterable[EventRange]) -> None:
-        """``_take_in`` for a whole lease, queueing the new ranges: one pass with no call per range."""
-        held, reported, queue = self.n_events, self.reported, self.queue
-        for item in ranges:
-            range_id = item.event_range_id
-            if range_id in held or range_id in reported:
-                log.warning("job %d: range %s handed out again by the source: ignored", self.panda_id, range_id)
-                continue
-            held[range_id] = item.last_event - item.start_event + 1  # EventRange.n_events, without the call
-            queue.append(item)
+        """A lease's new ranges, queued; one handed out again while rank 0 holds it, or soon after its
+        status was sent, is ignored: it is never dealt or reported twice."""
+        new, refused = self.register.take_in_all(ranges)
+        self.queue.extend(new)
+        self._handed_out_again(refused)
+
+    def _handed_out_again(self, range_ids: Iterable[str]) -> None:
+        for range_id in range_ids:
+            log.warning("job %d: range %s handed out again by the source: ignored", self.panda_id, range_id)
 
     def fetch_wanted(self, now: float, guard_at: float | None) -> int:
         """Ranges to lease now (0: none): keep ``prefetch_seconds`` of consumption queued."""
         if (not self.is_open or self.exhausted or self.leasing_stopped or self.fetching
                 or now < self.fetch_retry_at or self.closing or not self.members):
             return 0  # (without members, ranges would only wait: lease again when a rank joins)
-        per_request = max(1, self.config.ranges_per_request)
-        target = 2 * per_request * max(1, len(self.members))
-        rate = self.consumption_rate(now)
-        if rate:
-            target = max(target, math.ceil(rate * self.config.prefetch_seconds))
-            if guard_at is not None:
-                target = min(target, max(per_request, math.ceil(rate * max(0.0, guard_at - now))))
-        target += self.waiting.total
-        if len(self.queue) >= target / 2 + self.waiting.total and self.queue:
-            return 0
-        return min(MAX_RANGES_PER_FETCH, max(per_request, target - len(self.queue)))
+        return pacing.lease_size(self.config, members=len(self.members), queued=len(self.queue),
+                                 wanted=self.waiting.total, rate=self.consumption_rate(now),
+                                 guard_at=guard_at, now=now)
 
     def consumption_rate(self, now: float) -> float:
-        if self.opened_at is None or now - self.opened_at < 1.0 or not self.consumed:
-            return 0.0
-        return self.consumed / (now - self.opened_at)
+        return pacing.consumption_rate(self.tally.consumed, self.opened_at, now)
 
     def mean_wall(self) -> float | None:
-        return self.wall_sum / self.wall_count if self.wall_count else None
+        return self.tally.mean_wall()
 
     # -- dealing ------------------------------------------------------------------------
 
@@ -430,8 +279,8 @@ class EsBook:
             self._record_outcomes(now, event.rank, event.outcomes)
         if event.want <= 0 or event.rank not in self.members:
             return []
-        self.waiting.park(event.rank, event.want, self.held_by(event.rank))
-        self._dirty = True
+        self.waiting.park(event.rank, event.want, self.holdings.held_by(event.rank))
+        self._pass_gate.touch()
         return self.serve_waiting(guard_at, now)
 
     def serve_waiting(self, guard_at: float | None, now: float) -> list[DealRanges]:
@@ -443,10 +292,9 @@ class EsBook:
             return []
         if self.leasing_stopped or self.closing or (self.exhausted and not self.queue):
             return self._answer_all()
-        fits = self._fits(guard_at, now)
-        if not self._dirty and fits == self._fits_seen:
+        fits = pacing.ranges_that_fit(guard_at, now, self.tally.mean_wall())
+        if not self._pass_gate.open(fits):
             return []  # no request, range or stop since the last pass, and the guard allows as much
-        self._dirty, self._fits_seen = False, fits
         if fits is not None and fits <= 0:
             if self.waiting.any_holding(0):
                 # Not even one range fits before the guard on an idle rank: none will on any rank.  The
@@ -455,21 +303,14 @@ class EsBook:
                                          "no range can finish before the walltime guard", job_failure=True)
             return self._answer_all()
         actions = [] if fits is None else self._answer(self.waiting.holding_at_least(fits))
+        held_by = self.holdings.held_by
         while self.queue and self.waiting:
             rank, want = self.waiting.oldest()
-            allowed = want if fits is None else min(want, fits - self.held_by(rank))
-            batch = self._deal_batch(rank, min(allowed, len(self.queue)))
+            batch = self._deal_batch(rank, min(pacing.allowance(want, fits, held_by(rank)), len(self.queue)))
             actions.append(DealRanges(rank, self.panda_id, batch, no_more=False))
         if self.exhausted and not self.queue:
             actions += self._answer_all()
         return actions
-
-    def _fits(self, guard_at: float | None, now: float) -> int | None:
-        """Ranges one rank can still finish before the guard at the mean wall time (None: no limit)."""
-        wall = self.mean_wall()
-        if guard_at is None or wall is None or wall <= 0:
-            return None
-        return math.floor(max(0.0, guard_at - now) / wall)
 
     def _answer(self, ranks: Iterable[int]) -> list[DealRanges]:
         """'No more' to these waiting ranks."""
@@ -485,84 +326,20 @@ class EsBook:
         """How many of ``want`` ranges this rank may get so that all it holds can finish in time."""
         if self.leasing_stopped or self.closing:
             return 0
-        fits = self._fits(guard_at, now)
-        return want if fits is None else max(0, min(want, fits - self.held_by(rank)))
-
-    def _no_more_coming(self) -> bool:
-        return self.exhausted or self.leasing_stopped or self.closing
+        fits = pacing.ranges_that_fit(guard_at, now, self.tally.mean_wall())
+        return pacing.allowance(want, fits, self.held_by(rank))
 
     def _record_outcomes(self, now: float, rank: int, outcomes: Iterable[EventRangeUpdate]) -> None:
-        """A report's outcomes in one pass: the hot path of a busy job (one call per
-        report, not a chain of five calls per range).  The same rules: an outcome counts only from the
-        rank the range is dealt to, and the range leaves ``dealt`` as it counts."""
-        dealt, held = self.dealt, self.by_rank.get(rank, {})
-        to_report, to_bundle, finished = self.to_report, self.to_bundle, EventRangeStatus.FINISHED
-        settled = counted = finished_ranges = finished_events = processed = 0
-        for outcome in outcomes:
-            range_id = outcome.event_range_id
-            entry = dealt.get(range_id)
-            if entry is None or entry[0] != rank:
-                log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
-                            self.panda_id, range_id, rank)
-                continue
-            del dealt[range_id]
-            del held[range_id]
-            item, counted = entry[1], counted + 1
-            if outcome.wall_time > 0:
-                self.wall_sum += outcome.wall_time
-                self.wall_count += 1
-            if outcome.status != finished:
-                settled += 1
-                to_report.append(outcome)
-                if self.first_failure is None:
-                    self.first_failure = (outcome.error_code or int(ErrorCode.UNKNOWNPAYLOADFAILURE),
-                                          outcome.error_diag)
-                continue
-            events = item.last_event - item.start_event + 1
-            processed += events
-            if outcome.output:
-                if not to_bundle:
-                    self.bundle_opened_at = now
-                to_bundle.append(outcome)
-                self.bundle_events += events
-            else:
-                settled, finished_ranges = settled + 1, finished_ranges + 1
-                finished_events += self.n_events.get(range_id, 1)
-                to_report.append(outcome)
-        self.consumed += counted
-        self.processed_events += processed
-        self.finished_ranges += finished_ranges
-        self.finished_events += finished_events
-        self.reported.settled(settled)
-        if counted:
-            if not held:
-                del self.by_rank[rank]
-            self.waiting.held_changed(rank, len(held))
-
-    def _queue_report(self, update: EventRangeUpdate) -> None:
-        """Every caller hands a range it just took out of the queue, ``dealt`` or a fetch's new
-        ranges, so no range comes here twice."""
-        self.reported.settled()
-        self._enqueue(update)
-
-    def _enqueue(self, update: EventRangeUpdate) -> None:
-        self.to_report.append(update)
-        self._count(update)
-
-    def _count(self, update: EventRangeUpdate) -> None:
-        if update.status == EventRangeStatus.FINISHED:
-            self.finished_ranges += 1
-            self.finished_events += self.n_events.get(update.event_range_id, 1)
-        elif self.first_failure is None:
-            self.first_failure = (update.error_code or int(ErrorCode.UNKNOWNPAYLOADFAILURE), update.error_diag)
-
-    def _sent(self, updates: Iterable[EventRangeUpdate]) -> None:
-        """These statuses go out now: the ranges leave rank 0 (their ids stay in ``reported`` a while)."""
-        ids = [update.event_range_id for update in updates]
-        pop = self.n_events.pop
-        for range_id in ids:
-            pop(range_id, None)
-        self.reported.sent_all(ids)
+        """A report's outcomes at once: the hot path of a busy job (one pass to take the ranges back, one to
+        count them; no chain of calls per range).  An outcome counts only from the rank the range is dealt
+        to, and the range leaves ``dealt`` as it counts."""
+        taken, strays = self.holdings.take_back(rank, outcomes)
+        for range_id in strays:
+            log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
+                        self.panda_id, range_id, rank)
+        self.outbox.record(now, taken)
+        if taken:
+            self.waiting.held_changed(rank, self.holdings.held_by(rank))
 
     # -- stopping ------------------------------------------------------------------------
 
@@ -582,106 +359,41 @@ class EsBook:
 
     def _fail_queue(self, code: int, diag: str) -> None:
         while self.queue:
-            self._queue_report(failed(self.queue.popleft().event_range_id, code, f"not processed: {diag}"))
+            self.outbox.report(failed(self.queue.popleft().event_range_id, code, f"not processed: {diag}"))
 
     # -- bundles and reports ---------------------------------------------------------------
 
     def due_bundle(self, now: float) -> MakeBundle | None:
-        if self.bundling or not self.to_bundle:
-            return None
-        events = self.bundle_events
-        age = now - (self.bundle_opened_at or now)
-        if events < self.config.bundle_events and age < self.config.bundle_seconds and not self._draining():
-            return None
-        updates, self.to_bundle, self.bundle_events = tuple(self.to_bundle), [], 0
-        self.bundling = True
-        self.reported.settled(len(updates))
-        return MakeBundle(self.spec, updates, events)
+        taken = self.outbox.take_bundle(now, self.config, self._draining)
+        return None if taken is None else MakeBundle(self.spec, *taken)
 
     def on_bundle(self, event: BundleStaged) -> ReportRanges | None:
-        self.bundling = False
-        if event.error is not None:
-            code, diag = event.error
-            for update in event.updates:  # settled already, when the bundle was made
-                self._enqueue(failed(update.event_range_id, code, f"output not staged out: {diag}"))
-            return None
-        for update in event.updates:
-            self._count(update)
-        self._sent(event.updates)
-        return ReportRanges(self.spec, event.updates, event.bundle)
+        staged = self.outbox.bundle_back(event.updates, event.error)
+        return ReportRanges(self.spec, event.updates, event.bundle) if staged else None
 
     def due_report(self, now: float) -> ReportRanges | None:
-        if not self.to_report:
-            return None
-        if now - self.last_report < self.config.report_interval and not self._draining():
-            return None
-        self.last_report = now
-        updates, self.to_report = tuple(self.to_report), []
-        self._sent(updates)
-        return ReportRanges(self.spec, updates)
+        updates = self.outbox.take_report(now, self.config.report_interval, self._draining)
+        return None if updates is None else ReportRanges(self.spec, updates)
 
     def _draining(self) -> bool:
         """Nothing more will be processed: flush bundles and reports now."""
-        return not self.members and (self._no_more_coming() or self.stop is not None)
+        return not self.members and (self.exhausted or self.leasing_stopped or self.closing or self.stop is not None)
 
     # -- the end ------------------------------------------------------------------------
 
-
     def is_done(self) -> bool:
         """Every range leased is reported, no rank works on the job, nothing is in flight."""
-        return (self._draining() and not self.fetching and not self.queue and not self.dealt
-                and not self.to_bundle and not self.bundling and not self.to_report and not self.closing)
+        return (self._draining() and not self.fetching and not self.queue and not self.holdings.dealt
+                and self.outbox.is_empty() and not self.closing)
 
     def final_record(self) -> JobRecord:
         """The job's final record: nEvents, CPU and memory of all its ranks, and its state."""
-        record = JobRecord(self.panda_id, attempt_nr=self.spec.attempt_nr, rank=self.leader,
-                           core_count=self.spec.core_count)
-        _merge_members(record, self.member_records, self.leader)
-        record.n_events = self.finished_events
-        record.job_metrics = " ".join(filter(None, [record.job_metrics, f"nEvents={self.finished_events}"]))
-        record.n_input_files = len(self.spec.inputs)
-        if self.stop is not None:
-            record.fail(*self.stop)
-        elif self.finished_ranges:
-            record.state = JobState.FINISHED
-        elif self.first_failure is not None:
-            record.fail(self.first_failure[0], f"no event range finished; first failure: {self.first_failure[1]}")
-        else:
-            record.fail(ErrorCode.ESNOEVENTS, "the job source gave no event ranges")
-        return record
+        return esrecord.final_record(self.spec, self.leader, self.member_records, self.tally, self.stop)
 
     def progress_record(self) -> JobRecord:
         """A heartbeat for the server while the job runs: running, with the events finished so far."""
-        record = JobRecord(self.panda_id, state=JobState.RUNNING, attempt_nr=self.spec.attempt_nr,
-                           rank=self.leader, core_count=self.spec.core_count)
-        _merge_members(record, self.member_records, self.leader)
-        record.n_events = self.finished_events
-        return record
+        return esrecord.progress_record(self.spec, self.leader, self.member_records, self.tally.finished_events)
 
     def status(self) -> str:
         return (f"ES job {self.panda_id}: ranks={len(self.members)} queued={len(self.queue)} "
                 f"dealt={len(self.dealt)} finished={self.finished_ranges} reported={len(self.reported)}")
-
-
-
-def _merge_members(record: JobRecord, members: Iterable[JobRecord], leader: int) -> None:
-    """CPU time adds up over ranks (the whole seconds PanDA gets are those of the precise sum, not a sum of
-    rounded parts: 64 ranks of 0.4 s are 26 s, not 0); memory peaks are per rank, so the job reports the largest."""
-    members = list(members)
-    for member in members:
-        record.cpu_consumption_time += member.cpu_consumption_time
-        record.cpu_seconds += member.cpu_seconds
-        for attr in ("max_pss", "max_rss", "max_vmem", "max_swap", "avg_pss", "avg_rss", "avg_vmem", "avg_swap"):
-            setattr(record, attr, max(getattr(record, attr), getattr(member, attr)))
-        for attr in ("tot_rchar", "tot_wchar", "tot_rbytes", "tot_wbytes"):
-            setattr(record, attr, getattr(record, attr) + getattr(member, attr))
-    if record.cpu_seconds > 0:
-        record.cpu_consumption_time = round(record.cpu_seconds)
-    starts = [m.start_time for m in members if m.start_time]
-    ends = [m.end_time for m in members if m.end_time]
-    record.start_time = min(starts) if starts else ""
-    record.end_time = max(ends) if ends else ""
-    lead = next((m for m in members if m.rank == leader), members[0] if members else None)
-    if lead is not None:
-        record.node, record.site_name, record.pilot_timing = lead.node, lead.site_name, lead.pilot_timing
-        record.job_metrics = " ".join(f for f in lead.job_metrics.split() if not f.startswith("nEvents="))

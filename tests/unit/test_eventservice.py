@@ -277,7 +277,7 @@ def test_an_es_job_with_no_ranges_fails_with_esnoevents() -> None:
 
 def test_an_es_jobs_cpu_is_the_precise_sum_of_its_ranks():
     """64 ranks that each used 0.4 s report 0 whole seconds each; the job used 25.6 s, and PanDA gets 26."""
-    from hpcpilot.eventservice.book import _merge_members
+    from hpcpilot.eventservice.esrecord import merge_members
 
     members = []
     for rank in range(1, 65):
@@ -285,6 +285,6 @@ def test_an_es_jobs_cpu_is_the_precise_sum_of_its_ranks():
         member.cpu_seconds, member.cpu_consumption_time = 0.4, 0
         members.append(member)
     record = JobRecord(7, rank=1)
-    _merge_members(record, members, leader=1)
+    merge_members(record, members, leader=1)
     assert abs(record.cpu_seconds - 25.6) < 1e-9
     assert record.cpu_consumption_time == 26
