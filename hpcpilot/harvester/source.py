@@ -45,14 +45,9 @@ from hpcpilot.config import HarvesterConfig
 from hpcpilot.errors import ConfigError
 from hpcpilot.harvester.catalog import place_inputs
 from hpcpilot.harvester.feed import FeedList, RangeStock, scan_feed
-from hpcpilot.harvester.files import (
-    EventStatusFile,
-    Request,
-    take_aside,
-    write_json_atomically,
-    write_text_atomically,
-)
+from hpcpilot.harvester.files import EventStatusFile, Request, take_aside, write_json_atomically
 from hpcpilot.harvester.layout import AccessPoint, FoundJob
+from hpcpilot.harvester.reports import output_entries, worker_attributes, write_job_report
 from hpcpilot.panda.auth import install_log_redaction, register_secret
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, show_value
 from hpcpilot.sources import Command, OutputBundle
@@ -64,8 +59,6 @@ FETCH_AWAITING_FEED = -1
 """``fetch_status`` of an empty answer while a request to Harvester is open: ask again later."""
 HEARTBEAT_INTERVAL = 60.0
 SECRET_KEYS = ("pilotSecrets", "secrets")
-PUBLISHED_LEFT_OUT = ("xml",)
-"""updateJob fields not published in worker_attributes.json: outputs go to Harvester as event_status entries."""
 
 
 class HarvesterSource:
@@ -295,13 +288,11 @@ class HarvesterSource:
     def update_job(self, record: JobRecord, final: bool) -> None:
         job_dir = self.job_dir(record.panda_id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        attributes = {k: v for k, v in record.to_wire().items() if k not in PUBLISHED_LEFT_OUT}
-        attributes["jobStatus"] = str(record.state)
-        write_json_atomically(job_dir / self.cfg.attributes_file, attributes)
+        write_json_atomically(job_dir / self.cfg.attributes_file, worker_attributes(record))
         if final:
-            self.write_job_report(job_dir, record)
+            write_job_report(job_dir / self.cfg.job_report_file, record)
             status = self._status_file(record.panda_id)
-            status.queue({str(record.panda_id): self.output_entries(record)})
+            status.queue({str(record.panda_id): output_entries(record, self.log_files.get(record.panda_id))})
             status.flush()  # after the job's range statuses: Harvester may finish the job on seeing its log
 
     def poll(self, now: float) -> list[Command]:
@@ -358,25 +349,3 @@ class HarvesterSource:
     def write_heartbeat(self, now: float) -> None:
         self.last_heartbeat = now
         write_json_atomically(self.ap.top(self.cfg.heartbeat_file), {"time": now, "pid": os.getpid()})
-
-    def write_job_report(self, job_dir: Path, record: JobRecord) -> None:
-        """The payload's own jobReport.json when it wrote one, else a minimal one from the record."""
-        path = job_dir / self.cfg.job_report_file
-        if record.meta_data:
-            write_text_atomically(path, record.meta_data)
-            return
-        outputs = [{"subFiles": [{"name": lfn, "file_guid": entry.get("guid", ""),
-                                  "file_size": entry.get("fsize", 0)}]}
-                   for lfn, entry in record.output_report.items()]
-        write_json_atomically(path, {
-            "exitCode": record.exe_error_code or (0 if not record.failed else record.pilot_error_code),
-            "exitMsg": record.exe_error_diag or record.pilot_error_diag or "OK",
-            "files": {"output": outputs}})
-
-    def output_entries(self, record: JobRecord) -> list[dict[str, Any]]:
-        """The job's outputs and log as event_status entries: what Harvester's stager transfers."""
-        log_file = self.log_files.get(record.panda_id)
-        return [{"eventStatus": "finished", "path": entry.get("surl", ""),
-                 "type": "log" if lfn == log_file else "output", "fsize": entry.get("fsize", 0),
-                 "chksum": entry.get("adler32", ""), "guid": entry.get("guid", "")}
-                for lfn, entry in record.output_report.items()]
