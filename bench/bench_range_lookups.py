@@ -184,16 +184,16 @@ def _report(server: Server, source: PandaSource, n: int, report: int, per_update
 
     source.client._call = counting  # type: ignore[method-assign]
     jobs = source.fetch_jobs(1)
-    if not jobs:
-        raise SystemExit(f"bench_range_lookups: no job from the server ({source.fetch_error})")
-    spec = JobSpec.from_wire(jobs[0])
+    if not jobs.leased:
+        raise SystemExit(f"bench_range_lookups: no job from the server ({jobs.error})")
+    spec = JobSpec.from_wire(jobs.leased[0])
     ids: list[str] = []
     while len(ids) < report:  # the lease (not measured); the server may give fewer than asked
         got = source.fetch_event_ranges(spec, min(LEASE_CHUNK, report - len(ids)))
-        if not got:
+        if not got.leased:
             raise SystemExit(f"bench_range_lookups: {len(ids)} of {report} ranges leased, then none "
-                             f"({source.fetch_error or 'no more ranges'})")
-        ids += [str(r["eventRangeID"]) for r in got]
+                             f"({got.error or 'no more ranges'})")
+        ids += [str(r["eventRangeID"]) for r in got.leased]
     record = JobRecord(panda_id=spec.panda_id, state=JobState.FINISHED, attempt_nr=spec.attempt_nr, n_events=report,
                        start_time="2026-12-07 10:00:00", end_time="2026-12-07 11:00:00")
     server_before = server.cpu()

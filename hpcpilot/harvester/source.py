@@ -4,7 +4,7 @@ Jobs and event ranges come in as files Harvester wrote; reports go out as files 
 (see ``hpcpilot.harvester.layout`` for where, ``hpcpilot.harvester.files`` for how).
 
 Late binding.  When rank 0 asks for jobs and none is left, the source writes
-``worker_requestjob.json`` (``{"nJobs": n}``) and answers "nothing now" (``fetch_status`` < 0),
+``worker_requestjob.json`` (``{"nJobs": n}``) and answers "nothing now" (a ``FetchOutcome`` status < 0),
 so rank 0 asks again after ``harvester.poll_interval``; once Harvester has deleted the request
 (it does so after writing the new job files) the new jobs are read.  Event ranges likewise: when
 rank 0 leases ranges and fewer than it asked for are left in hand, ``worker_requestevents.json``
@@ -50,13 +50,13 @@ from hpcpilot.harvester.layout import AccessPoint, FoundJob
 from hpcpilot.harvester.reports import output_entries, worker_attributes, write_job_report
 from hpcpilot.panda.auth import install_log_redaction, register_secret
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, show_value
-from hpcpilot.sources import Command, OutputBundle
+from hpcpilot.sources import Command, FetchOutcome, OutputBundle
 
 log = logging.getLogger(__name__)
 
 FETCH_OK = 0
 FETCH_AWAITING_FEED = -1
-"""``fetch_status`` of an empty answer while a request to Harvester is open: ask again later."""
+"""The status of an empty fetch while a request to Harvester is open: ask again later."""
 HEARTBEAT_INTERVAL = 60.0
 SECRET_KEYS = ("pilotSecrets", "secrets")
 
@@ -77,7 +77,6 @@ class HarvesterSource:
         self.ap = AccessPoint(access_point, self.cfg)
         self.dir = self.ap.dir
         self.clock = clock
-        self.fetch_status = FETCH_OK
         self.lock = threading.Lock()  # the fetch thread and rank 0's loop both use the job tables
         self.seen: set[str] = set()
         self.queue: deque[Any] = deque()
@@ -102,9 +101,9 @@ class HarvesterSource:
 
     # ---- JobSource: jobs ----------------------------------------------------------------
 
-    def fetch_jobs(self, n: int) -> list[Mapping[str, Any]]:
+    def fetch_jobs(self, n: int) -> FetchOutcome:
         if n <= 0:
-            return []
+            return FetchOutcome()
         if self.job_request.answered():
             self.job_request.close()
             found = self.ap.read_jobs(self.seen, strict=False)
@@ -115,10 +114,8 @@ class HarvesterSource:
             taken = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
         if taken:
             self.jobs_wait_since = None
-            self.fetch_status = FETCH_OK
-            return taken
-        self.fetch_status = self._wait_for_jobs(n)
-        return []
+            return FetchOutcome(taken, FETCH_OK)
+        return FetchOutcome([], self._wait_for_jobs(n))
 
     def _wait_for_jobs(self, n: int) -> int:
         """Ask Harvester for ``n`` jobs, or conclude that none is coming; the fetch status to answer with."""
@@ -178,17 +175,15 @@ class HarvesterSource:
 
     # ---- JobSource: event ranges --------------------------------------------------------
 
-    def fetch_event_ranges(self, job: JobSpec, n: int) -> list[Mapping[str, Any]]:
+    def fetch_event_ranges(self, job: JobSpec, n: int) -> FetchOutcome:
         panda_id = job.panda_id
         self._take_range_feeds(strict=False, directories={self.dir, self.job_dir(panda_id)})
         taken = self._stock(panda_id).take(n)
         self._ask_for_ranges(job, n)
         if taken:
             self.range_wait_since.pop(panda_id, None)
-            self.fetch_status = FETCH_OK
-            return taken
-        self.fetch_status = self._wait_for_ranges(panda_id)
-        return []
+            return FetchOutcome(taken, FETCH_OK)
+        return FetchOutcome([], self._wait_for_ranges(panda_id))
 
     def _ask_for_ranges(self, job: JobSpec, n: int) -> None:
         """Ahead of demand: ask for ``n`` more once fewer than ``n`` are in hand (one request open per directory)."""
@@ -300,6 +295,10 @@ class HarvesterSource:
             self.write_heartbeat(now)
         self.write_statuses(now)
         return []
+
+    def delivery(self) -> None:
+        """No acknowledgements: a report is delivered once its file is written (the controller counts them)."""
+        return None
 
     def close(self) -> None:
         """The worker is done: statuses written, no request stays open, and Harvester is told (kill_worker.json)."""

@@ -2,8 +2,8 @@
 
 * ``fetch_jobs``/``fetch_event_ranges`` are synchronous but bounded by a short deadline
   (``fetch_deadline``, default min(30 s, panda.call_deadline)); the lease is journaled before the
-  job or range is returned.  An empty list means "nothing now": ``fetch_status`` tells why
-  (0 ok, 20 no jobs, ``FETCH_UNREACHABLE``, ``FETCH_REPLAYING``, or another server StatusCode).
+  job or range is returned.  Each call answers a ``FetchOutcome``: nothing leased with a status that
+  tells why (0 ok, 20 no jobs, ``FETCH_UNREACHABLE``, ``FETCH_REPLAYING``, or another server StatusCode).
 * ``update_job``/``update_event_ranges`` only journal and wake a sender, so rank 0's loop never
   waits for HTTP.  ``panda.senders`` background threads drain the outbox, each the jobs of its shard
   (PandaID modulo the sender count) oldest first: one job's updates arrive strictly in order
@@ -65,7 +65,7 @@ from hpcpilot.panda.client import (
 from hpcpilot.panda.rangecheck import MAX_UNCONFIRMED_SENDS, RangeChecks, settle
 from hpcpilot.panda.workernode import worker_node_fields
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, attempt_nr_of, panda_id_of, parse_int, show_value
-from hpcpilot.sources import Command, Delivery, OutputBundle
+from hpcpilot.sources import Command, Delivery, FetchOutcome, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
 
 logger = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ RESTART_JOB_DIAG = ("pilot restarted: the job was in flight when the previous pi
                     "ended without a final update")
 RESTART_RANGE_ERROR = ErrorCode.UNKNOWNPAYLOADFAILURE
 RESTART_RANGE_DIAG = "pilot restarted"
+REPLAYING = "updates of the previous run on this workdir are not yet acknowledged; no new lease now"
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,6 @@ class PandaSource:
         cap = self.panda.call_deadline
         self.fetch_deadline = fetch_deadline if fetch_deadline is not None else min(30.0, cap)
         self.close_deadline = close_deadline if close_deadline is not None else min(60.0, cap)
-        self._outcome = threading.local()  # each fetch thread reads the outcome of its own call
         self.journal = Journal(Path(workdir) / JOURNAL_NAME, shards=self.panda.senders)
         self.client = client if client is not None else PandaClient(config.panda, config.site)
         self._lock = threading.Lock()
@@ -140,29 +140,10 @@ class PandaSource:
 
     concurrent_fetches = 64
     """Fetch calls may run in several threads at once (the controller pipelines getJob): the journal and the
-    client lock their shared state, and each call's outcome is kept per thread (``_outcome``)."""
+    client lock their shared state, and each call answers its own ``FetchOutcome``."""
 
-    # ------------------------------------------------------------------------- fetch outcomes
-
-    @property
-    def fetch_status(self) -> int:
-        """This thread's last fetch: 0 or a no-jobs status, or a negative FETCH_* failure."""
-        return int(getattr(self._outcome, "status", 0))
-
-    @property
-    def fetch_error(self) -> str:
-        """Why this thread's last fetch failed ('' when it did not)."""
-        return str(getattr(self._outcome, "error", ""))
-
-    @property
-    def fetch_hopeless(self) -> bool:
-        """This thread's last failure will not heal by asking again (a certificate that does not verify)."""
-        return bool(getattr(self._outcome, "hopeless", False))
-
-    def _set_outcome(self, status: int, error: str = "", hopeless: bool = False) -> None:
-        """Kept per thread: with several getJob calls in flight, a call's answer must be read with its own
-        status (another call's success read with this one's outage would look like "no more jobs")."""
-        self._outcome.status, self._outcome.error, self._outcome.hopeless = status, error, hopeless
+    coordinates_clones = True
+    """The server's event table decides which clone of a job set goes on (``Controller.ask_clone``)."""
 
     # ------------------------------------------------------------------------- JobSource methods
 
@@ -170,13 +151,13 @@ class PandaSource:
         """A PanDA server hands out only what was leased, and leased jobs are all started: none."""
         return []
 
-    def fetch_jobs(self, n: int) -> list[dict[str, Any]]:
+    def fetch_jobs(self, n: int) -> FetchOutcome:
         """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs; journaled before they are returned.
-        An empty answer with a negative ``fetch_status`` is a failed request (``fetch_error`` says why)."""
+        Nothing leased with a negative status is a failed request (the outcome's ``error`` says why)."""
         if n <= 0:
-            return []
+            return FetchOutcome()
         if not self._wait_replayed():
-            return []
+            return self._fetch_failed(FETCH_REPLAYING, REPLAYING)
         try:
             status, jobs = self.client.acquire_jobs(min(n, max(1, self.panda.jobs_per_fetch)), self.node,
                                                     deadline=self.fetch_deadline)
@@ -186,13 +167,12 @@ class PandaSource:
             return self._fetch_failed(FETCH_UNREACHABLE, str(exc))
         if status not in (wire.STATUS_OK, wire.STATUS_NO_JOBS):
             return self._fetch_failed(FETCH_REFUSED, f"getJob answered StatusCode {status}")
-        self._set_outcome(status)
-        return [job for job in (self._lease(job) for job in jobs) if job is not None]
+        return FetchOutcome([job for job in (self._lease(job) for job in jobs) if job is not None], status)
 
-    def _fetch_failed(self, status: int, why: str) -> list[dict[str, Any]]:
+    @staticmethod
+    def _fetch_failed(status: int, why: str) -> FetchOutcome:
         logger.warning("getJob failed: %s", why)
-        self._set_outcome(status, why, hopeless=status == FETCH_UNUSABLE)
-        return []
+        return FetchOutcome([], status, why, hopeless=status == FETCH_UNUSABLE)
 
     def _lease(self, job: Mapping[str, Any]) -> dict[str, Any] | None:
         """Journal one leased job (secrets kept in memory only); None for a job without a PandaID."""
@@ -220,25 +200,25 @@ class PandaSource:
                 self._running.pop(record.panda_id, None)
         self._wake_sender(record.panda_id)
 
-    def fetch_event_ranges(self, job: JobSpec, n: int) -> list[dict[str, Any]]:
+    def fetch_event_ranges(self, job: JobSpec, n: int) -> FetchOutcome:
         """Lease up to ``n`` event ranges; journaled before they are returned."""
-        if n <= 0 or not self._wait_replayed():
-            return []
+        if n <= 0:
+            return FetchOutcome()
+        if not self._wait_replayed():
+            return self._fetch_failed(FETCH_REPLAYING, REPLAYING)
         try:
             ranges = self.client.acquire_event_ranges(job.panda_id, job.jobset_id, job.task_id, n,
                                                       deadline=self.fetch_deadline)
         except PandaError as exc:
             logger.warning("getEventRanges for %s failed: %s", job.panda_id, exc)
-            self._set_outcome(FETCH_UNREACHABLE, str(exc))
-            return []
-        self._set_outcome(0)
+            return FetchOutcome([], FETCH_UNREACHABLE, str(exc))
         good = [r for r in ranges if not wire.is_null(r.get("eventRangeID"))]
         if len(good) != len(ranges):
             logger.error("getEventRanges for %s: %d range(s) without eventRangeID ignored", job.panda_id,
                          len(ranges) - len(good))
         if good:
             self.journal.record_range_leases(job.panda_id, good)
-        return good
+        return FetchOutcome(good)
 
     def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
                             bundle: OutputBundle | None = None) -> None:
@@ -430,8 +410,6 @@ class PandaSource:
                     return True
                 remaining = end - time.monotonic()
                 if remaining <= 0:
-                    why = "updates of the previous run on this workdir are not yet acknowledged; no new lease now"
-                    self._fetch_failed(FETCH_REPLAYING, why)
                     return False
                 self._cond.wait(min(remaining, 0.5))
 

@@ -48,9 +48,9 @@ def _source(server: PandaTestServer, workdir, api: str = "v1", **overrides) -> P
 
 
 def _lease(source: PandaSource) -> tuple[dict, JobSpec, list[dict]]:
-    job = source.fetch_jobs(1)[0]
+    job = source.fetch_jobs(1).leased[0]
     spec = JobSpec.from_wire(job)
-    ranges = source.fetch_event_ranges(spec, N_RANGES)
+    ranges = source.fetch_event_ranges(spec, N_RANGES).leased
     assert len(ranges) == N_RANGES
     return job, spec, ranges
 
