@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from hpcpilot.journal import JOB, RANGE
+from hpcpilot.panda.commands import LOST_HEARTBEAT
 from hpcpilot.panda.server import PandaTestServer
-from hpcpilot.panda.source import FETCH_UNREACHABLE, LOST_HEARTBEAT, NodeInfo, PandaSource
+from hpcpilot.panda.source import FETCH_UNREACHABLE, NodeInfo, PandaSource
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.sources import Command, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState

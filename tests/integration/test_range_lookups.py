@@ -16,9 +16,9 @@ import pytest
 
 from hpcpilot.journal import Journal
 from hpcpilot.panda import wire
-from hpcpilot.panda.rangecheck import MAX_UNCONFIRMED_SENDS
 from hpcpilot.panda.server import PandaTestServer
 from hpcpilot.panda.source import JOURNAL_NAME, PandaSource
+from hpcpilot.panda.verdict import MAX_UNCONFIRMED_SENDS
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.states import EventRangeStatus, JobState
 from tests.fixtures.panda.panda_helpers import NODE, job_definitions, panda_config
