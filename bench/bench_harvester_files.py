@@ -121,7 +121,7 @@ def child_memory(kind: str, ap: Path, baseline: Path) -> None:
     else:
         source = HarvesterSource(ap, HarvesterConfig(feed_timeout=0.0))
         spec = JobSpec.from_wire(make_job(7, "true", eventService="True"))
-        held = source.fetch_event_ranges(spec, LEASE) + source.fetch_event_ranges(spec, LEASE)
+        held = source.fetch_event_ranges(spec, LEASE).leased + source.fetch_event_ranges(spec, LEASE).leased
     seconds = time.perf_counter() - start
     print(json.dumps({"peak": high_water_rss() - before, "seconds": seconds, "held": len(held)}))
 

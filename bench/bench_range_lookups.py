@@ -30,8 +30,8 @@ Each run is checked: every reported range finished at the server (the final GET)
 extra update calls).
 
 Baseline in the same run, same N, same batching: the one-look-up-per-update behaviour.  The same
-``PandaSource`` is built while ``hpcpilot.panda.source.RangeChecks`` is monkeypatched (in this process
-only, for the source's whole life, since each sender thread builds its ``RangeChecks`` when it starts)
+``PandaSource`` is built while ``hpcpilot.panda.senders.RangeChecks`` is monkeypatched (in this process
+only, for the source's whole life, since each sender builds its ``RangeChecks`` when the source starts it)
 with ``EveryUpdate``, a subclass whose ``is_due`` is true for every parked job: every update's 500 is
 followed at once by its job's look-up.  The baseline reports the first ``--baseline-cap`` ranges
 (default 10,000) of its own N-range job (so each look-up still lists all N ranges) and then the final
@@ -64,7 +64,7 @@ import psutil
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import hpcpilot.panda.source as source_module
+import hpcpilot.panda.senders as senders_module
 from bench._common import BIN, print_table
 from hpcpilot.panda import wire
 from hpcpilot.panda.rangecheck import LOOKUP_RATIO, RangeChecks
@@ -159,9 +159,9 @@ def run_job(directory: Path, n: int, report: int, per_update: int, baseline: boo
     with Server(directory, n) as server:
         config = panda_config(server.url, "v1", connect_timeout=5.0, read_timeout=120.0, call_deadline=300.0,
                               retry_initial=0.05, retry_max=0.5)
-        saved = source_module.RangeChecks
+        saved = senders_module.RangeChecks
         if baseline:
-            source_module.RangeChecks = EveryUpdate  # type: ignore[misc]
+            senders_module.RangeChecks = EveryUpdate  # type: ignore[misc]
         try:
             source = PandaSource(config, directory / "work", NODE, fetch_deadline=120.0, close_deadline=60.0)
             try:
@@ -169,7 +169,7 @@ def run_job(directory: Path, n: int, report: int, per_update: int, baseline: boo
             finally:
                 source.close()
         finally:
-            source_module.RangeChecks = saved  # type: ignore[misc]
+            senders_module.RangeChecks = saved  # type: ignore[misc]
 
 
 def _report(server: Server, source: PandaSource, n: int, report: int, per_update: int) -> Run:
@@ -184,16 +184,16 @@ def _report(server: Server, source: PandaSource, n: int, report: int, per_update
 
     source.client._call = counting  # type: ignore[method-assign]
     jobs = source.fetch_jobs(1)
-    if not jobs:
-        raise SystemExit(f"bench_range_lookups: no job from the server ({source.fetch_error})")
-    spec = JobSpec.from_wire(jobs[0])
+    if not jobs.leased:
+        raise SystemExit(f"bench_range_lookups: no job from the server ({jobs.error})")
+    spec = JobSpec.from_wire(jobs.leased[0])
     ids: list[str] = []
     while len(ids) < report:  # the lease (not measured); the server may give fewer than asked
         got = source.fetch_event_ranges(spec, min(LEASE_CHUNK, report - len(ids)))
-        if not got:
+        if not got.leased:
             raise SystemExit(f"bench_range_lookups: {len(ids)} of {report} ranges leased, then none "
-                             f"({source.fetch_error or 'no more ranges'})")
-        ids += [str(r["eventRangeID"]) for r in got]
+                             f"({got.error or 'no more ranges'})")
+        ids += [str(r["eventRangeID"]) for r in got.leased]
     record = JobRecord(panda_id=spec.panda_id, state=JobState.FINISHED, attempt_nr=spec.attempt_nr, n_events=report,
                        start_time="2026-12-07 10:00:00", end_time="2026-12-07 11:00:00")
     server_before = server.cpu()

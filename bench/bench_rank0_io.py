@@ -127,9 +127,9 @@ def report_window(workdir: Path, url: str, ended_before: int, window: list[int],
     leased = 0
     while leased < len(window):  # lease the window's jobs from the server (not measured)
         got = source.fetch_jobs(len(window) - leased)
-        if not got:
-            raise SystemExit(f"bench_rank0_io: the server ran out of jobs ({source.fetch_error})")
-        leased += len(got)
+        if not got.leased:
+            raise SystemExit(f"bench_rank0_io: the server ran out of jobs ({got.error})")
+        leased += len(got.leased)
     clock = SimClock(gap)
     scheduler = Scheduler([1], config, SchedulerPolicy.from_config(config, None, None))
     controller = Controller(QueueHub(2).transport(0), source, scheduler, workdir, SignalFlag(), clock=clock)
@@ -229,9 +229,9 @@ def deliver_finals(workdir: Path, url: str, n_jobs: int, senders: int) -> float:
     leased: list[int] = []
     while len(leased) < n_jobs:  # not measured
         got = source.fetch_jobs(n_jobs - len(leased))
-        if not got:
-            raise SystemExit(f"bench_rank0_io: the server ran out of jobs ({source.fetch_error})")
-        leased += [int(job["PandaID"]) for job in got]
+        if not got.leased:
+            raise SystemExit(f"bench_rank0_io: the server ran out of jobs ({got.error})")
+        leased += [int(job["PandaID"]) for job in got.leased]
     start = time.perf_counter()
     for panda_id in leased:
         source.update_job(ended_record(panda_id), final=True)

@@ -87,7 +87,7 @@ from hpcpilot.scheduler import (
 )
 from hpcpilot.signals import SignalFlag
 from hpcpilot.slurm import warning_signum
-from hpcpilot.sources import Command, Delivery, JobSource
+from hpcpilot.sources import Command, Delivery, FetchOutcome, JobSource
 from hpcpilot.states import EventRangeStatus, JobState
 from hpcpilot.transport import Backoff, Transport
 
@@ -134,9 +134,9 @@ class Controller:
         self.n_ranks = 1 if single_rank else transport.size
         # Slow I/O runs beside the loop, so messages and the walltime guard are never kept waiting:
         # fetch threads ask the source for work, one thread does rank 0's stage-out (bundles, ES job logs).
-        # As many fetch threads as fetches may be in flight: a source that does not say it takes parallel
-        # calls (``concurrent_fetches``) is called from one thread at a time.
-        fetches = scheduler.policy.limit_fetches(int(getattr(source, "concurrent_fetches", 1)))
+        # As many fetch threads as fetches may be in flight, and no more than the source takes at once
+        # (``concurrent_fetches``).
+        fetches = scheduler.policy.limit_fetches(source.concurrent_fetches)
         self.fetcher = ThreadPoolExecutor(fetches, thread_name_prefix="fetch")
         self.stager = ThreadPoolExecutor(1, thread_name_prefix="stageout")
         self.in_flight: list[Future[Event]] = []
@@ -346,11 +346,12 @@ class Controller:
     def fetch(self, n: int) -> JobsFetched:
         """Lease jobs (fetch thread); it always answers, whatever the source raised."""
         try:
-            wires = self.source.fetch_jobs(n)
+            outcome = self.source.fetch_jobs(n)
         except Exception as exc:  # a source bug must not end every rank: it is a failed request
             log.error("cannot fetch jobs: %s: %s", type(exc).__name__, exc)
             return JobsFetched((), (), True, f"{type(exc).__name__}: {exc}"[:300], asked=n)
         jobs, rejected = [], []
+        wires = outcome.leased
         for wire in wires:
             try:
                 jobs.append(JobSpec.from_wire(wire))
@@ -362,28 +363,24 @@ class Controller:
                 rejected.append(record)
         if wires:
             log.info("leased %d job(s)", len(wires))
-        unavailable = self.source_unavailable(wires)
+        unavailable = outcome.unavailable
         if unavailable:
             log.warning("job source unavailable; asking again later")
-        reason = str(getattr(self.source, "fetch_error", "")) if unavailable else ""
-        hopeless = bool(getattr(self.source, "fetch_hopeless", False))
-        return JobsFetched(tuple(jobs), tuple(rejected), unavailable, reason, hopeless, asked=n)
-
-    def source_unavailable(self, answer: list[Any]) -> bool:
-        """A PanDA source says why a fetch came back empty: a negative status is an outage, not the end."""
-        return not answer and getattr(self.source, "fetch_status", 0) < 0
+        reason = outcome.error if unavailable else ""
+        return JobsFetched(tuple(jobs), tuple(rejected), unavailable, reason, outcome.hopeless, asked=n)
 
     def fetch_ranges(self, job: JobSpec, n: int) -> RangesFetched:
         """Lease ranges (fetch thread); a range that does not parse is failed fatal, never dealt."""
         try:
-            wires = self.source.fetch_event_ranges(job, n)
+            outcome = self.source.fetch_event_ranges(job, n)
         except PilotError as exc:
             log.error("cannot fetch event ranges of job %d: %s", job.panda_id, exc)
-            wires = []
+            outcome = FetchOutcome()
         except Exception as exc:  # the fetch thread must always answer, or the job would wait for ever
             log.error("fetching event ranges of job %d failed: %s", job.panda_id, exc)
             return RangesFetched(job.panda_id, (), (), unavailable=True)
         ranges, bad = [], []
+        wires = outcome.leased
         for wire in wires:
             try:
                 ranges.append(EventRange.from_wire(wire))
@@ -392,7 +389,7 @@ class Controller:
                 log.error("job %d: unusable event range: %s", job.panda_id, exc.diag)
                 if range_id:
                     bad.append(EventRangeUpdate(range_id, EventRangeStatus.FATAL, int(exc.code), exc.diag))
-        unavailable = self.source_unavailable(wires)
+        unavailable = outcome.unavailable
         if wires:
             log.debug("job %d: leased %d event range(s)", job.panda_id, len(wires))
         return RangesFetched(job.panda_id, tuple(ranges), tuple(bad), unavailable)
@@ -446,24 +443,25 @@ class Controller:
         ``clones.CLONE_TRIES`` times before the clone is given up with a retryable code.
         """
         job = action.job
-        if not getattr(self.source, "coordinates_clones", True):
+        if not self.source.coordinates_clones:
             return CloneAnswered(clones.verdict_of(job.panda_id, action.phase, [job.panda_id]))
         why = "no answer"
         for attempt in range(clones.CLONE_TRIES):
             if attempt:
                 time.sleep(self.scheduler.policy.fetch_retry)  # the pause between two failed getJob requests
             try:
-                wires = self.source.fetch_event_ranges(job, 1)
+                outcome = self.source.fetch_event_ranges(job, 1)
             except Exception as exc:  # the fetch thread must always answer, or the clone would wait for ever
                 why = f"{type(exc).__name__}: {exc}"
                 continue
-            if wires or not self.source_unavailable(wires):
+            wires = outcome.leased
+            if wires or not outcome.unavailable:
                 if wires:
                     self.clone_ranges[job.panda_id] = (job, tuple(filter(None, map(range_id_of, wires))))
                 log.info("job %d: clone %s", job.panda_id, "goes on" if wires else "lost to another clone",
                          extra={"PandaID": job.panda_id})
                 return CloneAnswered(clones.verdict_of(job.panda_id, action.phase, list(wires)))
-            why = str(getattr(self.source, "fetch_error", "") or why)
+            why = outcome.error or why
         return CloneAnswered(clones.verdict_of(job.panda_id, action.phase, None, why))
 
     def report_clone_range(self, record: JobRecord) -> None:
@@ -505,9 +503,9 @@ class Controller:
     def delivery(self) -> Delivery:
         """What the source acknowledged and what is owed.  A source without acknowledgements (a Harvester
         access point: a report is delivered once its file is written) counts what was reported."""
-        report = getattr(self.source, "delivery", None)
+        report = self.source.delivery()
         if report is not None:
-            return report()
+            return report
         return Delivery({pid: dict(counts) for pid, counts in self.range_counts.items()},
                         {r.panda_id: "acknowledged" for r in self.scheduler.done})
 

@@ -55,11 +55,44 @@ class Delivery:
     journal: str = ""
 
 
+@dataclass(frozen=True)
+class FetchOutcome:
+    """What one fetch call (jobs or event ranges) brought, and why it brought nothing.
+
+    Returned by the call rather than kept on the source: several fetches may be in flight at once, and each
+    answer must be read with its own status (another call's success read with this one's outage would look
+    like "no more work").
+    """
+
+    leased: list[Mapping[str, Any]] = field(default_factory=list)
+    """Job definitions (getJob dicts) or event ranges, now handed to this pilot."""
+    status: int = 0
+    """0 (or another non-negative answer such as PanDA's 20, "no jobs"); negative: the call failed or must be
+    asked again later (a source's own FETCH_* codes)."""
+    error: str = ""
+    """Why the call failed ('' when it did not)."""
+    hopeless: bool = False
+    """The failure will not heal by asking again (a certificate that does not verify)."""
+
+    @property
+    def unavailable(self) -> bool:
+        """Nothing leased because of an outage (or an open request), not because there is no more work."""
+        return not self.leased and self.status < 0
+
+
 class JobSource(Protocol):
     """What rank 0 needs from a job source."""
 
-    def fetch_jobs(self, n: int) -> list[Mapping[str, Any]]:
-        """Lease up to ``n`` job definitions (getJob dicts).  An empty list means no more jobs."""
+    concurrent_fetches: int
+    """Fetch calls (jobs, ranges) the source takes at once, from as many of the controller's fetch threads."""
+
+    coordinates_clones: bool
+    """Whether the source decides which clone of a job set goes on (one range per clone); if not, every
+    clone goes on (``Controller.ask_clone``)."""
+
+    def fetch_jobs(self, n: int) -> FetchOutcome:
+        """Lease up to ``n`` job definitions (getJob dicts).  Nothing leased and not ``unavailable``: no more
+        jobs."""
 
     def abandon(self) -> list[Mapping[str, Any]]:
         """Job definitions already handed to this pilot that it will not start (the pilot is stopping).
@@ -71,8 +104,9 @@ class JobSource(Protocol):
     def update_job(self, record: JobRecord, final: bool) -> None:
         """Queue a heartbeat or the final update of a job; durable before it returns."""
 
-    def fetch_event_ranges(self, job: JobSpec, n: int) -> list[Mapping[str, Any]]:
-        """Lease up to ``n`` event ranges of an event-service job.  Empty means no more ranges."""
+    def fetch_event_ranges(self, job: JobSpec, n: int) -> FetchOutcome:
+        """Lease up to ``n`` event ranges of an event-service job.  Nothing leased and not ``unavailable``:
+        no more ranges."""
 
     def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
                             bundle: OutputBundle | None = None) -> None:
@@ -84,6 +118,11 @@ class JobSource(Protocol):
 
     def poll(self, now: float) -> list[Command]:
         """Housekeeping (send queued updates, heartbeat files); returns commands received since the last poll."""
+
+    def delivery(self) -> Delivery | None:
+        """What the source has acknowledged and what is still owed; None for a source without
+        acknowledgements (a report is delivered once written), for which the controller counts what it
+        reported."""
 
     def close(self) -> None:
         """Flush what is owed (within the source's own deadline) and release resources."""

@@ -5,7 +5,7 @@ site config's ``[harvester]`` keys.  ``layout``: where each file is for each of 
 mappings and reading the job definitions; ``files``: writing and taking files without ever
 handing Harvester half a file or an entry twice; ``jsonstream`` and ``feed``: range feeds read one
 range at a time as they are leased, never whole; ``catalog``: the inputs Harvester placed;
-``source``: the JobSource, with late binding.
+``reports``: a job's reports in the shapes Harvester reads; ``source``: the JobSource, with late binding.
 """
 
 from hpcpilot.harvester.source import HarvesterSource

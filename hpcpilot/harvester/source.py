@@ -4,7 +4,7 @@ Jobs and event ranges come in as files Harvester wrote; reports go out as files 
 (see ``hpcpilot.harvester.layout`` for where, ``hpcpilot.harvester.files`` for how).
 
 Late binding.  When rank 0 asks for jobs and none is left, the source writes
-``worker_requestjob.json`` (``{"nJobs": n}``) and answers "nothing now" (``fetch_status`` < 0),
+``worker_requestjob.json`` (``{"nJobs": n}``) and answers "nothing now" (a ``FetchOutcome`` status < 0),
 so rank 0 asks again after ``harvester.poll_interval``; once Harvester has deleted the request
 (it does so after writing the new job files) the new jobs are read.  Event ranges likewise: when
 rank 0 leases ranges and fewer than it asked for are left in hand, ``worker_requestevents.json``
@@ -45,27 +45,20 @@ from hpcpilot.config import HarvesterConfig
 from hpcpilot.errors import ConfigError
 from hpcpilot.harvester.catalog import place_inputs
 from hpcpilot.harvester.feed import FeedList, RangeStock, scan_feed
-from hpcpilot.harvester.files import (
-    EventStatusFile,
-    Request,
-    take_aside,
-    write_json_atomically,
-    write_text_atomically,
-)
+from hpcpilot.harvester.files import EventStatusFile, Request, take_aside, write_json_atomically
 from hpcpilot.harvester.layout import AccessPoint, FoundJob
+from hpcpilot.harvester.reports import output_entries, worker_attributes, write_job_report
 from hpcpilot.panda.auth import install_log_redaction, register_secret
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, show_value
-from hpcpilot.sources import Command, OutputBundle
+from hpcpilot.sources import Command, FetchOutcome, OutputBundle
 
 log = logging.getLogger(__name__)
 
 FETCH_OK = 0
 FETCH_AWAITING_FEED = -1
-"""``fetch_status`` of an empty answer while a request to Harvester is open: ask again later."""
+"""The status of an empty fetch while a request to Harvester is open: ask again later."""
 HEARTBEAT_INTERVAL = 60.0
 SECRET_KEYS = ("pilotSecrets", "secrets")
-PUBLISHED_LEFT_OUT = ("xml",)
-"""updateJob fields not published in worker_attributes.json: outputs go to Harvester as event_status entries."""
 
 
 class HarvesterSource:
@@ -84,7 +77,6 @@ class HarvesterSource:
         self.ap = AccessPoint(access_point, self.cfg)
         self.dir = self.ap.dir
         self.clock = clock
-        self.fetch_status = FETCH_OK
         self.lock = threading.Lock()  # the fetch thread and rank 0's loop both use the job tables
         self.seen: set[str] = set()
         self.queue: deque[Any] = deque()
@@ -109,9 +101,9 @@ class HarvesterSource:
 
     # ---- JobSource: jobs ----------------------------------------------------------------
 
-    def fetch_jobs(self, n: int) -> list[Mapping[str, Any]]:
+    def fetch_jobs(self, n: int) -> FetchOutcome:
         if n <= 0:
-            return []
+            return FetchOutcome()
         if self.job_request.answered():
             self.job_request.close()
             found = self.ap.read_jobs(self.seen, strict=False)
@@ -122,10 +114,8 @@ class HarvesterSource:
             taken = [self.queue.popleft() for _ in range(min(n, len(self.queue)))]
         if taken:
             self.jobs_wait_since = None
-            self.fetch_status = FETCH_OK
-            return taken
-        self.fetch_status = self._wait_for_jobs(n)
-        return []
+            return FetchOutcome(taken, FETCH_OK)
+        return FetchOutcome([], self._wait_for_jobs(n))
 
     def _wait_for_jobs(self, n: int) -> int:
         """Ask Harvester for ``n`` jobs, or conclude that none is coming; the fetch status to answer with."""
@@ -185,17 +175,15 @@ class HarvesterSource:
 
     # ---- JobSource: event ranges --------------------------------------------------------
 
-    def fetch_event_ranges(self, job: JobSpec, n: int) -> list[Mapping[str, Any]]:
+    def fetch_event_ranges(self, job: JobSpec, n: int) -> FetchOutcome:
         panda_id = job.panda_id
         self._take_range_feeds(strict=False, directories={self.dir, self.job_dir(panda_id)})
         taken = self._stock(panda_id).take(n)
         self._ask_for_ranges(job, n)
         if taken:
             self.range_wait_since.pop(panda_id, None)
-            self.fetch_status = FETCH_OK
-            return taken
-        self.fetch_status = self._wait_for_ranges(panda_id)
-        return []
+            return FetchOutcome(taken, FETCH_OK)
+        return FetchOutcome([], self._wait_for_ranges(panda_id))
 
     def _ask_for_ranges(self, job: JobSpec, n: int) -> None:
         """Ahead of demand: ask for ``n`` more once fewer than ``n`` are in hand (one request open per directory)."""
@@ -295,13 +283,11 @@ class HarvesterSource:
     def update_job(self, record: JobRecord, final: bool) -> None:
         job_dir = self.job_dir(record.panda_id)
         job_dir.mkdir(parents=True, exist_ok=True)
-        attributes = {k: v for k, v in record.to_wire().items() if k not in PUBLISHED_LEFT_OUT}
-        attributes["jobStatus"] = str(record.state)
-        write_json_atomically(job_dir / self.cfg.attributes_file, attributes)
+        write_json_atomically(job_dir / self.cfg.attributes_file, worker_attributes(record))
         if final:
-            self.write_job_report(job_dir, record)
+            write_job_report(job_dir / self.cfg.job_report_file, record)
             status = self._status_file(record.panda_id)
-            status.queue({str(record.panda_id): self.output_entries(record)})
+            status.queue({str(record.panda_id): output_entries(record, self.log_files.get(record.panda_id))})
             status.flush()  # after the job's range statuses: Harvester may finish the job on seeing its log
 
     def poll(self, now: float) -> list[Command]:
@@ -309,6 +295,10 @@ class HarvesterSource:
             self.write_heartbeat(now)
         self.write_statuses(now)
         return []
+
+    def delivery(self) -> None:
+        """No acknowledgements: a report is delivered once its file is written (the controller counts them)."""
+        return None
 
     def close(self) -> None:
         """The worker is done: statuses written, no request stays open, and Harvester is told (kill_worker.json)."""
@@ -358,25 +348,3 @@ class HarvesterSource:
     def write_heartbeat(self, now: float) -> None:
         self.last_heartbeat = now
         write_json_atomically(self.ap.top(self.cfg.heartbeat_file), {"time": now, "pid": os.getpid()})
-
-    def write_job_report(self, job_dir: Path, record: JobRecord) -> None:
-        """The payload's own jobReport.json when it wrote one, else a minimal one from the record."""
-        path = job_dir / self.cfg.job_report_file
-        if record.meta_data:
-            write_text_atomically(path, record.meta_data)
-            return
-        outputs = [{"subFiles": [{"name": lfn, "file_guid": entry.get("guid", ""),
-                                  "file_size": entry.get("fsize", 0)}]}
-                   for lfn, entry in record.output_report.items()]
-        write_json_atomically(path, {
-            "exitCode": record.exe_error_code or (0 if not record.failed else record.pilot_error_code),
-            "exitMsg": record.exe_error_diag or record.pilot_error_diag or "OK",
-            "files": {"output": outputs}})
-
-    def output_entries(self, record: JobRecord) -> list[dict[str, Any]]:
-        """The job's outputs and log as event_status entries: what Harvester's stager transfers."""
-        log_file = self.log_files.get(record.panda_id)
-        return [{"eventStatus": "finished", "path": entry.get("surl", ""),
-                 "type": "log" if lfn == log_file else "output", "fsize": entry.get("fsize", 0),
-                 "chksum": entry.get("adler32", ""), "guid": entry.get("guid", "")}
-                for lfn, entry in record.output_report.items()]

@@ -1,19 +1,10 @@
 """HTTP client for the PanDA server (rank 0 only): both APIs, retries, deadlines, credentials.
 
-One ``requests.Session`` (connection reuse).  What a reply proves is decided by ``replies.py``; this
-module decides what a *failure* means, because that decides whether a request may be sent again:
-
-* ``ServerUnavailable``: nothing usable came back before the call's deadline, and nothing was
-  delivered either (connection refused, connect timeout, 401/408/425/429), or the call is one that
-  may be repeated (getJob, getEventRanges).  Retried with back-off and jitter until the deadline
-  (``panda.call_deadline`` unless the caller gives a shorter one).
-* ``Ambiguous`` (a ServerUnavailable): an updateJob or updateEventRanges may have been committed --
-  HTTP 5xx, a read timeout or a dropped connection after the body was sent, or a reply that proves
-  nothing.  Never re-sent blindly: the caller asks the server (``job_statuses``,
-  ``range_statuses``) and sends only what it does not have.
-* ``ServerUnusable``: will not heal by waiting -- a server certificate that does not verify, a
-  bearer token that would travel over plain http to another host, a URL that is not http(s).
-* ``RequestRejected``: the server refused the request; sending it again will not help.
+One ``requests.Session`` (connection reuse).  What a reply proves is decided by ``replies.py``; what a
+*failure* means -- whether the request may be sent again as it is -- by ``failures.py``, whose errors
+(``ServerUnavailable``, ``Ambiguous``, ``ServerUnusable``, ``RequestRejected``) this client raises.
+Retries use back-off and jitter until the call's deadline (``panda.call_deadline`` unless the caller
+gives a shorter one); an update that may have been committed (``Ambiguous``) is never re-sent here.
 
 Failures are logged once per episode (the first at WARNING, with the real cause; the rest at DEBUG;
 the recovery at INFO), so a long outage does not flood the log.
@@ -32,78 +23,41 @@ import json
 import logging
 import os
 import random
-import ssl
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 import requests.adapters
-import urllib3.exceptions
 
 from hpcpilot.config import PandaConfig, SiteSection
 from hpcpilot.panda import replies, wire
 from hpcpilot.panda.auth import AuthError, Credentials, install_log_redaction, register_secret
+from hpcpilot.panda.failures import (
+    Ambiguous,
+    EndpointMissing,
+    MaybeSent,
+    NoLegacyApi,
+    NotSent,
+    PandaError,
+    RequestRejected,
+    ServerUnavailable,
+    ServerUnusable,
+    UnconfirmedRangeUpdate,
+    cause,
+    certificate_rejected,
+    classify_http,
+    never_sent,
+)
 
 logger = logging.getLogger(__name__)
 
-NOT_DELIVERED_HTTP = frozenset({401, 408, 425, 429})
-"""HTTP answers that prove the request was not processed: safe to send again as it is."""
 USER_AGENT = "hpcpilot/0.1"
 MIN_ATTEMPT = 0.05
 """Seconds an attempt needs at least: with less left before the call's deadline, the call gives up."""
-
-
-class PandaError(Exception):
-    """A call to the PanDA server did not succeed (one-line message)."""
-
-
-class ServerUnavailable(PandaError):
-    """No usable answer before the call's deadline (server down, 5xx, timeouts); try again later."""
-
-
-class Ambiguous(ServerUnavailable):
-    """The server may have committed the update: ask it before sending again."""
-
-    def __init__(self, message: str, http_status: int = 0) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class UnconfirmedRangeUpdate(Ambiguous):
-    """v1 ``update_event_ranges`` answered HTTP 500: its answer on every panda-server release, also after
-    committing (panda-wire A.5, A.7).  Not a fault: the ranges' fate is settled by the job's status look-up."""
-
-
-class ServerUnusable(PandaError):
-    """Retrying will not help: bad certificate, unsafe token transport, not an http(s) URL."""
-
-
-class RequestRejected(PandaError):
-    """The server refused the request; sending it again will not help."""
-
-
-class _Missing(Exception):
-    """A v1 endpoint answered 404."""
-
-
-class _NotSent(Exception):
-    """One attempt failed before the server could act on it."""
-
-
-class _MaybeSent(Exception):
-    """One attempt failed after the server may have acted on it."""
-
-    def __init__(self, message: str, http_status: int = 0) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-
-
-class _NoLegacyApi(Exception):
-    """A legacy path answered HTTP 403 'method X is forbidden': this server has no legacy API (panda-server 1.0)."""
 
 
 @dataclass
@@ -146,42 +100,6 @@ def check_server_url(url: str, carries_token: bool) -> None:
         raise ServerUnusable(f"refusing to send a bearer token over plain http to {host}: use https")
 
 
-def _chain(exc: BaseException, depth: int = 8) -> Iterator[BaseException]:
-    """An exception and what it wraps (urllib3's ``reason``, args, __cause__/__context__)."""
-    seen: set[int] = set()
-    todo = [exc]
-    while todo and len(seen) < depth * 4:
-        current = todo.pop(0)
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        todo += [a for a in getattr(current, "args", ()) if isinstance(a, BaseException)]
-        todo += [x for x in (getattr(current, "reason", None), current.__cause__, current.__context__)
-                 if isinstance(x, BaseException)]
-
-
-def _cause(exc: BaseException) -> str:
-    """The innermost useful text of a transport failure (e.g. '[Errno 111] Connection refused')."""
-    texts = [str(e) for e in _chain(exc) if str(e)]
-    text = texts[-1] if texts else type(exc).__name__
-    for candidate in texts:
-        if "[Errno" in candidate:
-            text = candidate[candidate.index("[Errno"):]
-            break
-    return wire.snippet(text, 200)
-
-
-def _never_sent(exc: BaseException) -> bool:
-    """A connection that was never made: nothing reached the server."""
-    return any(isinstance(e, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
-                          | ConnectionRefusedError) for e in _chain(exc))
-
-
-def _certificate_rejected(exc: BaseException) -> bool:
-    return any(isinstance(e, ssl.SSLCertVerificationError) for e in _chain(exc))
-
-
 def _session(connections: int) -> requests.Session:
     """A session keeping one HTTP connection per sender and per getJob in flight: urllib3 keeps 10 per host
     by default and, with more threads than that, drops the extras after each call (a new TCP/TLS handshake
@@ -192,6 +110,36 @@ def _session(connections: int) -> requests.Session:
     for prefix in ("http://", "https://"):
         session.mount(prefix, adapter)
     return session
+
+
+def get_job_fields(site: SiteSection, n: int, node_info: Mapping[str, Any]) -> dict[str, Any]:
+    """The getJob request (legacy names, panda-wire B.3)."""
+    fields: dict[str, Any] = {
+        "siteName": site.queue,
+        "computingElement": site.queue,
+        "prodSourceLabel": site.prod_source_label,
+        "node": str(node_info.get("node", "")),
+        "diskSpace": int(node_info.get("disk", 0) or 0),
+        "mem": int(node_info.get("mem", 0) or 0),
+        "cpu": int(node_info.get("cpu", 0) or 0),
+        "nJobs": max(1, int(n)),
+    }
+    if site.resource_type:
+        fields["resourceType"] = site.resource_type
+    for key, env in (("harvester_id", "HARVESTER_ID"), ("worker_id", "HARVESTER_WORKER_ID")):
+        if os.environ.get(env):
+            fields[key] = os.environ[env]
+    return fields
+
+
+def _parse(reply: _Reply, method: str, parser: Any, ambiguous: bool) -> Any:
+    """Decode and parse a reply; one that proves nothing is ``Ambiguous`` for an update that may
+    have been committed, ``ServerUnavailable`` otherwise."""
+    try:
+        return parser(replies.decode_body(reply.content), reply.api == "v1")
+    except wire.WireError as exc:
+        error = Ambiguous if ambiguous else ServerUnavailable
+        raise error(f"{method}: not acknowledged: {exc}") from None
 
 
 class PandaClient:
@@ -229,8 +177,8 @@ class PandaClient:
     def acquire_jobs(self, n: int, node_info: Mapping[str, Any],
                      deadline: float | None = None) -> tuple[int, list[dict[str, Any]]]:
         """Ask for up to ``n`` jobs.  Returns (StatusCode, jobs); 20 = the server said "no jobs"."""
-        reply = self._call(wire.GET_JOB, self.get_job_fields(n, node_info), deadline, repeatable=True)
-        answer = self._parse(reply, wire.GET_JOB, replies.parse_jobs, ambiguous=False)
+        reply = self._call(wire.GET_JOB, get_job_fields(self.site, n, node_info), deadline, repeatable=True)
+        answer = _parse(reply, wire.GET_JOB, replies.parse_jobs, ambiguous=False)
         if answer.status == wire.STATUS_TIMEOUT:
             raise ServerUnavailable(f"getJob: the server timed out (StatusCode 10) {answer.message}".strip())
         if answer.status not in (wire.STATUS_OK, wire.STATUS_NO_JOBS):
@@ -243,25 +191,6 @@ class PandaClient:
                     len(answer.jobs), n)
         return answer.status, answer.jobs
 
-    def get_job_fields(self, n: int, node_info: Mapping[str, Any]) -> dict[str, Any]:
-        """The getJob request (legacy names, panda-wire B.3)."""
-        fields: dict[str, Any] = {
-            "siteName": self.site.queue,
-            "computingElement": self.site.queue,
-            "prodSourceLabel": self.site.prod_source_label,
-            "node": str(node_info.get("node", "")),
-            "diskSpace": int(node_info.get("disk", 0) or 0),
-            "mem": int(node_info.get("mem", 0) or 0),
-            "cpu": int(node_info.get("cpu", 0) or 0),
-            "nJobs": max(1, int(n)),
-        }
-        if self.site.resource_type:
-            fields["resourceType"] = self.site.resource_type
-        for key, env in (("harvester_id", "HARVESTER_ID"), ("worker_id", "HARVESTER_WORKER_ID")):
-            if os.environ.get(env):
-                fields[key] = os.environ[env]
-        return fields
-
     def update_job(self, fields: Mapping[str, Any], deadline: float | None = None) -> list[str]:
         """Send one updateJob (legacy field names); returns the backchannel commands of the reply.
 
@@ -269,7 +198,7 @@ class PandaClient:
         raises ``Ambiguous``: one look-up of the job's state then settles it, cheaper than repeating."""
         prepared = wire.prepare_update(fields)
         reply = self._call(wire.UPDATE_JOB, prepared, deadline, repeatable=False)
-        answer = self._parse(reply, wire.UPDATE_JOB, replies.parse_job_update, ambiguous=True)
+        answer = _parse(reply, wire.UPDATE_JOB, replies.parse_job_update, ambiguous=True)
         job_id = prepared.get("jobId")
         if answer.status == wire.STATUS_TIMEOUT:
             raise Ambiguous(f"updateJob {job_id}: the server timed out (StatusCode 10)")
@@ -289,7 +218,7 @@ class PandaClient:
         fields: dict[str, Any] = {"pandaID": panda_id, "jobsetID": jobset_id, "taskID": task_id,
                                   "nRanges": max(1, int(n))}
         reply = self._call(wire.GET_EVENT_RANGES, fields, deadline, repeatable=True)
-        answer = self._parse(reply, wire.GET_EVENT_RANGES, replies.parse_ranges, ambiguous=False)
+        answer = _parse(reply, wire.GET_EVENT_RANGES, replies.parse_ranges, ambiguous=False)
         if answer.status == wire.STATUS_TIMEOUT:
             raise ServerUnavailable(f"getEventRanges {panda_id}: the server timed out (StatusCode 10)")
         if answer.status != wire.STATUS_OK:
@@ -310,7 +239,7 @@ class PandaClient:
             if exc.http_status == 500 and self.api_for(wire.UPDATE_EVENT_RANGES) == "v1":
                 raise UnconfirmedRangeUpdate(str(exc), 500) from None
             raise
-        answer = self._parse(reply, wire.UPDATE_EVENT_RANGES, replies.parse_range_update, ambiguous=True)
+        answer = _parse(reply, wire.UPDATE_EVENT_RANGES, replies.parse_range_update, ambiguous=True)
         if answer.status == wire.STATUS_TIMEOUT:
             raise Ambiguous("updateEventRanges: the server timed out (StatusCode 10)")
         if answer.status != wire.STATUS_OK:
@@ -333,7 +262,7 @@ class PandaClient:
         else:
             query = {"ids": " ".join(str(i) for i in ids)}  # the server splits on whitespace (A.5)
         reply = self._call(wire.GET_JOB_STATUS, query, deadline, repeatable=True)
-        return self._parse(reply, wire.GET_JOB_STATUS,
+        return _parse(reply, wire.GET_JOB_STATUS,
                            lambda data, v1: replies.parse_job_statuses(data, v1, ids), ambiguous=False)
 
     def range_statuses(self, job_tasks: Sequence[tuple[int, int | None]],
@@ -344,7 +273,7 @@ class PandaClient:
         pairs = json.dumps([{"task_id": task, "panda_id": job, "job_id": job} for job, task in job_tasks])
         key = "job_task_ids" if self.api_for(wire.GET_EVENTS_STATUS) == "v1" else "ids"
         reply = self._call(wire.GET_EVENTS_STATUS, {key: pairs}, deadline, repeatable=True)
-        return self._parse(reply, wire.GET_EVENTS_STATUS, replies.parse_range_statuses, ambiguous=False)
+        return _parse(reply, wire.GET_EVENTS_STATUS, replies.parse_range_statuses, ambiguous=False)
 
     def update_worker_node(self, fields: Mapping[str, Any], deadline: float | None = None) -> str:
         """Send the worker-node map of one node (v1 only; B.10); returns the server's message.  A server
@@ -354,7 +283,7 @@ class PandaClient:
         request = _Request("POST", wire.UPDATE_WORKER_NODE_PATH, body, headers)
         try:
             reply = self._request(wire.UPDATE_WORKER_NODE, request, end, "v1", repeatable=True)
-        except _Missing:
+        except EndpointMissing:
             raise RequestRejected(f"{wire.UPDATE_WORKER_NODE}: not offered by {self.base} (HTTP 404)") from None
         try:
             answer = replies.decode_body(reply.content)
@@ -371,16 +300,6 @@ class PandaClient:
 
     # ------------------------------------------------------------------------------- internals
 
-    @staticmethod
-    def _parse(reply: _Reply, method: str, parser: Any, ambiguous: bool) -> Any:
-        """Decode and parse a reply; one that proves nothing is ``Ambiguous`` for an update that may
-        have been committed, ``ServerUnavailable`` otherwise."""
-        try:
-            return parser(replies.decode_body(reply.content), reply.api == "v1")
-        except wire.WireError as exc:
-            error = Ambiguous if ambiguous else ServerUnavailable
-            raise error(f"{method}: not acknowledged: {exc}") from None
-
     def _call(self, method: str, fields: Mapping[str, Any], deadline: float | None, repeatable: bool) -> _Reply:
         end = time.monotonic() + (self.panda.call_deadline if deadline is None else deadline)
         lookup = method in wire.LOOKUPS
@@ -392,7 +311,7 @@ class PandaClient:
                 request = _Request("POST", wire.V1_PATHS[method], body, headers)
             try:
                 return self._request(method, request, end, "v1", repeatable)
-            except _Missing:
+            except EndpointMissing:
                 if self.panda.api != "auto":
                     raise RequestRejected(f"{method}: {wire.V1_PATHS[method]} not found (HTTP 404) "
                                           "and panda.api is v1") from None
@@ -405,7 +324,7 @@ class PandaClient:
         request = _Request("POST", wire.LEGACY_PREFIX + method, wire.encode_legacy(fields), headers)
         try:
             return self._request(method, request, end, "legacy", repeatable)
-        except _NoLegacyApi:
+        except NoLegacyApi:
             if self.panda.api == "auto":
                 raise ServerUnusable(f"{method}: {self.base} offers it neither on /api/v1 (HTTP 404) nor on the "
                                      "legacy API (HTTP 403 'forbidden')") from None
@@ -424,9 +343,9 @@ class PandaClient:
             attempt += 1
             try:
                 reply = self._attempt(request, remaining, api)
-            except _NotSent as exc:
+            except NotSent as exc:
                 last_error = str(exc)
-            except _MaybeSent as exc:
+            except MaybeSent as exc:
                 last_error, maybe_sent = str(exc), True
                 if not repeatable:
                     if not self._expected(method, api, exc):
@@ -444,7 +363,7 @@ class PandaClient:
         error = Ambiguous if maybe_sent else ServerUnavailable  # a repeated request may have been taken too
         raise error(f"{method}: {why}: {last_error}")
 
-    def _expected(self, method: str, api: str, exc: _MaybeSent) -> bool:
+    def _expected(self, method: str, api: str, exc: MaybeSent) -> bool:
         """v1 update_event_ranges answering 500 is its normal answer (A.5): said once at INFO, never as trouble."""
         if not (method == wire.UPDATE_EVENT_RANGES and api == "v1" and exc.http_status == 500):
             return False
@@ -475,7 +394,7 @@ class PandaClient:
         try:
             headers = {**request.headers, **self.credentials.headers()}
         except AuthError as exc:
-            raise _NotSent(str(exc)) from None
+            raise NotSent(str(exc)) from None
         timeout = (min(self.panda.connect_timeout, remaining), min(self.panda.read_timeout, remaining))
         started = time.monotonic()
         try:
@@ -483,39 +402,25 @@ class PandaClient:
                                             params=request.query, headers=headers, timeout=timeout,
                                             verify=self.credentials.verify, cert=self.credentials.client_cert)
         except requests.exceptions.SSLError as exc:
-            if _certificate_rejected(exc):
+            if certificate_rejected(exc):
                 raise ServerUnusable(f"TLS failure talking to {self.base}: its certificate does not verify "
-                                     f"against the configured CA ({_cause(exc)})") from None
-            raise _NotSent(f"TLS failure talking to {self.base}: {_cause(exc)}") from None
+                                     f"against the configured CA ({cause(exc)})") from None
+            raise NotSent(f"TLS failure talking to {self.base}: {cause(exc)}") from None
         except requests.exceptions.ConnectTimeout:
-            raise _NotSent(f"no connection to {self.base} within {timeout[0]:.1f}s") from None
+            raise NotSent(f"no connection to {self.base} within {timeout[0]:.1f}s") from None
         except requests.exceptions.Timeout:
-            raise _MaybeSent(f"no answer from {self.base} within {timeout[1]:.1f}s") from None
+            raise MaybeSent(f"no answer from {self.base} within {timeout[1]:.1f}s") from None
         except requests.exceptions.ConnectionError as exc:
-            if _never_sent(exc):
-                raise _NotSent(f"cannot reach {self.base}: {_cause(exc)}") from None
-            raise _MaybeSent(f"connection to {self.base} lost: {_cause(exc)}") from None
+            if never_sent(exc):
+                raise NotSent(f"cannot reach {self.base}: {cause(exc)}") from None
+            raise MaybeSent(f"connection to {self.base} lost: {cause(exc)}") from None
         except requests.exceptions.RequestException as exc:
-            raise ServerUnusable(f"cannot send to {self.base}: {type(exc).__name__}: {_cause(exc)}") from None
+            raise ServerUnusable(f"cannot send to {self.base}: {type(exc).__name__}: {cause(exc)}") from None
         logger.debug("%s %s -> HTTP %d in %.2fs", request.verb, request.path, response.status_code,
                      time.monotonic() - started)
-        return _classify(response, request, api)
-
-
-def _classify(response: requests.Response, request: _Request, api: str) -> _Reply:
-    """What an HTTP status means for the request: a reply, not processed, perhaps processed, refused."""
-    code = response.status_code
-    if code == 200:
+        if response.status_code != 200:
+            classify_http(response.status_code, response.content, request.path, api)
         return _Reply(200, response.content, api)
-    if code == 404 and api == "v1":
-        raise _Missing()
-    if code == 403 and api == "legacy" and b"is forbidden" in response.content[:200]:
-        raise _NoLegacyApi()
-    if code in NOT_DELIVERED_HTTP:
-        raise _NotSent(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
-    if code >= 500:
-        raise _MaybeSent(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}", code)
-    raise RequestRejected(f"HTTP {code} from {request.path}: {wire.snippet(response.content)}")
 
 
 @dataclass(frozen=True)

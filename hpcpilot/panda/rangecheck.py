@@ -21,12 +21,12 @@ unconfirmed updates and says when the job's one look-up is due:
 
 A look-up that fails un-parks the job: its updates stay uncertain in the journal and the sender's
 back-off paces the next try, so a server that keeps failing never turns into a loop of look-ups.
-The verdict itself (``settle``) is pure: which ranges of an update the server holds final, which it lacks.
+What a look-up proves -- which ranges of an update the server holds final, which it lacks, and when an
+update that never shows up is refused -- is the delivery verdict's (``hpcpilot.panda.verdict``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 LOOKUP_RATIO = 10
@@ -35,16 +35,6 @@ AGE_BASE = 2.0
 """Seconds a parked update of a small job waits at most; AGE_BASE more per 1,000 ranges the job has."""
 AGE_CAP = 120.0
 """The longest a parked update waits for its job's look-up (s)."""
-MAX_UNCONFIRMED_SENDS = 8
-"""An update sent (and answered) this many times that the look-ups never show taken is refused for good once the
-server says the job is no longer active (it then takes no range update of it): kept in the journal's ``rejected``
-table.  While the job is active the update stays owed (a server failing before it commits).  Sends that never
-reached the server (an outage) do not count."""
-
-SERVER_FINAL_RANGE_STATES = {"finished": "finished", "done": "finished", "merged": "finished",
-                             "failed": "failed", "fatal": "fatal", "cancelled": "failed",
-                             "discarded": "failed", "corrupted": "failed"}
-"""Event-range states that prove the server has a final status, and what it counts as."""
 
 
 @dataclass
@@ -132,19 +122,3 @@ class RangeChecks:
         """The job's final update was delivered: nothing of it is parked or checked any more."""
         self._parked.pop(panda_id, None)
         self._listed.pop(panda_id, None)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """What the server holds of one update: final statuses it has (as counted), and ranges it lacks."""
-
-    have: dict[str, str]
-    missing: list[str]
-
-
-def settle(range_ids: Sequence[str], known: Mapping[str, str]) -> Verdict:
-    """The verdict on an update of ``range_ids`` given the server's statuses (``known``, from a look-up):
-    a range counts as delivered only in a final state; ready/sent/running mean it is still owed."""
-    have = {rid: SERVER_FINAL_RANGE_STATES[known[rid]] for rid in range_ids
-            if known.get(rid) in SERVER_FINAL_RANGE_STATES}
-    return Verdict(have, [rid for rid in range_ids if rid not in have])

@@ -49,9 +49,9 @@ def _drain(source: PandaSource) -> list[Any]:
     leased: list[Any] = []
     for _ in range(200):
         batch = source.fetch_jobs(200)
-        if not batch and source.fetch_status >= 0 and leased:
+        if not batch.leased and batch.status >= 0 and leased:
             break
-        for wire in batch:
+        for wire in batch.leased:
             leased.append(wire)
             source.update_job(_record(wire), final=True)
     assert source.flush(120), "every update acknowledged"
@@ -118,7 +118,7 @@ def test_restart_on_a_journal_of_bad_definitions(tmp_path: Path, caplog: pytest.
     server = _server(tmp_path, jobs)
     try:
         dead = _source(server.url, tmp_path / "work", "v1")
-        in_flight = dead.fetch_jobs(100)  # leased and journaled; then the pilot "dies" without a word
+        in_flight = dead.fetch_jobs(100).leased  # leased and journaled; then the pilot "dies" without a word
         dead.close()
         assert len(in_flight) == 100
         for wire in in_flight:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from hpcpilot.journal import JOB, RANGE
-from hpcpilot.panda.source import FETCH_UNREACHABLE, LOST_HEARTBEAT, NodeInfo, PandaSource
+from hpcpilot.panda.commands import LOST_HEARTBEAT
+from hpcpilot.panda.source import FETCH_UNREACHABLE, NodeInfo, PandaSource
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.sources import Command, OutputBundle
 from hpcpilot.states import EventRangeStatus, JobState
@@ -83,14 +84,15 @@ def _jobs_by_id(server):
 def test_full_run_through_the_outbox(panda_server, tmp_path, api):
     source = _source(panda_server.url, tmp_path / "work", api)
     try:
-        jobs = source.fetch_jobs(5)
-        assert [j["PandaID"] for j in jobs] == [700, 701, 800] and source.fetch_status == 0
+        outcome = source.fetch_jobs(5)
+        jobs = outcome.leased
+        assert [j["PandaID"] for j in jobs] == [700, 701, 800] and outcome.status == 0
         assert {lease.panda_id for lease in source.journal.in_flight(JOB)} == {700, 701, 800}
         for job in jobs:
             source.update_job(JobRecord(panda_id=job["PandaID"], state=JobState.STARTING), final=False)
             source.update_job(JobRecord(panda_id=job["PandaID"], state=JobState.RUNNING), final=False)
         es = JobSpec.from_wire(jobs[2])
-        ranges = source.fetch_event_ranges(es, 3)
+        ranges = source.fetch_event_ranges(es, 3).leased
         assert len(ranges) == 3 and len(source.journal.in_flight(RANGE)) == 3
         ids = [r["eventRangeID"] for r in ranges]
         bundle = OutputBundle(
@@ -136,9 +138,9 @@ def test_full_run_through_the_outbox(panda_server, tmp_path, api):
 def test_backchannel_commands_are_polled(panda_server, tmp_path):
     source = _source(panda_server.url, tmp_path / "work", "legacy")
     try:
-        jobs = source.fetch_jobs(3)
+        jobs = source.fetch_jobs(3).leased
         es = JobSpec.from_wire(jobs[2])
-        rid = source.fetch_event_ranges(es, 1)[0]["eventRangeID"]
+        rid = source.fetch_event_ranges(es, 1).leased[0]["eventRangeID"]
         panda_server.set_command(700, "tobekilled")
         panda_server.set_command(701, "debug")
         panda_server.set_command(800, "softkill")
@@ -162,11 +164,12 @@ def test_server_down_at_start_then_up(tmp_path):
     url = f"http://127.0.0.1:{port}"
     source = _source(url, tmp_path / "work", "auto")
     try:
-        assert source.fetch_jobs(2) == [] and source.fetch_status == FETCH_UNREACHABLE
+        outcome = source.fetch_jobs(2)
+        assert outcome.leased == [] and outcome.status == FETCH_UNREACHABLE
         server = PandaTestServer(tmp_path / "state.sqlite", port=port).start()
         try:
             server.load_jobs(job_definitions(2))
-            jobs = source.fetch_jobs(2)
+            jobs = source.fetch_jobs(2).leased
             assert [j["PandaID"] for j in jobs] == [1000, 1001]
             source.update_job(_final(jobs[0]), final=True)
             assert source.flush(10)
@@ -180,9 +183,9 @@ def test_server_down_at_start_then_up(tmp_path):
 def test_outage_mid_run_loses_nothing(panda_server, tmp_path):
     source = _source(panda_server.url, tmp_path / "work", "v1")
     try:
-        jobs = source.fetch_jobs(3)
+        jobs = source.fetch_jobs(3).leased
         es = JobSpec.from_wire(jobs[2])
-        ranges = source.fetch_event_ranges(es, 4)
+        ranges = source.fetch_event_ranges(es, 4).leased
         panda_server.stop()
         for job in jobs[:2]:
             source.update_job(JobRecord(panda_id=job["PandaID"], state=JobState.RUNNING), final=False)
@@ -208,7 +211,7 @@ def test_outage_mid_run_loses_nothing(panda_server, tmp_path):
 def test_lost_heartbeat_is_reported_per_running_job(panda_server, tmp_path):
     source = _source(panda_server.url, tmp_path / "work", "v1", close_deadline=0.2, lost_heartbeat=0.3)
     try:
-        jobs = source.fetch_jobs(2)
+        jobs = source.fetch_jobs(2).leased
         source.update_job(_final(jobs[1]), final=True)
         assert source.flush(10)
         panda_server.stop()
@@ -229,7 +232,7 @@ def test_close_is_bounded_and_the_next_run_delivers(panda_server, tmp_path):
         fetch_deadline=1.0,
         close_deadline=0.3,
     )
-    jobs = source.fetch_jobs(1)
+    jobs = source.fetch_jobs(1).leased
     panda_server.stop()
     source.update_job(_final(jobs[0]), final=True)
     source.close()
@@ -252,8 +255,8 @@ from hpcpilot.states import JobState
 from tests.fixtures.panda.panda_helpers import NODE, panda_config
 url, workdir = sys.argv[1], Path(sys.argv[2])
 source = PandaSource(panda_config(url, "v1"), workdir, NODE, fetch_deadline=2.0)
-jobs = source.fetch_jobs(3)
-ranges = source.fetch_event_ranges(JobSpec.from_wire(jobs[2]), 3)
+jobs = source.fetch_jobs(3).leased
+ranges = source.fetch_event_ranges(JobSpec.from_wire(jobs[2]), 3).leased
 source.update_job(JobRecord(panda_id=jobs[1]["PandaID"], state=JobState.RUNNING), final=False)
 source.flush(5)
 print("LEASED", flush=True)
@@ -290,7 +293,7 @@ def test_sigkill_and_restart_replays_and_fails_in_flight_work(panda_server, tmp_
     before = len(panda_server.requests())
     source = _source(panda_server.url, workdir, "v1")
     try:
-        assert source.fetch_jobs(1) == []  # replay first, then a new lease (no jobs left)
+        assert source.fetch_jobs(1).leased == []  # replay first, then a new lease (no jobs left)
         assert source.flush(10)
     finally:
         source.close()
@@ -325,7 +328,7 @@ def test_tokens_and_secrets_never_reach_logs_or_files(tmp_path, monkeypatch, cap
     caplog.set_level(logging.DEBUG)
     try:
         source = _source(server.url, workdir, "legacy")
-        leased = source.fetch_jobs(2)
+        leased = source.fetch_jobs(2).leased
         assert "pilotSecrets" not in leased[0] and secret in source.job_secrets(1000)["pilotSecrets"]
         logging.getLogger("hpcpilot.test").info(
             "job secrets are %s; header Bearer %s", source.job_secrets(1000), token
@@ -354,14 +357,16 @@ def test_each_fetch_thread_reads_the_outcome_of_its_own_call(tmp_path):
     source = _source(f"http://127.0.0.1:{port}", tmp_path / "work", "auto")
     failing, succeeding = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
     try:
-        assert failing.submit(source.fetch_jobs, 2).result() == []
+        failed = failing.submit(source.fetch_jobs, 2).result()
+        assert failed.leased == []
         server = PandaTestServer(tmp_path / "state.sqlite", port=port).start()
         try:
             server.load_jobs(job_definitions(2))
-            assert [j["PandaID"] for j in succeeding.submit(source.fetch_jobs, 2).result()] == [1000, 1001]
-            assert succeeding.submit(lambda: source.fetch_status).result() == 0
-            assert failing.submit(lambda: source.fetch_status).result() == FETCH_UNREACHABLE
-            assert "refused" in failing.submit(lambda: source.fetch_error).result().lower()
+            leased = succeeding.submit(source.fetch_jobs, 2).result()
+            assert [j["PandaID"] for j in leased.leased] == [1000, 1001]
+            assert leased.status == 0
+            assert failed.status == FETCH_UNREACHABLE
+            assert "refused" in failed.error.lower()
         finally:
             server.close()
     finally:

@@ -16,8 +16,8 @@ import pytest
 
 from hpcpilot.journal import Journal
 from hpcpilot.panda import wire
-from hpcpilot.panda.rangecheck import MAX_UNCONFIRMED_SENDS
 from hpcpilot.panda.source import JOURNAL_NAME, PandaSource
+from hpcpilot.panda.verdict import MAX_UNCONFIRMED_SENDS
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.states import EventRangeStatus, JobState
 from hpcpilot_serve.server import PandaTestServer
@@ -48,9 +48,9 @@ def _source(server: PandaTestServer, workdir, api: str = "v1", **overrides) -> P
 
 
 def _lease(source: PandaSource) -> tuple[dict, JobSpec, list[dict]]:
-    job = source.fetch_jobs(1)[0]
+    job = source.fetch_jobs(1).leased[0]
     spec = JobSpec.from_wire(job)
-    ranges = source.fetch_event_ranges(spec, N_RANGES)
+    ranges = source.fetch_event_ranges(spec, N_RANGES).leased
     assert len(ranges) == N_RANGES
     return job, spec, ranges
 

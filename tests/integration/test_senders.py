@@ -55,7 +55,7 @@ def _record(job: dict, state: JobState) -> JobRecord:
 
 
 def _lease_plain_jobs(source: PandaSource, n: int) -> list[dict]:
-    jobs = [j for j in source.fetch_jobs(n + 1) if j.get("eventService") != "True"]
+    jobs = [j for j in source.fetch_jobs(n + 1).leased if j.get("eventService") != "True"]
     assert len(jobs) >= n, jobs
     return jobs[:n]
 
@@ -104,10 +104,10 @@ def test_one_sender_has_one_update_in_flight(server, tmp_path):
 
 def test_range_updates_of_a_job_arrive_in_order_and_before_its_final_update(server, tmp_path):
     source = _source(server, tmp_path / "w", senders=4)
-    jobs = source.fetch_jobs(9)
+    jobs = source.fetch_jobs(9).leased
     es_job = next(j for j in jobs if j.get("eventService") == "True")
     spec = JobSpec.from_wire(es_job)
-    ranges = source.fetch_event_ranges(spec, 4)
+    ranges = source.fetch_event_ranges(spec, 4).leased
     assert len(ranges) == 4
     server.set_fault("slow", delay=0.1)
     for job in jobs:

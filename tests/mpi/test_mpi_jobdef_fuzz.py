@@ -74,7 +74,7 @@ def _lease_and_die(url: str, workdir: Path, n: int) -> list[int]:
     """A predecessor pilot on ``workdir`` that leased ``n`` jobs (journaled) and died before reporting any."""
     source = PandaSource(panda_config(url, "v1", jobs_per_fetch=n), workdir, NODE, fetch_deadline=30.0)
     try:
-        return [panda_id_of(wire) for wire in source.fetch_jobs(n)]
+        return [panda_id_of(wire) for wire in source.fetch_jobs(n).leased]
     finally:
         source.close()
 

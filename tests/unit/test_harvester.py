@@ -19,7 +19,7 @@ from hpcpilot.harvester.catalog import place_inputs
 from hpcpilot.harvester.files import EventStatusFile
 from hpcpilot.harvester.source import FETCH_AWAITING_FEED, FETCH_OK
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
-from hpcpilot.sources import OutputBundle
+from hpcpilot.sources import FetchOutcome, OutputBundle
 from hpcpilot.stageio import staging
 from hpcpilot.states import EventRangeStatus, JobState
 from tests.pilotrun import make_job
@@ -86,7 +86,7 @@ def test_every_entry_reaches_harvester_exactly_once_whatever_the_interleaving(tm
 def test_one_job_at_the_top_writes_its_files_there(tmp_path: Path) -> None:
     ap = _top(tmp_path / "ap", make_job(11, "true", pilotSecrets="s3cret-value", secrets="other-s3cret"))
     source = _source(ap)
-    [job] = source.fetch_jobs(4)
+    [job] = source.fetch_jobs(4).leased
     assert "pilotSecrets" not in job and "secrets" not in job
     assert source.job_secrets(11) == {"pilotSecrets": "s3cret-value", "secrets": "other-s3cret"}
     record = JobRecord(11, state=JobState.FINISHED, output_report={"o": {"fsize": 1, "adler32": "00000001",
@@ -106,7 +106,7 @@ def test_multijobs_worker_reads_per_job_directories_in_cgi(tmp_path: Path) -> No
         (ap / str(panda_id) / "pandaJobData.out").write_text(urlencode(make_job(panda_id, "true")))
     (ap / "worker_pandaids.json").write_text("[21, 22]")
     source = _source(ap, job_spec_file="pandaJobData.out", job_spec_format="cgi")
-    assert sorted(int(j["PandaID"]) for j in source.fetch_jobs(4)) == [21, 22]
+    assert sorted(int(j["PandaID"]) for j in source.fetch_jobs(4).leased) == [21, 22]
     source.update_job(JobRecord(22, state=JobState.RUNNING), final=False)
     assert json.loads((ap / "22" / "worker_attributes.json").read_text())["jobStatus"] == "running"
     source.update_event_ranges(JobSpec.from_wire(make_job(22, "true")),
@@ -131,17 +131,18 @@ def test_an_unreadable_access_point_is_refused_at_start(tmp_path: Path, name: st
 def test_late_binding_asks_for_jobs_and_gives_up_after_the_feed_timeout(tmp_path: Path) -> None:
     ap, clock = _top(tmp_path / "ap", make_job(41, "true")), Clock()
     source = _source(ap, clock)
-    assert len(source.fetch_jobs(3)) == 1
+    assert len(source.fetch_jobs(3).leased) == 1
     request = ap / "worker_requestjob.json"
-    assert source.fetch_jobs(2) == [] and source.fetch_status == FETCH_AWAITING_FEED
+    assert source.fetch_jobs(2) == FetchOutcome([], FETCH_AWAITING_FEED)
     assert json.loads(request.read_text()) == {"nJobs": 2}
     _top(ap, make_job(42, "true"))  # Harvester writes the feed while its request is still there ...
-    assert source.fetch_jobs(2) == [] and source.fetch_status == FETCH_AWAITING_FEED  # ... so it is not read yet
+    assert source.fetch_jobs(2) == FetchOutcome([], FETCH_AWAITING_FEED)  # ... so it is not read yet
     request.unlink()  # ... and deletes the request when it is done
-    assert [j["PandaID"] for j in source.fetch_jobs(2)] == [42] and source.fetch_status == FETCH_OK
-    assert source.fetch_jobs(1) == [] and source.fetch_status == FETCH_AWAITING_FEED and request.exists()
+    outcome = source.fetch_jobs(2)
+    assert [j["PandaID"] for j in outcome.leased] == [42] and outcome.status == FETCH_OK
+    assert source.fetch_jobs(1) == FetchOutcome([], FETCH_AWAITING_FEED) and request.exists()
     clock.now += 30
-    assert source.fetch_jobs(1) == [] and source.fetch_status == FETCH_OK  # none is coming: the pilot ends
+    assert source.fetch_jobs(1) == FetchOutcome([], FETCH_OK)  # none is coming: the pilot ends
     assert not request.exists()
     source.close()
     assert (ap / "kill_worker.json").exists()
@@ -150,8 +151,8 @@ def test_late_binding_asks_for_jobs_and_gives_up_after_the_feed_timeout(tmp_path
 def test_feed_timeout_zero_never_asks(tmp_path: Path) -> None:
     ap = _top(tmp_path / "ap", make_job(51, "true"))
     source = _source(ap, feed_timeout=0.0)
-    assert len(source.fetch_jobs(2)) == 1
-    assert source.fetch_jobs(2) == [] and source.fetch_status == FETCH_OK
+    assert len(source.fetch_jobs(2).leased) == 1
+    assert source.fetch_jobs(2) == FetchOutcome([], FETCH_OK)
     assert not (ap / "worker_requestjob.json").exists()
 
 
@@ -162,17 +163,17 @@ def test_event_ranges_are_asked_ahead_and_each_feed_is_taken_once(tmp_path: Path
     (ap / "JobsEventRanges.json").write_text(json.dumps({"61": ranges[:6]}))
     source, spec = _source(ap, clock), JobSpec.from_wire(job)
     assert not (ap / "JobsEventRanges.json").exists()  # taken aside at start
-    assert [r["eventRangeID"] for r in source.fetch_event_ranges(spec, 4)] == ["r0", "r1", "r2", "r3"]
+    assert [r["eventRangeID"] for r in source.fetch_event_ranges(spec, 4).leased] == ["r0", "r1", "r2", "r3"]
     request = ap / "worker_requestevents.json"
     assert json.loads(request.read_text()) == {"61": {"nRanges": 4, "pandaID": 61, "taskID": 7, "jobsetID": 3}}
     (ap / "JobsEventRanges.json").write_text(json.dumps({"61": ranges[6:]}))
-    assert len(source.fetch_event_ranges(spec, 4)) == 2  # the feed is not taken while the request is there
+    assert len(source.fetch_event_ranges(spec, 4).leased) == 2  # the feed is not taken while the request is there
     request.unlink()
-    assert [r["eventRangeID"] for r in source.fetch_event_ranges(spec, 4)] == ["r6", "r7", "r8", "r9"]
-    assert source.fetch_event_ranges(spec, 4) == [] and source.fetch_status == FETCH_AWAITING_FEED
+    assert [r["eventRangeID"] for r in source.fetch_event_ranges(spec, 4).leased] == ["r6", "r7", "r8", "r9"]
+    assert source.fetch_event_ranges(spec, 4) == FetchOutcome([], FETCH_AWAITING_FEED)
     (ap / "JobsEventRanges.json").write_text(json.dumps({"61": []}))  # Harvester has no more
     request.unlink()
-    assert source.fetch_event_ranges(spec, 4) == [] and source.fetch_status == FETCH_OK
+    assert source.fetch_event_ranges(spec, 4) == FetchOutcome([], FETCH_OK)
     assert len(list(ap.glob("JobsEventRanges.json.taken.*"))) == 3
 
 
@@ -180,9 +181,9 @@ def test_no_range_feed_within_the_timeout_ends_the_job(tmp_path: Path) -> None:
     job = make_job(71, "true", eventService="True")
     ap, clock = _top(tmp_path / "ap", job), Clock()
     source, spec = _source(ap, clock), JobSpec.from_wire(job)
-    assert source.fetch_event_ranges(spec, 2) == [] and source.fetch_status == FETCH_AWAITING_FEED
+    assert source.fetch_event_ranges(spec, 2) == FetchOutcome([], FETCH_AWAITING_FEED)
     clock.now += 31
-    assert source.fetch_event_ranges(spec, 2) == [] and source.fetch_status == FETCH_OK
+    assert source.fetch_event_ranges(spec, 2) == FetchOutcome([], FETCH_OK)
     assert not (ap / "worker_requestevents.json").exists()
 
 

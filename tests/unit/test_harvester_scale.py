@@ -198,7 +198,7 @@ def test_after_a_200k_range_feed_the_source_holds_what_was_leased_and_one_chunk(
     _write_feed(ap / FEED, 7, total)
     harvester = HarvesterSource(ap, HarvesterConfig(feed_timeout=0.0), Clock())
     spec = JobSpec.from_wire(_es_job())
-    taken = harvester.fetch_event_ranges(spec, prefetch) + harvester.fetch_event_ranges(spec, prefetch)
+    taken = harvester.fetch_event_ranges(spec, prefetch).leased + harvester.fetch_event_ranges(spec, prefetch).leased
     assert [r["startEvent"] for r in taken] == list(range(2 * prefetch))
     stock = harvester.ranges[7]
     assert stock.count == total - 2 * prefetch and len(stock.lists) == 1  # a count and a place in the file
@@ -215,7 +215,7 @@ def test_reading_a_feed_peaks_at_a_chunk_not_at_the_feed(tmp_path: Path) -> None
     tracemalloc.start()
     try:
         harvester = HarvesterSource(ap, HarvesterConfig(feed_timeout=0.0), Clock())
-        assert len(harvester.fetch_event_ranges(JobSpec.from_wire(_es_job()), 100)) == 100
+        assert len(harvester.fetch_event_ranges(JobSpec.from_wire(_es_job()), 100).leased) == 100
         _current, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -227,11 +227,11 @@ def test_ranges_come_in_feed_order_across_feeds_and_chunks(tmp_path: Path) -> No
     _write_feed(ap / FEED, 7, 1000)
     harvester = HarvesterSource(ap, HarvesterConfig(feed_timeout=30.0), Clock())
     spec = JobSpec.from_wire(_es_job())
-    got = [r["startEvent"] for r in harvester.fetch_event_ranges(spec, 999)]
+    got = [r["startEvent"] for r in harvester.fetch_event_ranges(spec, 999).leased]
     (ap / "worker_requestevents.json").unlink()  # Harvester answers the request opened ahead of need ...
     _write_feed(ap / FEED, 7, 500, first=1000)  # ... with the next feed
     while len(got) < 1500:
-        taken = harvester.fetch_event_ranges(spec, 7)
+        taken = harvester.fetch_event_ranges(spec, 7).leased
         assert taken
         got += [r["startEvent"] for r in taken]
         (ap / "worker_requestevents.json").unlink(missing_ok=True)
@@ -252,7 +252,8 @@ def test_a_malformed_feed_gets_the_one_line_json_error_and_a_bad_range_is_handed
         HarvesterSource(ap, HarvesterConfig(feed_timeout=0.0), Clock())
     (ap / FEED).write_text('{"7": ["not a range", {"eventRangeID": "x"}], "8": 5}')
     harvester = HarvesterSource(ap, HarvesterConfig(feed_timeout=0.0), Clock())
-    assert harvester.fetch_event_ranges(JobSpec.from_wire(_es_job()), 5) == ["not a range", {"eventRangeID": "x"}]
+    leased = harvester.fetch_event_ranges(JobSpec.from_wire(_es_job()), 5).leased
+    assert leased == ["not a range", {"eventRangeID": "x"}]
 
 
 def test_a_lease_looks_in_two_directories_however_many_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -267,7 +268,7 @@ def test_a_lease_looks_in_two_directories_however_many_jobs(tmp_path: Path, monk
     real = source.take_aside
     monkeypatch.setattr(source, "take_aside", lambda path: looked.append(path) or real(path))
     _write_feed(ap / "250" / FEED, 250, 3)
-    assert len(harvester.fetch_event_ranges(JobSpec.from_wire(_es_job(250)), 8)) == 3
+    assert len(harvester.fetch_event_ranges(JobSpec.from_wire(_es_job(250)), 8).leased) == 3
     assert sorted(looked) == sorted([ap / FEED, ap / "250" / FEED])
 
 

@@ -1,21 +1,11 @@
-"""When a job's unconfirmed range updates are looked up, and what a look-up proves (issue 21)."""
+"""When a job's unconfirmed range updates are looked up (issue 21); what a look-up proves is in
+test_delivery_verdict.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from hpcpilot.panda.rangecheck import (
-    AGE_BASE,
-    AGE_CAP,
-    LOOKUP_RATIO,
-    SERVER_FINAL_RANGE_STATES,
-    RangeChecks,
-    settle,
-)
-
-ES_STATUS_NAMES = ("ready", "sent", "running", "finished", "cancelled", "discarded", "done", "failed", "fatal",
-                   "merged", "corrupted", "reserved_fail", "reserved_get")
-"""Every name of the server's EventServiceUtils.ES_status_map (panda-wire A.5)."""
+from hpcpilot.panda.rangecheck import AGE_BASE, AGE_CAP, LOOKUP_RATIO, RangeChecks
 
 
 def test_a_job_of_unknown_size_is_looked_up_at_once():
@@ -75,17 +65,3 @@ def test_sends_are_counted_per_update_until_it_leaves():
     checks.park(7, seq=5, n_ranges=2, now=0.0)
     checks.forget(7)
     assert not checks.is_parked(7)
-
-
-@pytest.mark.parametrize("status", ES_STATUS_NAMES)
-def test_only_a_final_status_counts_as_delivered(status):
-    verdict = settle(["a", "b"], {"a": status})
-    if status in SERVER_FINAL_RANGE_STATES:
-        assert verdict.have == {"a": SERVER_FINAL_RANGE_STATES[status]} and verdict.missing == ["b"]
-    else:  # ready, sent, running, reserved_*: the server does not have our final status
-        assert verdict.have == {} and verdict.missing == ["a", "b"]
-
-
-def test_a_range_the_look_up_does_not_list_is_still_owed():
-    assert settle(["x-1"], {}).missing == ["x-1"]
-    assert settle(["x-1"], {"x-2": "finished"}).missing == ["x-1"]

@@ -40,8 +40,10 @@ from hpcpilot.scheduler import (
 )
 from hpcpilot.scheduler import due as due_module
 from hpcpilot.signals import SignalFlag
+from hpcpilot.sources import FetchOutcome
 from hpcpilot.states import JobState, RankState
 from hpcpilot.transport import QueueHub
+from tests.fixtures.sources import QuietSource
 from tests.pilotrun import make_job
 
 CONFIG = load_config(environ={})
@@ -266,7 +268,7 @@ def test_an_outage_counts_once_for_the_requests_under_way_and_is_probed_by_one_r
     assert [f.n for f in of(actions, Fetch)] == [10, 10, 10]  # healed: the pipeline opens again
 
 
-class _ParallelSource:
+class _ParallelSource(QuietSource):
     """A job source that takes three fetches at once; each call waits until all three are under way."""
 
     concurrent_fetches = 3
@@ -274,12 +276,9 @@ class _ParallelSource:
     def __init__(self) -> None:
         self.barrier = threading.Barrier(3, timeout=30)  # a guard against a hang, not a timing
 
-    def fetch_jobs(self, n: int) -> list[dict[str, Any]]:
+    def fetch_jobs(self, n: int) -> FetchOutcome:
         self.barrier.wait()  # breaks (and the test fails) unless three calls run side by side
-        return []
-
-    def poll(self, now: float) -> list[Any]:
-        return []
+        return FetchOutcome()
 
 
 def _controller(tmp_path: Path, source: Any, **policy: Any) -> Controller:
@@ -301,7 +300,7 @@ def test_the_controller_runs_as_many_fetches_at_once_as_the_policy_and_the_sourc
     assert not any(a.unavailable for a in answers)  # no BrokenBarrierError: the three ran together
 
 
-def test_a_source_that_does_not_say_is_fetched_from_one_at_a_time(tmp_path: Path) -> None:
-    controller = _controller(tmp_path, object(), fetches_in_flight=4)
+def test_a_source_that_takes_one_fetch_at_a_time_is_fetched_from_one_at_a_time(tmp_path: Path) -> None:
+    controller = _controller(tmp_path, QuietSource(), fetches_in_flight=4)
     controller.fetcher.shutdown(wait=True)
     assert controller.scheduler.policy.fetches_in_flight == 1

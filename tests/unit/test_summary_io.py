@@ -13,13 +13,14 @@ import pytest
 from hpcpilot import controller as controller_module
 from hpcpilot.config import SiteConfig, replace
 from hpcpilot.controller import SUMMARY_FILE, SUMMARY_MAX_SHARE, Controller
-from hpcpilot.panda.source import PandaSource
+from hpcpilot.panda.source import FETCH_REPLAYING, PandaSource
 from hpcpilot.records import JobRecord
 from hpcpilot.scheduler import Scheduler, SchedulerPolicy
 from hpcpilot.signals import SignalFlag
 from hpcpilot.states import JobState
 from hpcpilot.transport import QueueHub
 from tests.fixtures.panda.panda_helpers import NODE, panda_config
+from tests.fixtures.sources import QuietSource
 
 INTERVAL = 30.0
 
@@ -32,7 +33,7 @@ class _Clock:
         return self.now
 
 
-class _Source:
+class _Source(QuietSource):
     """A job source that takes every update (no acknowledgements: the controller counts them delivered)."""
 
     def __init__(self) -> None:
@@ -40,9 +41,6 @@ class _Source:
 
     def update_job(self, record: JobRecord, final: bool) -> None:
         self.updates.append((record.panda_id, final))
-
-    def poll(self, now: float) -> list[Any]:
-        return []
 
 
 def _controller(tmp_path: Path, source: Any, clock: _Clock, config: SiteConfig | None = None) -> Controller:
@@ -173,5 +171,5 @@ def test_a_pilot_starts_on_a_workdir_whose_journal_is_damaged(tmp_path: Path, mo
     second = PandaSource(config, tmp_path, NODE, fetch_deadline=0.1, close_deadline=0.1)
     assert second.journal.lost is not None and second.journal.run == 1
     assert second.delivery().owed == 0 and second.pending() == 0  # nothing to replay: leasing may start
-    assert second.fetch_status == 0
+    assert second.fetch_jobs(1).status != FETCH_REPLAYING
     second.close()
