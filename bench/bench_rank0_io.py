@@ -135,7 +135,7 @@ def report_window(workdir: Path, url: str, ended_before: int, window: list[int],
     controller = Controller(QueueHub(2).transport(0), source, scheduler, workdir, SignalFlag(), clock=clock)
     scheduler.done.extend(ended_record(100_000_000 + i) for i in range(ended_before))
     if old:  # the baseline: summary.json rebuilt and rewritten after every final report
-        controller.write_summary_if_due = controller.write_summary  # type: ignore[method-assign]
+        controller.summary.write_if_due = controller.summary.write  # type: ignore[method-assign]
     start = time.process_time()
     for panda_id in window:
         record = ended_record(panda_id)

@@ -260,8 +260,8 @@ def _run_single(args: argparse.Namespace, config: SiteConfig) -> int:
     finally:
         stop.set()
     thread.join(timeout=config.monitor.kill_grace + 30)
-    print(controller.human_summary())
-    return controller.exit_status()
+    print(controller.summary.human())
+    return controller.summary.exit_status(controller.signals)
 
 
 def _run_mpi(args: argparse.Namespace, config: SiteConfig) -> int:
@@ -299,8 +299,8 @@ def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> i
                                                worker_ranks=list(range(1, transport.size)))
         controller.run()
         transport.flush()
-        print(controller.human_summary())
-        return controller.exit_status()
+        print(controller.summary.human())
+        return controller.summary.exit_status(controller.signals)
     if config.site.stagger_seconds:
         time.sleep(config.site.stagger_seconds * transport.rank / transport.size)
     signals = SignalFlag()

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, PilotError
+from hpcpilot.eventservice.messages import BundleStaged, CloseEsJob, EsJobClosed, MakeBundle
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec
 from hpcpilot.sources import OutputBundle
 from hpcpilot.stageio import checksum, files, staging
@@ -107,3 +108,29 @@ def _remove(path: Path) -> None:
         path.unlink()
     except OSError as exc:
         log.debug("could not remove %s: %s", path, exc)
+
+
+def bundle_staged(action: MakeBundle, job_dir: Path, output_dir: Path, config: SiteConfig) -> BundleStaged:
+    """Make and stage out one bundle (rank 0's stage-out thread), never raising: a bundle that fails
+    comes back with its ranges and the failure, so they are reported failed instead of vanishing."""
+    job = action.job
+    try:
+        staged = stage_bundle(job, action.updates, action.num_events, job_dir, output_dir, config)
+    except PilotError as exc:
+        log.error("job %d: bundle of %d range(s) not staged out: %s", job.panda_id, len(action.updates), exc.diag)
+        return BundleStaged(job.panda_id, action.updates, None, (int(exc.code), exc.diag))
+    except Exception as exc:  # the ranges must come back failed, not vanish with the thread
+        log.error("job %d: bundle failed: %s", job.panda_id, exc)
+        return BundleStaged(job.panda_id, action.updates, None, (int(ErrorCode.STAGEOUTFAILED), str(exc)))
+    log.info("job %d: bundle %s (%d events, %d bytes) staged out", job.panda_id, staged.lfn, staged.num_events,
+             staged.fsize)
+    return BundleStaged(job.panda_id, action.updates, staged)
+
+
+def job_log_staged(action: CloseEsJob, job_dir: Path, output_dir: Path, config: SiteConfig) -> EsJobClosed:
+    """Stage the job's log out (rank 0's stage-out thread), never raising: the final report follows."""
+    try:
+        stage_job_log(action.job, action.record, job_dir, output_dir, config)
+    except Exception as exc:  # the job must still get its final report
+        log.error("job %d: log stage-out failed: %s", action.job.panda_id, exc)
+    return EsJobClosed(action.record)

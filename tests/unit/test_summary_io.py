@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from hpcpilot import controller as controller_module
+from hpcpilot import runsummary as runsummary_module
 from hpcpilot.config import SiteConfig, replace
-from hpcpilot.controller import SUMMARY_FILE, SUMMARY_MAX_SHARE, Controller
+from hpcpilot.controller import Controller
 from hpcpilot.panda.source import FETCH_REPLAYING, PandaSource
 from hpcpilot.records import JobRecord
+from hpcpilot.runsummary import SUMMARY_FILE, SUMMARY_MAX_SHARE
 from hpcpilot.scheduler import Scheduler, SchedulerPolicy
 from hpcpilot.signals import SignalFlag
 from hpcpilot.states import JobState
@@ -48,8 +49,8 @@ def _controller(tmp_path: Path, source: Any, clock: _Clock, config: SiteConfig |
     scheduler = Scheduler([1], config, SchedulerPolicy.from_config(config, None, None))
     controller = Controller(QueueHub(2).transport(0), source, scheduler, tmp_path, SignalFlag(), clock=clock)
     writes = []
-    real = controller.write_summary
-    controller.write_summary = lambda: (writes.append(clock()), real())[1]  # type: ignore[method-assign]
+    real = controller.summary.write
+    controller.summary.write = lambda: (writes.append(clock()), real())[1]  # type: ignore[method-assign]
     controller.writes = writes  # type: ignore[attr-defined]
     return controller
 
@@ -75,13 +76,13 @@ def test_summary_is_rewritten_once_per_interval_however_many_jobs_end(tmp_path: 
     assert len(controller.writes) == 1
     assert [j["jobId"] for j in _summary(tmp_path)["jobs"]] == [1]
     clock.now += INTERVAL
-    controller.write_summary_if_due()  # what the loop does on every pass
+    controller.summary.write_if_due()  # what the loop does on every pass
     assert len(controller.writes) == 2
     summary = _summary(tmp_path)
     assert len(summary["jobs"]) == 2001 and {j["delivery"] for j in summary["jobs"]} == {"acknowledged"}
-    controller.write_summary_if_due()
+    controller.summary.write_if_due()
     clock.now += 10 * INTERVAL
-    controller.write_summary_if_due()  # nothing ended since: nothing to rewrite
+    controller.summary.write_if_due()  # nothing ended since: nothing to rewrite
     assert len(controller.writes) == 2
 
 
@@ -99,15 +100,15 @@ def test_a_slow_rewrite_waits_until_it_is_a_small_share_of_rank_0s_time(tmp_path
     clock = _Clock()
     controller = _controller(tmp_path, _Source(), clock)
     ticks = iter([0.0, 10.0])  # the rewrite "takes" 10 s: the next one is not due before 10 s / share
-    monkeypatch.setattr(controller_module.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(runsummary_module.time, "perf_counter", lambda: next(ticks))
     _finish(controller, 1)
     monkeypatch.undo()
     _finish(controller, 2)
     clock.now += 10.0 / SUMMARY_MAX_SHARE - 1.0
-    controller.write_summary_if_due()
+    controller.summary.write_if_due()
     assert len(controller.writes) == 1
     clock.now += 1.0
-    controller.write_summary_if_due()
+    controller.summary.write_if_due()
     assert len(controller.writes) == 2
 
 
@@ -147,9 +148,9 @@ def test_delivery_is_counted_without_reading_the_journal(tmp_path: Path, monkeyp
     controller = _controller(tmp_path, source, clock)
     for panda_id in range(1, 201):  # the server is down: every final update stays owed
         _finish(controller, panda_id)
-    delivery = controller.delivery()
+    delivery = controller.summary.delivery()
     assert delivery.owed == 200 and set(delivery.jobs.values()) == {"owed"} and len(delivery.jobs) == 200
-    assert "NOT acknowledged" in controller.human_summary() and controller.exit_status() == 3
+    assert "NOT acknowledged" in controller.summary.human() and controller.summary.exit_status(controller.signals) == 3
     assert reads == []
     assert {j["delivery"] for j in _summary(tmp_path)["jobs"]} == {"owed"}
     source.close()
