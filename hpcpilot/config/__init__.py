@@ -34,6 +34,7 @@ from hpcpilot.config.rules import (
     value_range,
 )
 from hpcpilot.config.schema import (
+    ContainerConfig,
     EventServiceConfig,
     HarvesterConfig,
     LauncherConfig,
@@ -63,6 +64,7 @@ __all__ = [
     "MAX_SIZE",
     "PERCENT",
     "SIZE",
+    "ContainerConfig",
     "EventServiceConfig",
     "HarvesterConfig",
     "LauncherConfig",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import math
 import reprlib
+import shlex
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, get_type_hints
 
@@ -24,6 +26,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("eventservice", "payload_mode"): ("per-range", "protocol", "noop"),
     ("harvester", "stage"): ("harvester", "pilot"),
     ("harvester", "job_spec_format"): ("json", "cgi"),
+    ("container", "runtime"): ("none", "apptainer", "singularity", "podman", "podman-hpc", "shifter", "charliecloud"),
 }
 
 
@@ -198,7 +201,45 @@ def _check_server(url: str, where: str) -> None:
                           f"got a URL with credentials for {shown_value(parts.hostname)}")
 
 
-_TEXT_CHECKS = {("panda", "server"): _check_server}
+def _check_image(image: str, where: str) -> None:
+    """container.image: '' or one word that no runtime could take for an option."""
+    if image and (image.startswith("-") or any(ch.isspace() or not ch.isprintable() for ch in image)):
+        raise ConfigError(f"{where}: expected '' or an image name or path without blanks, not starting with '-', "
+                          f"got {shown_value(image)}")
+
+
+def _check_binds(binds: list[str], where: str) -> None:
+    """container.binds: absolute HOST or HOST:CTR paths; a comma or a third field would be read by apptainer
+    as another bind or as mount options, so they are refused rather than passed on."""
+    for bind in binds:
+        parts = bind.split(":")
+        if len(parts) > 2 or "," in bind or not all(part.startswith("/") for part in parts):
+            raise ConfigError(f"{where}: expected absolute HOST or HOST:CTR paths without ',', got "
+                              f"{shown_value(bind)}")
+
+
+def _check_options(options: str, where: str) -> None:
+    """container.options: a shell-like line (split with shlex); an unclosed quote would otherwise fail every job."""
+    try:
+        shlex.split(options)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: expected options split like a shell line ({exc}), got "
+                          f"{shown_value(options)}") from None
+
+
+def _check_executable(path: str, where: str) -> None:
+    """container.executable: '' (the runtime's name on PATH) or an absolute path."""
+    if path and not path.startswith("/"):
+        raise ConfigError(f"{where}: expected '' or an absolute path, got {shown_value(path)}")
+
+
+_TEXT_CHECKS: dict[tuple[str, str], Callable[[Any, str], None]] = {
+    ("panda", "server"): _check_server,
+    ("container", "image"): _check_image,
+    ("container", "binds"): _check_binds,
+    ("container", "options"): _check_options,
+    ("container", "executable"): _check_executable,
+}
 
 
 def validate_key(cls: type, section: str, key: str, value: Any, origin: str) -> Any:

@@ -180,6 +180,20 @@ class HarvesterConfig:
 
 
 @dataclass(frozen=True)
+class ContainerConfig:
+    """The runtime payloads run in (hpcpilot.container): a job names its image (container_name or
+    --containerImage), the site names the runtime, what every container binds and the image for jobs naming none."""
+
+    runtime: str = _doc("none (bare node) | apptainer | singularity | podman | podman-hpc | shifter | charliecloud",
+                        "none")
+    image: str = _doc("image for jobs that name none ('' = such jobs run on the bare node)", "")
+    binds: list[str] = _doc("host paths bound into every container at the same path, HOST or HOST:CTR "  # noqa: RUF009
+                            "(e.g. /cvmfs)", [])
+    options: str = _doc("extra runtime options, split like a shell line and put before the image", "")
+    executable: str = _doc("the runtime's program ('' = the runtime's name looked up on PATH)", "")
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """The whole site configuration, one typed object."""
 
@@ -191,6 +205,7 @@ class SiteConfig:
     panda: PandaConfig = field(default_factory=PandaConfig)
     eventservice: EventServiceConfig = field(default_factory=EventServiceConfig)
     harvester: HarvesterConfig = field(default_factory=HarvesterConfig)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
     source: str = "<defaults>"
 
     def describe(self) -> str:

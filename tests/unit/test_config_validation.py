@@ -193,6 +193,14 @@ def test_any_value_for_a_documented_key_is_typed_and_in_range_or_refused(site_fi
     ("[panda]\nserver = 'http://h:99999'\n", ["'panda.server'", "99999"]),
     ('[site]\nlocal_scratch = "a\\u0000b"\n', ["'site.local_scratch'", "NUL"]),
     ("[site]\n\"a\\nb\" = 1\n", ["unknown key", "'a\\nb'"]),
+    ("[container]\nruntime = 'docker'\n", ["'container.runtime'", "'docker'", "charliecloud"]),
+    ("[container]\nimage = '--privileged'\n", ["'container.image'", "'--privileged'", "'-'"]),
+    ("[container]\nimage = 'a b'\n", ["'container.image'", "'a b'"]),
+    ("[container]\nbinds = ['cvmfs']\n", ["'container.binds'", "'cvmfs'", "absolute"]),
+    ("[container]\nbinds = ['/a,/b']\n", ["'container.binds'", "'/a,/b'"]),
+    ("[container]\nbinds = ['/a:/b:rw']\n", ["'container.binds'", "'/a:/b:rw'"]),
+    ("[container]\noptions = '--env \"A=1'\n", ["'container.options'", "quotation"]),
+    ("[container]\nexecutable = 'bin/ch-run'\n", ["'container.executable'", "'bin/ch-run'", "absolute"]),
 ])
 def test_each_bad_value_is_refused_in_one_line_naming_file_key_and_value(tmp_path: Path, text: str,
                                                                          names: list[str]) -> None:
@@ -234,6 +242,9 @@ def test_precedence_is_default_file_environment_command_line(tmp_path: Path) -> 
     {"monitor": {"kill_grace": 0, "max_workdir_mb": 0, "looping_limit": 0}},
     {"walltime": {"limit": MAX_SECONDS, "margin": 0}},
     {"site": {"stagger_seconds": "0"}},
+    {"container": {"runtime": "charliecloud", "image": "/images/el9", "binds": ["/cvmfs", "/scratch:/data"],
+                   "options": "--set-env=A='x y'", "executable": "/usr/bin/ch-run"}},
+    {"container": {"runtime": "podman-hpc", "image": "docker.io/library/busybox:1.36"}},
 ])
 def test_meaningful_edge_values_stay_accepted(setting: dict[str, dict[str, Any]]) -> None:
     assert isinstance(_load(None, overrides=setting), SiteConfig)
@@ -246,3 +257,10 @@ def test_every_default_and_shipped_site_is_within_its_range() -> None:
             assert "allowed:" in doc
     for path in sorted((Path(__file__).resolve().parents[2] / "site_configs").glob("*.toml")):
         assert isinstance(_load(path), SiteConfig), path
+
+
+def test_the_sites_that_run_payloads_in_containers_name_their_runtimes() -> None:
+    sites = Path(__file__).resolve().parents[2] / "site_configs"
+    runtimes = {name: load_config(sites / f"{name}.toml", environ=NO_ENV).container.runtime
+                for name in ("perlmutter", "frontier", "generic-slurm")}
+    assert runtimes == {"perlmutter": "podman-hpc", "frontier": "apptainer", "generic-slurm": "none"}
