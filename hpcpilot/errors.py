@@ -57,6 +57,10 @@ class ErrorCode(IntEnum):
     MESSAGEHANDLINGFAILURE = 1240
     UNKNOWNEXCEPTION = 1301
     PAYLOADEXECUTIONFAILURE = 1305
+    SINGULARITYGENERALFAILURE = 1306  # a container runtime's own failure (hpcpilot.container.failures)
+    SINGULARITYNOLOOPDEVICES = 1307
+    SINGULARITYBINDPOINTFAILURE = 1308
+    SINGULARITYIMAGEMOUNTFAILURE = 1309
     UNKNOWNCHECKSUMTYPE = 1314
     UNKNOWNTRFFAILURE = 1315
     EXCEEDEDMAXWAITTIME = 1317
@@ -65,8 +69,11 @@ class ErrorCode(IntEnum):
     NOTDEFINED = 1311
     NOTSAMELENGTH = 1312
     INTERNALPILOTPROBLEM = 1319
+    SINGULARITYNOTINSTALLED = 1325  # the site's container runtime is not on the node
+    SINGULARITYFAILEDUSERNAMESPACE = 1345
     TRANSFORMNOTFOUND = 1346
     EMPTYOUTPUTFILE = 1350
+    IMAGENOTFOUND = 1360
     CHECKSUMCALCFAILURE = 1366
     VOMSPROXYABOUTTOEXPIRE = 1370
     BADOUTPUTFILENAME = 1371
@@ -125,6 +132,13 @@ _DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.NOTDEFINED: "a required job definition field is missing",
     ErrorCode.NOTSAMELENGTH: "per-file job definition lists differ in length",
     ErrorCode.INTERNALPILOTPROBLEM: "internal pilot problem",
+    ErrorCode.SINGULARITYGENERALFAILURE: "container runtime failed",
+    ErrorCode.SINGULARITYNOLOOPDEVICES: "container runtime found no free loop device",
+    ErrorCode.SINGULARITYBINDPOINTFAILURE: "container runtime could not bind a host path",
+    ErrorCode.SINGULARITYIMAGEMOUNTFAILURE: "container runtime could not mount the image",
+    ErrorCode.SINGULARITYNOTINSTALLED: "container runtime not installed",
+    ErrorCode.SINGULARITYFAILEDUSERNAMESPACE: "container runtime could not create a user namespace",
+    ErrorCode.IMAGENOTFOUND: "container image not found",
     ErrorCode.TRANSFORMNOTFOUND: "transformation not found",
     ErrorCode.EMPTYOUTPUTFILE: "empty output file",
     ErrorCode.CHECKSUMCALCFAILURE: "checksum calculation failed",

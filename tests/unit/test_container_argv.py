@@ -1,0 +1,211 @@
+"""Containers without running one: the job's image, each runtime's argv, the runtime's failures told apart.
+
+Apptainer, Singularity and Shifter cannot run on the development and CI machines (Debian 12 packages none of them,
+nor does PyPI): their command lines are built by the same code as podman's and charliecloud's and checked here as
+argv against the forms in their manuals (pilot-behaviour.md §16.4).  Podman and charliecloud also run for real in
+tests/containers.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from hpcpilot.config import ContainerConfig
+from hpcpilot.container import ContainerPlan, Launch, job_image, runtime_argv, runtime_failure
+from hpcpilot.container.plan import runtime_env
+from hpcpilot.container.start import pilot_set
+from hpcpilot.errors import ErrorCode, JobDefinitionError, PilotError
+from hpcpilot.payload import RANK_VAR, TOKEN_VAR
+from hpcpilot.records import JobSpec
+from tests.pilotrun import make_job
+
+WORKDIR = "/scratch/jobs/PandaJob_7"
+LAUNCH = Launch("/usr/bin/RT", "IMG", "athena.py --x 'a b'", WORKDIR,
+                ((WORKDIR, WORKDIR), ("/cvmfs", "/cvmfs"), ("/data", "/in")), ("--opt", "v"),
+                ("PILOT_EVENTRANGECHANNEL", "PandaID"), "hpcpilot-7-abc")
+PAYLOAD = ["/bin/sh", "-c", "athena.py --x 'a b'"]
+
+
+def _spec(**fields: object) -> JobSpec:
+    job = make_job(7, "true")
+    job.update(fields)
+    return JobSpec.from_wire(job)
+
+
+# ---- the image a job asks for ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pars", "name", "image", "left"), [
+    ("-c x --containerImage=docker://atlas/athena:24 --y", None, "docker://atlas/athena:24", "-c x --y"),
+    ("-c x --containerImage /cvmfs/img.sif", "other", "/cvmfs/img.sif", "-c x"),
+    ("--containerImage=/img -c x", None, "/img", " -c x"),
+    ("-c x", "/cvmfs/unpacked/el9", "/cvmfs/unpacked/el9", "-c x"),
+    ("-c x", "NULL", "", "-c x"),
+    ("-c x--containerImage=/not-an-option", None, "", "-c x--containerImage=/not-an-option"),
+    ("-c x --containerImage\n-c y", None, "", "-c x --containerImage\n-c y"),  # never the next step's word
+])
+def test_the_job_image_is_taken_out_of_jobpars_and_wins_over_container_name(pars: str, name: str | None,
+                                                                            image: str, left: str) -> None:
+    chosen = job_image(_spec(jobPars=pars, **({"container_name": name} if name is not None else {})))
+    assert (chosen.image, chosen.job_pars.strip()) == (image, left.strip())
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    ({"container_name": "--privileged"}, "container_name"),
+    ({"container_name": 7}, "container_name"),
+    ({"jobPars": "-c x --containerImage=-v/:/host"}, "--containerImage"),
+])
+def test_an_image_that_could_be_read_as_an_option_fails_the_job(fields: dict[str, object], named: str) -> None:
+    with pytest.raises(JobDefinitionError) as info:
+        job_image(_spec(**fields))
+    assert info.value.code == ErrorCode.CONVERSIONFAILURE and named in info.value.diag
+
+
+def test_no_runtime_or_no_image_is_the_bare_node_with_the_job_unchanged() -> None:
+    spec = _spec(jobPars="-c x --containerImage=/img")
+    assert ContainerPlan.for_job(spec, ContainerConfig()) == (None, spec)
+    plain = _spec()
+    assert ContainerPlan.for_job(plain, ContainerConfig(runtime="charliecloud")) == (None, plain)
+    plan, used = ContainerPlan.for_job(spec, ContainerConfig(runtime="charliecloud", image="/site-default"))
+    assert plan is not None and plan.image == "/img" and used.job_pars.strip() == "-c x"
+    plan, _ = ContainerPlan.for_job(plain, ContainerConfig(runtime="podman", image="localhost/el9:1",
+                                                           binds=["/cvmfs"], options="--network none"))
+    assert plan is not None and (plan.image, plan.binds, plan.options) == ("localhost/el9:1", ("/cvmfs",),
+                                                                           ("--network", "none"))
+
+
+# ---- each runtime's command line, as documented -----------------------------------------------------------
+
+
+def test_apptainer_and_singularity_exec_with_pwd_and_one_comma_bind_list() -> None:
+    # apptainer exec [opts] IMG CMD; -B SRC[:DST], comma list; the host environment passes (no --cleanenv)
+    expected = ["/usr/bin/RT", "exec", "--pwd", WORKDIR, "-B", f"{WORKDIR},/cvmfs,/data:/in", "--opt", "v", "IMG",
+                *PAYLOAD]
+    assert runtime_argv("apptainer", LAUNCH) == expected
+    assert runtime_argv("singularity", LAUNCH) == expected
+
+
+def test_podman_and_podman_hpc_run_named_removed_with_each_variable_passed_by_name() -> None:
+    # podman run --rm --name N IMG CMD; -v HOST:CTR; -e K copies the caller's value (no value on the command line)
+    expected = ["/usr/bin/RT", "run", "--rm", "--name", "hpcpilot-7-abc", "-w", WORKDIR,
+                "-v", f"{WORKDIR}:{WORKDIR}", "-v", "/cvmfs:/cvmfs", "-v", "/data:/in",
+                "-e", "PILOT_EVENTRANGECHANNEL", "-e", "PandaID", "--opt", "v", "IMG", *PAYLOAD]
+    assert runtime_argv("podman", LAUNCH) == expected
+    assert runtime_argv("podman-hpc", LAUNCH) == expected
+
+
+def test_shifter_takes_the_image_and_volumes_as_options_and_changes_directory_inside() -> None:
+    # shifter --image=docker:REPO:TAG CMD; --volume=HOST:CTR; the calling environment is copied
+    argv = runtime_argv("shifter", LAUNCH)
+    assert argv[:5] == ["/usr/bin/RT", "--image=IMG", f"--volume={WORKDIR}:{WORKDIR}", "--volume=/cvmfs:/cvmfs",
+                        "--volume=/data:/in"]
+    assert argv[5:7] == ["--opt", "v"] and argv[-2:] == [WORKDIR, "athena.py --x 'a b'"]
+
+
+def test_charliecloud_binds_changes_directory_and_separates_the_command() -> None:
+    # ch-run [opts] IMG -- CMD; -b SRC[:DST]; -c DIR; the host environment passes
+    assert runtime_argv("charliecloud", LAUNCH) == [
+        "/usr/bin/RT", "-b", f"{WORKDIR}:{WORKDIR}", "-b", "/cvmfs:/cvmfs", "-b", "/data:/in", "-c", WORKDIR,
+        "--opt", "v", "IMG", "--", *PAYLOAD]
+
+
+def test_the_workdir_is_bound_once_before_the_site_binds_and_podman_gets_a_name() -> None:
+    plan = ContainerPlan("podman", "IMG", 7, binds=("/cvmfs", "/data:/in", f"{WORKDIR}/sub"))
+    launch = plan.launch("/usr/bin/podman", "true", Path(f"{WORKDIR}/rank1"), [Path(WORKDIR), Path(f"{WORKDIR}/rank1")],
+                         ["B", "A", "B"])
+    assert launch.binds == ((WORKDIR, WORKDIR), ("/cvmfs", "/cvmfs"), ("/data", "/in"),
+                            (f"{WORKDIR}/sub", f"{WORKDIR}/sub"))
+    assert launch.env_names == ("A", "B") and launch.name.startswith("hpcpilot-7-")
+    assert ContainerPlan("charliecloud", "IMG", 7).launch("/x", "true", Path("/w"), [], []).name == ""
+
+
+def test_podman_passes_what_the_pilot_set_and_the_tracking_variables_never_the_host_environment() -> None:
+    env = {**os.environ, "PILOT_EVENTRANGECHANNEL": "/w/sock", "PandaID": "7"}
+    names = pilot_set(env)
+    assert {"PILOT_EVENTRANGECHANNEL", "PandaID", TOKEN_VAR, RANK_VAR} <= set(names)
+    assert "PATH" not in names and "HOME" not in names
+
+
+def test_charliecloud_gets_a_user_as_ch_run_refuses_to_start_without_one() -> None:
+    plan = ContainerPlan("charliecloud", "/img", 7)
+    assert runtime_env(plan, {"PATH": "/bin"})["USER"]
+    assert runtime_env(plan, {"USER": "alice"})["USER"] == "alice"
+
+
+# ---- the runtime or the image missing ---------------------------------------------------------------------
+
+
+def test_a_missing_runtime_fails_1325_naming_what_was_looked_for(tmp_path: Path) -> None:
+    with pytest.raises(PilotError) as info:
+        ContainerPlan("apptainer", "/img", 7).ready({"PATH": str(tmp_path)})
+    assert info.value.code == ErrorCode.SINGULARITYNOTINSTALLED and "no apptainer on PATH" in info.value.diag
+    with pytest.raises(PilotError) as info:
+        ContainerPlan("shifter", "x", 7, executable=str(tmp_path / "shifter")).ready({})
+    assert info.value.code == ErrorCode.SINGULARITYNOTINSTALLED and str(tmp_path / "shifter") in info.value.diag
+
+
+def test_an_image_path_not_on_disk_fails_1360(tmp_path: Path) -> None:
+    program = tmp_path / "ch-run"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    with pytest.raises(PilotError) as info:
+        ContainerPlan("charliecloud", str(tmp_path / "no-image"), 7).ready({"PATH": str(tmp_path)})
+    assert info.value.code == ErrorCode.IMAGENOTFOUND and "no-image" in info.value.diag
+    (tmp_path / "image").mkdir()
+    assert ContainerPlan("charliecloud", str(tmp_path / "image"), 7).ready({"PATH": str(tmp_path)}) == str(program)
+
+
+# ---- the runtime's own failure, told from the payload's exit ---------------------------------------------
+
+
+@pytest.mark.parametrize(("runtime", "status", "stderr", "code"), [
+    ("apptainer", 255, "FATAL:   could not open image /x.sif: failed to retrieve path", ErrorCode.IMAGENOTFOUND),
+    ("apptainer", 255, "FATAL: container creation failed: Failed to mount image",
+     ErrorCode.SINGULARITYIMAGEMOUNTFAILURE),
+    ("singularity", 255, "FATAL: No more available loop devices", ErrorCode.SINGULARITYNOLOOPDEVICES),
+    ("apptainer", 255, "FATAL: Failed to create user namespace: not allowed",
+     ErrorCode.SINGULARITYFAILEDUSERNAMESPACE),
+    ("apptainer", 255, "WARNING: Not mounting requested bind point\nFATAL: Not mounting requested bind point /x",
+     ErrorCode.SINGULARITYBINDPOINTFAILURE),
+    ("apptainer", 255, "FATAL: Operation not permitted", ErrorCode.SINGULARITYGENERALFAILURE),
+    ("podman", 125, "Error: localhost/nope:1: image not known", ErrorCode.IMAGENOTFOUND),
+    ("podman-hpc", 127, "Error: runc: exec: \"/bin/sh\": stat /bin/sh: no such file or directory",
+     ErrorCode.SINGULARITYGENERALFAILURE),
+    ("charliecloud", 1, "ch-run[12]: error: can't stat: /img: No such file or directory (ch_core.c:255 2)",
+     ErrorCode.IMAGENOTFOUND),
+    ("charliecloud", 1, "ch-run[12]: error: can't mkdir: /img/var: Read-only file system (ch_misc.c:409 30)",
+     ErrorCode.SINGULARITYBINDPOINTFAILURE),
+    ("shifter", 1, "FAILED to lookup image docker:nope:1", ErrorCode.IMAGENOTFOUND),
+])
+def test_a_runtime_failure_gets_its_code_and_a_one_line_diag(runtime: str, status: int, stderr: str,
+                                                             code: ErrorCode) -> None:
+    failure = runtime_failure(runtime, status, f"payload line\n{stderr}\n")
+    assert failure is not None and failure.code == code, failure
+    assert failure.diag.startswith(f"{runtime} failed (exit {status}): ") and "\n" not in failure.diag
+
+
+@pytest.mark.parametrize(("runtime", "status", "stderr"), [
+    ("apptainer", 1, "FATAL: could not open image"),  # the payload's exit 1, whatever it printed
+    ("apptainer", 255, "athena failed"),  # the payload's own 255, no runtime line
+    ("podman", 1, "Error: image not known"),
+    ("charliecloud", 1, "error: can't stat: x"),  # not ch-run's prefix
+    ("charliecloud", 0, "ch-run[1]: error: can't stat: x"),
+])
+def test_the_payload_s_own_exit_stays_the_payload_s(runtime: str, status: int, stderr: str) -> None:
+    assert runtime_failure(runtime, status, stderr) is None
+
+
+def test_the_failure_is_read_from_the_stderr_written_after_the_start(tmp_path: Path) -> None:
+    stderr = tmp_path / "payload.stderr"
+    stderr.write_text("ch-run[1]: error: can't stat: /old: No such file or directory\n")
+    offset = stderr.stat().st_size
+    with stderr.open("a") as handle:
+        handle.write("ch-run[2]: error: can't mkdir: /img/x: Read-only file system\n")
+    plan = ContainerPlan("charliecloud", "/img", 7)
+    failure = plan.failure(1, stderr, offset)
+    assert failure is not None and failure.code == ErrorCode.SINGULARITYBINDPOINTFAILURE
+    assert plan.failure(1, tmp_path / "gone") is None
