@@ -137,6 +137,37 @@ def detect(proc_cgroup: Path = PROC_CGROUP, mountinfo: Path = MOUNTINFO) -> Cgro
     return None
 
 
+def cpu_usage_seconds(pid: int, proc: Path = Path("/proc"), mountinfo: Path = MOUNTINFO) -> float | None:
+    """CPU seconds charged to the cgroup process ``pid`` is in (v1 ``cpuacct.usage``, v2 ``cpu.stat``), or None.
+
+    For a payload that is not the pilot's descendant (a podman container is conmon's child): its cgroup holds
+    the CPU of every process that ran in it, also of those nobody the pilot knows reaped.
+    """
+    try:
+        memberships = (proc / str(pid) / "cgroup").read_text().splitlines()
+        mounts = _mounts(mountinfo.read_text())
+    except OSError:
+        return None
+    for line in memberships:
+        hier, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        v2 = hier == "0" and controllers == ""
+        if not v2 and "cpuacct" not in controllers.split(","):
+            continue
+        for root, point, fstype, options in mounts:
+            if (fstype == "cgroup2") != v2 or (not v2 and "cpuacct" not in options):
+                continue
+            where = _locate(path, root, point)
+            if where is None:
+                continue
+            if v2:
+                usec = _read_keyed(where / "cpu.stat").get("usage_usec")
+                return None if usec is None else usec / 1e6
+            nsec = _read_int(where / "cpuacct.usage")
+            return None if nsec is None else nsec / 1e9
+    return None
+
+
 def _read_int(path: Path) -> int | None:
     try:
         text = path.read_text().strip()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpcpilot import catalogs, clones, directaccess, outputs
+from hpcpilot import catalogs, clones, container, directaccess, outputs
 from hpcpilot.catalogs import CATALOG_FILES
 from hpcpilot.cgroups import PayloadCgroup, oom_diag
 from hpcpilot.config import SiteConfig, resolve_path
@@ -34,7 +34,7 @@ from hpcpilot.monitor import diskscan, prmon
 from hpcpilot.monitor.leakfit import fit_leak, job_metrics_fields
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.monitor.sampler import PayloadSampler
-from hpcpilot.payload import Payload, payload_cgroup_name, start_payload
+from hpcpilot.payload import Payload, payload_cgroup_name
 from hpcpilot.protocol import Heartbeat, JobUpdate, Message
 from hpcpilot.records import CLONE_RUNONCE, CLONE_STOREONCE, JobRecord, JobSpec
 from hpcpilot.stageio import files, staging
@@ -140,8 +140,10 @@ class _JobLife:
         self.memory_series: tuple[list[float], list[float]] = ([], [])
         self.outputs: list[outputs.Output] = []
         self.direct = directaccess.chosen(spec, ctx.config)  # inputs read in place (hpcpilot.directaccess)
+        # the job's container, if any; its --containerImage is then no argument of the payload (hpcpilot.container)
+        self.container, self.payload_spec = container.ContainerPlan.for_job(spec, ctx.config.container)
         # several transformations run as one payload (hpcpilot.jobsteps)
-        self.steps = [directaccess.adjust_step(step, self.direct) for step in job_steps(spec)]
+        self.steps = [directaccess.adjust_step(step, self.direct) for step in job_steps(self.payload_spec)]
 
     def run(self) -> None:
         self.set_up_and_stage_in()
@@ -173,6 +175,7 @@ class _JobLife:
         with self.timing.phase("setup"):
             self.check_local_space()
             self.check_file_names()
+            self.check_container()
             self.make_workdir()
         self.report_state(JobState.STARTING)
         with self.timing.phase("stagein"):
@@ -196,6 +199,18 @@ class _JobLife:
         for fspec in (*self.spec.outputs, *self.spec.inputs, *filter(None, [self.spec.log_file])):
             files.check_lfn(fspec.lfn)
 
+    def check_container(self) -> None:
+        """The runtime and the image are there before anything is staged in (1325, 1360)."""
+        if self.container is not None:
+            self.container.ready(os.environ)
+
+    def container_mounts(self) -> list[Path]:
+        """Host directories the payload reads besides its workdir: the site's input directory when the inputs
+        stay there (symlinks to it, or read in place), so they are reachable where the catalog says."""
+        if self.direct or self.cfg.stage.copytool_in == "symlink":
+            return [self.input_dir()]
+        return []
+
     def make_workdir(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / JOB_DEFINITION_BACKUP).write_text(json.dumps(self.spec.to_wire(), indent=1))
@@ -204,9 +219,13 @@ class _JobLife:
         script.write_text(
             "#!/bin/bash\n"
             f"# Re-run PanDA job {self.spec.panda_id} by hand, as hpcpilot ran it.\n"
-            f"cd {shlex.quote(str(self.workdir))}\n{exports}"
+            f"cd {shlex.quote(str(self.workdir))}\n{exports}{self.container_note()}"
             f"{self.payload_command()}\n")
         script.chmod(0o755)
+
+    def container_note(self) -> str:
+        plan = self.container
+        return "" if plan is None else f"# hpcpilot ran this in {plan.runtime} image {shlex.quote(plan.image)}\n"
 
     def input_dir(self) -> Path:
         return resolve_path(self.cfg.stage.input_dir or ".", self.ctx.base_dir)
@@ -232,8 +251,9 @@ class _JobLife:
             cgroup = PayloadCgroup.create(payload_cgroup_name(self.ctx.pilot_dir, self.spec.panda_id),
                                           limits.memory_kb * 1024 if limits.memory_kb else None)
         env = {**os.environ, **self.payload_env_extra()}
-        payload = start_payload(self.payload_command(), self.workdir, env, self.workdir / PAYLOAD_STDOUT,
-                                self.workdir / PAYLOAD_STDERR, cgroup)
+        payload = container.start(self.container, self.payload_command(), self.workdir, env,
+                                  self.workdir / PAYLOAD_STDOUT, self.workdir / PAYLOAD_STDERR, cgroup,
+                                  mounts=self.container_mounts())
         self.link_stdout()
         try:
             self.watch(payload, cgroup)
@@ -260,7 +280,7 @@ class _JobLife:
     def watch(self, payload: Payload, cgroup: PayloadCgroup | None) -> None:
         """Sample and report until the payload exits or rank 0 asks for a kill."""
         sampler = PayloadSampler(
-            payload.pid, self.spec.panda_id, self.workdir, self.workdir / PAYLOAD_STDOUT,
+            payload.monitor_pid(), self.spec.panda_id, self.workdir, self.workdir / PAYLOAD_STDOUT,
             [f.lfn for f in self.spec.outputs], self.cfg.monitor,
             cgroup.memory if cgroup is not None else None, self.workdir / PRMON_TEXT)
         interval = self.cfg.monitor.report_interval
@@ -324,10 +344,16 @@ class _JobLife:
             return
         if code < 0:
             self.record.fail(ErrorCode.SIGTERM, f"payload killed by signal {-code}")
+        elif code != 0 and (failure := self.runtime_failure(code)) is not None:
+            self.record.fail(failure.code, failure.diag)
         elif code != 0:
             diag = failure_diag(self.workdir, self.steps, code)
             missing = not_found_line(self.workdir / PAYLOAD_STDERR) if code == COMMAND_NOT_FOUND else ""
             self.record.fail(transform_exit_error(code), f"{diag}: {missing}" if missing else diag)
+
+    def runtime_failure(self, code: int) -> container.RuntimeFailure | None:
+        """The container runtime's own failure behind the exit ``code`` (not the payload's), if any."""
+        return None if self.container is None else self.container.failure(code, self.workdir / PAYLOAD_STDERR)
 
     # ---- stage-out ------------------------------------------------------------------
 

@@ -57,6 +57,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from hpcpilot.cgroups import CgroupLocation, PayloadCgroup, detect
 from hpcpilot.errors import ErrorCode, PilotError
@@ -276,6 +277,18 @@ def _die_with_parent(parent: int) -> Callable[[], None] | None:
     return arm
 
 
+class ContainerHandle(Protocol):
+    """The container of a payload whose processes are not the payload's descendants (podman: conmon's children),
+    so monitoring starts at its root, CPU comes from its cgroup, and it is stopped and removed through its runtime
+    (``hpcpilot.container.podman``)."""
+
+    def root_pid(self, alive: Callable[[], bool]) -> int | None: ...
+    def track(self) -> None: ...
+    def cpu_seconds(self) -> float: ...
+    def stop(self, grace: float) -> None: ...
+    def remove(self) -> None: ...
+
+
 class Payload:
     """A running (or finished) payload; see ``start_payload``."""
 
@@ -284,6 +297,7 @@ class Payload:
         self.cgroup = cgroup
         self.exit_code: int | None = None
         self.cpu_seconds: float | None = None
+        self.container: ContainerHandle | None = None  # set by hpcpilot.container for a podman payload
         self._popen = popen
         self._marker = f"{TOKEN_VAR}={token}".encode()
         self._lock = threading.Lock()
@@ -310,6 +324,8 @@ class Payload:
                 self._set_exit(-1, 0.0)
                 return self.exit_code
             if exited is None:
+                if self.container is not None:
+                    self.container.track()
                 return None
             # The zombie still holds the pid, so its group and session are still unambiguous:
             # remember their members before the pid is released.
@@ -320,8 +336,14 @@ class Payload:
 
     def _set_exit(self, code: int, cpu: float) -> None:
         self.exit_code = code
-        self.cpu_seconds = cpu
+        self.cpu_seconds = cpu + (self.container.cpu_seconds() if self.container is not None else 0.0)
         self._popen.returncode = code  # so Popen never tries to reap it again
+
+    def monitor_pid(self) -> int:
+        """The root of the process tree to monitor: the payload, or its container's first process."""
+        if self.container is None:
+            return self.pid
+        return self.container.root_pid(lambda: self.poll() is None) or self.pid
 
     @property
     def reaped(self) -> bool:
@@ -399,6 +421,8 @@ class Payload:
         processes get SIGCONT so that they can act on the SIGTERM.
         """
         with self._term_lock:
+            if self.container is not None:
+                self.container.stop(grace)
             self._signal_all(signal.SIGTERM)
             self._signal_all(signal.SIGCONT)
             end = time.monotonic() + grace
@@ -408,6 +432,8 @@ class Payload:
                     break
                 time.sleep(min(_MAX_SLEEP, max(0.0, end - time.monotonic())))
             self._kill_rest()
+            if self.container is not None:
+                self.container.remove()
 
     def _kill_rest(self) -> None:
         end = time.monotonic() + KILL_DEADLINE

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hpcpilot.cgroups import PayloadCgroup
 from hpcpilot.container.plan import ContainerPlan, runtime_env
+from hpcpilot.container.podman import PodmanContainer
 from hpcpilot.payload import RANK_VAR, TOKEN_VAR, Payload, start_payload
 
 
@@ -31,4 +32,8 @@ def start(plan: ContainerPlan | None, command: str, cwd: Path, env: Mapping[str,
         return start_payload(command, cwd, env, stdout_path, stderr_path, cgroup, append)
     program = plan.ready(env)
     launch = plan.launch(program, command, cwd, [*mounts, cwd], pilot_set(env))
-    return start_payload(plan.argv(launch), cwd, runtime_env(plan, env), stdout_path, stderr_path, cgroup, append)
+    environment = runtime_env(plan, env)
+    payload = start_payload(plan.argv(launch), cwd, environment, stdout_path, stderr_path, cgroup, append)
+    if launch.name:
+        payload.container = PodmanContainer(program, launch.name, environment)
+    return payload

@@ -96,11 +96,13 @@ class _EsRankLife(_JobLife):
 
     def process_ranges(self) -> None:
         env = {**os.environ, **self.payload_env_extra(), "PILOT_JOB_WORKDIR": str(self.workdir)}
-        ranges = RangeContext(self.spec, self.cfg, self.ctx.rank, self.workdir, self.rank_dir, env, self.link,
-                              self.control, self.ctx.emit)
+        ranges = RangeContext(self.payload_spec, self.cfg, self.ctx.rank, self.workdir, self.rank_dir, env,
+                              self.link, self.control, self.ctx.emit, container=self.container,
+                              mounts=(self.workdir, *self.container_mounts()))
+        self.check_container()  # 1325/1360 fail this rank's part before it takes a range
         self.link.start()
         try:
-            choose_executor(self.spec, self.cfg).run(ranges)
+            choose_executor(self.payload_spec, self.cfg).run(ranges)
         finally:
             self.record.cpu_seconds = ranges.cpu_seconds
             self.record.cpu_consumption_time = round(ranges.cpu_seconds)

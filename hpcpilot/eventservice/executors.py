@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcpilot import container
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.eventservice.book import failed
@@ -43,7 +44,7 @@ from hpcpilot.eventservice.channel import (
 from hpcpilot.eventservice.link import NoMoreRanges, RangeLink
 from hpcpilot.joblife import JobControl
 from hpcpilot.monitor.sampler import PayloadSampler
-from hpcpilot.payload import Payload, start_payload
+from hpcpilot.payload import Payload
 from hpcpilot.protocol import Heartbeat, Message
 from hpcpilot.records import EventRange, EventRangeUpdate, JobSpec
 from hpcpilot.stageio import checksum
@@ -82,6 +83,27 @@ class RangeContext:
     finished: int = 0
     samples: tuple[list[float], list[float]] = field(default_factory=lambda: ([], []))
     peaks: dict[str, int] = field(default_factory=dict)
+    container: container.ContainerPlan | None = None  # the job's container (hpcpilot.container), None: bare node
+    mounts: tuple[Path, ...] = ()  # bound into the container besides the rank's directory: the job's directory
+
+    def start(self, command: str, env: dict[str, str], more: tuple[Path, ...] = ()) -> tuple[Payload, int]:
+        """Start ``command`` in the rank's directory (in the job's container if it has one, with ``more`` bound
+        too), output appended to the rank's payload files; the payload and where its stderr began."""
+        stderr = self.rank_dir / "payload.stderr"
+        try:
+            offset = stderr.stat().st_size
+        except OSError:
+            offset = 0
+        payload = container.start(self.container, command, self.rank_dir, env, self.rank_dir / "payload.stdout",
+                                  stderr, None, append=True, mounts=(*self.mounts, *more))
+        return payload, offset
+
+    def runtime_failure(self, code: int, offset: int) -> PilotError | None:
+        """The container runtime's own failure behind ``code`` as the job's error: no range can run then."""
+        if self.container is None or code == 0:
+            return None
+        failure = self.container.failure(code, self.rank_dir / "payload.stderr", offset)
+        return None if failure is None else PilotError(failure.code, failure.diag)
 
     def next_range(self) -> EventRange | None:
         """The next range to process; None when there are no more or the job is being killed."""
@@ -177,9 +199,7 @@ class CommandExecutor:
         env = {**ctx.env, "HPCPILOT_EVENT_RANGE_ID": item.event_range_id, "HPCPILOT_EVENT_OUTPUT": str(output)}
         started = time.monotonic()
         try:
-            payload = start_payload(self.command_for(ctx, item, output), ctx.rank_dir, env,
-                                    ctx.rank_dir / "payload.stdout", ctx.rank_dir / "payload.stderr", None,
-                                    append=True)
+            payload, offset = ctx.start(self.command_for(ctx, item, output), env)
         except PilotError as exc:
             return failed(item.event_range_id, exc.code, exc.diag)
         code = _wait(payload, ctx)
@@ -187,6 +207,9 @@ class CommandExecutor:
         wall = time.monotonic() - started
         if code is None:
             return ctx.killed(item.event_range_id)
+        if (broken := ctx.runtime_failure(code, offset)) is not None:
+            ctx.answer(failed(item.event_range_id, broken.code, broken.diag))
+            raise broken
         if code != 0:
             return failed(item.event_range_id, ErrorCode.UNKNOWNPAYLOADFAILURE,
                           f"range command exited with code {code}")
@@ -223,8 +246,8 @@ class ProtocolExecutor:
     def run_payload(self, ctx: RangeContext, channel: Channel) -> bool:
         """Run one payload process to its end; True if a fresh one should take over."""
         env = {**ctx.env, CHANNEL_ENV: str(channel.path)}
-        payload = start_payload(self.command, ctx.rank_dir, env, ctx.rank_dir / "payload.stdout",
-                                ctx.rank_dir / "payload.stderr", None, append=True)
+        # the channel's socket is in the rank's directory, or in a short private one for a deep workdir
+        payload, offset = ctx.start(self.command, env, more=(Path(channel.path).parent,))
         sampler = _Sampling(ctx, payload)
         finished_before = ctx.finished
         try:
@@ -238,6 +261,10 @@ class ProtocolExecutor:
                 ctx.answer(ctx.killed(range_id))
             self.in_flight.clear()
             return False
+        if (broken := ctx.runtime_failure(code, offset)) is not None:
+            ctx.answer_all([failed(range_id, broken.code, broken.diag) for range_id in self.in_flight])
+            self.in_flight.clear()
+            raise broken
         crashed = code != 0 or bool(self.in_flight) or not self.no_more_sent
         for range_id in list(self.in_flight):
             ctx.answer(failed(range_id, ErrorCode.UNKNOWNPAYLOADFAILURE,
@@ -331,8 +358,9 @@ class _Sampling:
 
     def __init__(self, ctx: RangeContext, payload: Payload) -> None:
         self.ctx = ctx
-        self.sampler = PayloadSampler(payload.pid, ctx.spec.panda_id, ctx.rank_dir, ctx.rank_dir / "payload.stdout",
-                                      [], ctx.config.monitor, None, ctx.rank_dir / "memory_monitor_output.txt")
+        self.sampler = PayloadSampler(payload.monitor_pid(), ctx.spec.panda_id, ctx.rank_dir,
+                                      ctx.rank_dir / "payload.stdout", [], ctx.config.monitor, None,
+                                      ctx.rank_dir / "memory_monitor_output.txt")
         self.next_at = time.monotonic()
 
     def maybe_sample(self) -> None:
