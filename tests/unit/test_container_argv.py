@@ -209,3 +209,60 @@ def test_the_failure_is_read_from_the_stderr_written_after_the_start(tmp_path: P
     failure = plan.failure(1, stderr, offset)
     assert failure is not None and failure.code == ErrorCode.SINGULARITYBINDPOINTFAILURE
     assert plan.failure(1, tmp_path / "gone") is None
+
+
+# ---- an image pulled once per node; the container's CPU from its cgroup -----------------------------------
+
+
+def _fake_podman(tmp_path: Path) -> Path:
+    """A podman whose store holds the image once pulled (a file), logging each call."""
+    program = tmp_path / "podman"
+    program.write_text(f"""#!/bin/sh
+echo "$@" >> {tmp_path}/calls
+case "$1 $2" in
+  "image exists") [ "$3" = localhost/ok:1 ] && test -e {tmp_path}/store ;;
+  "pull "*) [ "$2" = localhost/ok:1 ] && : > {tmp_path}/store \
+            || {{ echo "Error: $2: manifest unknown" >&2; exit 125; }} ;;
+esac
+""")
+    program.chmod(0o755)
+    return program
+
+
+def test_a_podman_image_is_pulled_once_per_node_not_per_job(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hpcpilot.container import plan as plan_module
+
+    _fake_podman(tmp_path)
+    env = {"PATH": str(tmp_path)}
+    for panda_id in (1, 2):  # two jobs on this rank: the second one asks nobody
+        ContainerPlan("podman", "localhost/ok:1", panda_id).ready(env)
+    monkeypatch.setattr(plan_module, "_ready", set())  # another rank on the node: the store has it
+    ContainerPlan("podman-hpc", "localhost/ok:1", 3, executable=str(tmp_path / "podman")).ready(env)
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls == ["image exists localhost/ok:1", "pull localhost/ok:1", "image exists localhost/ok:1"]
+    with pytest.raises(PilotError) as info:
+        ContainerPlan("podman", "localhost/missing:1", 4).ready(env)
+    assert info.value.code == ErrorCode.IMAGENOTFOUND and "manifest unknown" in info.value.diag
+
+
+@pytest.mark.parametrize(("version", "cgroup_line", "mount", "files", "seconds"), [
+    (1, "4:cpu,cpuacct:/libpod_parent/libpod-1", "cgroup rw,cpu,cpuacct", {"cpuacct.usage": "2500000000\n"}, 2.5),
+    (2, "0::/machine/libpod-1", "cgroup2 rw", {"cpu.stat": "usage_usec 1500000\nuser_usec 1000000\n"}, 1.5),
+])
+def test_the_cpu_of_a_process_s_cgroup_is_read_in_either_version(tmp_path: Path, version: int, cgroup_line: str,
+                                                                 mount: str, files: dict[str, str],
+                                                                 seconds: float) -> None:
+    from hpcpilot.cgroups import cpu_usage_seconds
+
+    (tmp_path / "proc" / "42").mkdir(parents=True)
+    (tmp_path / "proc" / "42" / "cgroup").write_text(f"9:name=systemd:/x\n{cgroup_line}\n")
+    point = tmp_path / "fs" / f"v{version}"
+    group = point / cgroup_line.rsplit(":", 1)[1].lstrip("/")
+    group.mkdir(parents=True)
+    for name, text in files.items():
+        (group / name).write_text(text)
+    fstype, options = mount.split(" ", 1)
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(f"30 25 0:26 / {point} rw,nosuid - {fstype} cgroup {options}\n")
+    assert cpu_usage_seconds(42, tmp_path / "proc", mountinfo) == seconds
+    assert cpu_usage_seconds(43, tmp_path / "proc", mountinfo) is None
