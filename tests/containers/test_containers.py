@@ -196,3 +196,12 @@ def test_a_server_tobekilled_ends_a_containerized_sleep_and_nothing_is_left(tmp_
     assert (job["status"], job["pilotErrorCode"]) == ("failed", int(ErrorCode.PANDAKILL)), job
     assert processes_with("300.2361") == []
     assert _containers_of(2361) == []
+
+
+def test_a_charliecloud_bind_whose_destination_the_image_lacks_fails_1308(tmp_path: Path, images: Images) -> None:
+    """ch-run binds only onto paths the image has (its /var has no tmp); podman makes them, so it is not asked."""
+    run = run_pilot(tmp_path, [make_job(2371, "true", container_name=images.busybox("charliecloud"))],
+                    settings=_settings("charliecloud", "container.binds=/var/tmp"))
+    job = run.jobs[2371]
+    assert job["pilotErrorCode"] == int(ErrorCode.SINGULARITYBINDPOINTFAILURE), job
+    assert "can't mkdir" in job["pilotErrorDiag"], job
