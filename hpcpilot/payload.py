@@ -421,7 +421,7 @@ class Payload:
         processes get SIGCONT so that they can act on the SIGTERM.
         """
         with self._term_lock:
-            if self.container is not None:
+            if self.container is not None and not self.reaped:
                 self.container.stop(grace)
             self._signal_all(signal.SIGTERM)
             self._signal_all(signal.SIGCONT)

@@ -17,10 +17,15 @@ from hpcpilot.container.plan import ContainerPlan, runtime_env
 from hpcpilot.container.podman import PodmanContainer
 from hpcpilot.payload import RANK_VAR, TOKEN_VAR, Payload, start_payload
 
+PASSED = ("X509_USER_PROXY", "X509_CERT_DIR", "ATLAS_LOCAL_ROOT_BASE", "PILOT_RUCIO_SITENAME")
+"""Host variables a payload needs whoever set them (pilot-behaviour.md §16.2); the files they name must be bound."""
+
 
 def pilot_set(env: Mapping[str, str]) -> list[str]:
-    """The variables the pilot set or changed for the payload (and its tracking ones): what podman must pass."""
-    return [*(name for name, value in env.items() if os.environ.get(name) != value), TOKEN_VAR, RANK_VAR]
+    """The variables the pilot set or changed for the payload, those of ``PASSED`` and the tracking ones: what
+    podman, which passes no host environment, must be told to pass (by name)."""
+    changed = [name for name, value in env.items() if os.environ.get(name) != value or name in PASSED]
+    return [*changed, TOKEN_VAR, RANK_VAR]
 
 
 def start(plan: ContainerPlan | None, command: str, cwd: Path, env: Mapping[str, str], stdout_path: Path,

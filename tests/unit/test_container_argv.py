@@ -124,9 +124,9 @@ def test_the_workdir_is_bound_once_before_the_site_binds_and_podman_gets_a_name(
 
 
 def test_podman_passes_what_the_pilot_set_and_the_tracking_variables_never_the_host_environment() -> None:
-    env = {**os.environ, "PILOT_EVENTRANGECHANNEL": "/w/sock", "PandaID": "7"}
+    env = {**os.environ, "PILOT_EVENTRANGECHANNEL": "/w/sock", "PandaID": "7", "X509_USER_PROXY": "/p"}
     names = pilot_set(env)
-    assert {"PILOT_EVENTRANGECHANNEL", "PandaID", TOKEN_VAR, RANK_VAR} <= set(names)
+    assert {"PILOT_EVENTRANGECHANNEL", "PandaID", "X509_USER_PROXY", TOKEN_VAR, RANK_VAR} <= set(names)
     assert "PATH" not in names and "HOME" not in names
 
 
