@@ -4,7 +4,8 @@
 ``start`` is the one way every payload start (each step of a job, per-range commands, the protocol payload of
 an event-service job) goes through a runtime.  Modules: ``image`` (what the job asks for), ``argv`` (one pure
 command-line builder per runtime), ``failures`` (the runtime's own failure told from the payload's exit), ``plan``
-(runtime and image there, once per rank), ``start`` (the wrapped start).
+(runtime and image there, once per rank), ``start`` (the wrapped start), ``podman`` (a container whose payload is
+not the pilot's descendant: monitored from its first process and cgroup, stopped and removed through podman).
 """
 
 from hpcpilot.container.argv import RUNTIMES, Launch, runtime_argv

@@ -59,19 +59,23 @@ class Images:
         return str(self.host_dir) if runtime == "charliecloud" else self.podman_host
 
 
+def _missing() -> list[str]:
+    """The packages whose program is not installed (runc lives in /usr/sbin, off a non-root PATH)."""
+    return [pkg for prog, pkg in PACKAGES.items()
+            if shutil.which(prog) is None and not Path("/usr/sbin", prog).exists()]
+
+
 def _skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "container tier needs root (it installs the runtimes; podman runs rootful here)"
-    missing = [pkg for prog, pkg in PACKAGES.items() if shutil.which(prog) is None and not Path(f"/usr/sbin/{prog}")
-               .exists()]
+    missing = _missing()
     if missing and shutil.which("apt-get") is None:
         return f"container tier: {', '.join(missing)} not installed and no apt-get to install them"
     return None
 
 
 def _install() -> None:
-    missing = [pkg for prog, pkg in PACKAGES.items() if shutil.which(prog) is None and not Path(f"/usr/sbin/{prog}")
-               .exists()]
+    missing = _missing()
     if missing:
         done = subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, text=True, timeout=900,
                               check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
