@@ -205,3 +205,25 @@ def test_a_charliecloud_bind_whose_destination_the_image_lacks_fails_1308(tmp_pa
     job = run.jobs[2371]
     assert job["pilotErrorCode"] == int(ErrorCode.SINGULARITYBINDPOINTFAILURE), job
     assert "can't mkdir" in job["pilotErrorDiag"], job
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_looping_containerized_payload_gets_the_bare_payload_s_code(tmp_path: Path, images: Images,
+                                                                      runtime: str) -> None:
+    payload = "trap '' TERM; sleep 300.2391 & sleep 300.2392 & wait"  # children that ignore SIGTERM
+    run = run_pilot(tmp_path, [make_job(2391, payload, container_name=images.busybox(runtime))],
+                    settings=_settings(runtime, "monitor.looping_limit=3"))
+    assert run.jobs[2391]["pilotErrorCode"] == int(ErrorCode.LOOPINGJOB), run.jobs[2391]
+    assert processes_with("300.239") == []
+    assert _containers_of(2391) == []
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_containerized_payload_over_its_memory_limit_is_killed_1235(tmp_path: Path, images: Images,
+                                                                      runtime: str) -> None:
+    hog = "dd if=/dev/zero bs=300M count=1 2>/dev/null | sleep 300.2393"
+    run = run_pilot(tmp_path, [make_job(2393, hog, minRamCount=50, container_name=images.busybox(runtime))],
+                    settings=_settings(runtime, "monitor.rss_grace_percent=0", "monitor.use_cgroup=false"))
+    assert run.jobs[2393]["pilotErrorCode"] == int(ErrorCode.PAYLOADEXCEEDMAXMEM), run.jobs[2393]
+    assert processes_with("300.2393") == []
+    assert _containers_of(2393) == []
