@@ -141,7 +141,8 @@ class _JobLife:
         self.outputs: list[outputs.Output] = []
         self.direct = directaccess.chosen(spec, ctx.config)  # inputs read in place (hpcpilot.directaccess)
         # the job's container, if any; its --containerImage is then no argument of the payload (hpcpilot.container)
-        self.container, self.payload_spec = container.ContainerPlan.for_job(spec, ctx.config.container)
+        self.container, self.payload_spec = container.ContainerPlan.for_job(spec, ctx.config.container,
+                                                                            self.container_cache())
         # several transformations run as one payload (hpcpilot.jobsteps)
         self.steps = [directaccess.adjust_step(step, self.direct) for step in job_steps(self.payload_spec)]
 
@@ -203,6 +204,11 @@ class _JobLife:
         """The runtime and the image are there before anything is staged in (1325, 1360)."""
         if self.container is not None:
             self.container.ready(os.environ)
+
+    def container_cache(self) -> str:
+        """Node-local scratch for the runtime's own image copies ('' without local scratch)."""
+        scratch = self.cfg.site.local_scratch
+        return str(resolve_path(scratch, self.ctx.base_dir) / "container-cache") if scratch else ""
 
     def container_mounts(self) -> list[Path]:
         """Host directories the payload reads besides its workdir: the site's input directory when the inputs

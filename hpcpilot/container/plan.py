@@ -51,9 +51,11 @@ class ContainerPlan:
     binds: tuple[str, ...] = ()
     options: tuple[str, ...] = ()
     executable: str = ""
+    cache_dir: str = ""  # node-local directory for the runtime's own copies of images ('' = the runtime's default)
 
     @classmethod
-    def for_job(cls, spec: JobSpec, config: ContainerConfig) -> tuple[ContainerPlan | None, JobSpec]:
+    def for_job(cls, spec: JobSpec, config: ContainerConfig,
+                cache_dir: str = "") -> tuple[ContainerPlan | None, JobSpec]:
         """The job's plan (None: it runs on the bare node) and the spec its payload command is built from."""
         if config.runtime == "none":
             return None, spec
@@ -62,7 +64,7 @@ class ContainerPlan:
         if not image:
             return None, spec
         plan = cls(config.runtime, image, spec.panda_id, tuple(config.binds), tuple(shlex.split(config.options)),
-                   config.executable)
+                   config.executable, cache_dir)
         return plan, dataclasses.replace(spec, job_pars=chosen.job_pars)
 
     # ---- before the first start ------------------------------------------------------------
@@ -128,11 +130,20 @@ def _size(fd: int) -> int:
     return os.fstat(fd).st_size
 
 
+CACHE_VARS = {"apptainer": "APPTAINER_CACHEDIR", "singularity": "SINGULARITY_CACHEDIR"}
+"""Where apptainer/singularity keep the SIF they build from a ``docker://`` or ``oras://`` image: by default in
+$HOME, which on an HPC machine is shared, so every node would build into (and lock) the same one."""
+
+
 def runtime_env(plan: ContainerPlan, env: Mapping[str, str]) -> dict[str, str]:
-    """The environment the runtime itself needs: ch-run refuses to start without ``$USER``."""
+    """The environment the runtime itself needs: ch-run refuses to start without ``$USER``; apptainer and
+    singularity keep their image copies in node-local scratch (once per node), unless the site set a place."""
     out = dict(env)
     if plan.runtime == "charliecloud" and not out.get("USER"):
         out["USER"] = getpass.getuser()
+    variable = CACHE_VARS.get(plan.runtime)
+    if variable and plan.cache_dir and not out.get(variable):
+        out[variable] = os.path.join(plan.cache_dir, plan.runtime)
     return out
 
 

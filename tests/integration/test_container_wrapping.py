@@ -7,6 +7,7 @@ runtime's failures covered where that tier is skipped.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,38 @@ def test_runtime_missing_1325_runtime_failure_its_code_and_the_pilot_goes_on(
     missing = run_pilot(tmp_path / "again", [make_job(2386, "true", container_name=str(tmp_path / "image"))],
                         settings=["container.runtime=charliecloud", f"container.executable={tmp_path / 'none'}"])
     assert missing.jobs[2386]["pilotErrorCode"] == int(ErrorCode.SINGULARITYNOTINSTALLED), missing.jobs[2386]
+
+
+FAKE_APPTAINER = """#!/bin/sh
+# apptainer exec --pwd DIR [-B BINDS] IMG CMD...: record the cache it was given and argv, run CMD in DIR
+{ echo "cache=$APPTAINER_CACHEDIR"; printf '%s\\n' "$@"; } >> "$FAKE_RUNTIME_LOG"
+shift
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --pwd) dir=$2; shift 2 ;;
+    -B) shift 2 ;;
+    *) shift; break ;;
+  esac
+done
+cd "$dir" && exec "$@"
+"""
+
+
+def test_apptainer_is_given_node_local_scratch_for_its_image_copies(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    program, log = tmp_path / "apptainer", tmp_path / "runtime.log"
+    program.write_text(FAKE_APPTAINER)
+    program.chmod(0o755)
+    monkeypatch.setenv("FAKE_RUNTIME_LOG", str(log))
+    monkeypatch.delenv("APPTAINER_CACHEDIR", raising=False)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")  # found on PATH, as on a site
+    scratch = tmp_path / "scratch"
+    run = run_pilot(tmp_path, [make_job(2387, "pwd > out.2387", outputs=["out.2387"],
+                                        container_name="docker://atlas/athena:24")],
+                    settings=["container.runtime=apptainer", f"site.local_scratch={scratch}"])
+    assert run.jobs[2387]["state"] == "finished", run.jobs[2387]
+    lines = log.read_text().splitlines()
+    assert lines[0] == f"cache={scratch}/container-cache/apptainer"
+    workdir = (tmp_path / "outputs" / "out.2387").read_text().strip()
+    assert workdir.startswith(str(scratch)) and lines[1:6] == ["exec", "--pwd", workdir, "-B", workdir]
+    assert lines[6:9] == ["docker://atlas/athena:24", "/bin/sh", "-c"]

@@ -136,6 +136,15 @@ def test_charliecloud_gets_a_user_as_ch_run_refuses_to_start_without_one() -> No
     assert runtime_env(plan, {"USER": "alice"})["USER"] == "alice"
 
 
+def test_apptainer_keeps_its_image_copies_in_node_local_scratch_unless_the_site_says_where() -> None:
+    plan = ContainerPlan("apptainer", "docker://atlas/athena:24", 7, cache_dir="/local/container-cache")
+    assert runtime_env(plan, {})["APPTAINER_CACHEDIR"] == "/local/container-cache/apptainer"
+    assert runtime_env(plan, {"APPTAINER_CACHEDIR": "/site"})["APPTAINER_CACHEDIR"] == "/site"
+    singularity = ContainerPlan("singularity", "x", 7, cache_dir="/local/c")
+    assert runtime_env(singularity, {})["SINGULARITY_CACHEDIR"] == "/local/c/singularity"
+    assert "APPTAINER_CACHEDIR" not in runtime_env(ContainerPlan("apptainer", "x", 7), {})
+
+
 # ---- the runtime or the image missing ---------------------------------------------------------------------
 
 
