@@ -187,7 +187,7 @@ class ContainerConfig:
     runtime: str = _doc("none (bare node) | apptainer | singularity | podman | podman-hpc | shifter | charliecloud",
                         "none")
     image: str = _doc("image for jobs that name none ('' = such jobs run on the bare node)", "")
-    binds: list[str] = _doc("host paths bound into every container at the same path, HOST or HOST:CTR "  # noqa: RUF009
+    binds: list[str] = _doc("host paths bound into every container: HOST (at the same path) or HOST:CTR "  # noqa: RUF009
                             "(e.g. /cvmfs)", [])
     options: str = _doc("extra runtime options, split like a shell line and put before the image", "")
     executable: str = _doc("the runtime's program ('' = the runtime's name looked up on PATH)", "")
