@@ -285,8 +285,9 @@ class _JobLife:
 
     def watch(self, payload: Payload, cgroup: PayloadCgroup | None) -> None:
         """Sample and report until the payload exits or rank 0 asks for a kill."""
+        root = payload.monitor_pid(self.control.kill_event.is_set)  # a podman payload: its container's first
         sampler = PayloadSampler(
-            payload.monitor_pid(), self.spec.panda_id, self.workdir, self.workdir / PAYLOAD_STDOUT,
+            root, self.spec.panda_id, self.workdir, self.workdir / PAYLOAD_STDOUT,
             [f.lfn for f in self.spec.outputs], self.cfg.monitor,
             cgroup.memory if cgroup is not None else None, self.workdir / PRMON_TEXT)
         interval = self.cfg.monitor.report_interval

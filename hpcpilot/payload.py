@@ -339,11 +339,12 @@ class Payload:
         self.cpu_seconds = cpu + (self.container.cpu_seconds() if self.container is not None else 0.0)
         self._popen.returncode = code  # so Popen never tries to reap it again
 
-    def monitor_pid(self) -> int:
-        """The root of the process tree to monitor: the payload, or its container's first process."""
+    def monitor_pid(self, stop: Callable[[], bool] = lambda: False) -> int:
+        """The root of the process tree to monitor: the payload, or its container's first process (waited for
+        while the payload runs and ``stop``, a kill request say, is not true)."""
         if self.container is None:
             return self.pid
-        return self.container.root_pid(lambda: self.poll() is None) or self.pid
+        return self.container.root_pid(lambda: self.poll() is None and not stop()) or self.pid
 
     @property
     def reaped(self) -> bool:

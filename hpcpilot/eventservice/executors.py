@@ -358,9 +358,9 @@ class _Sampling:
 
     def __init__(self, ctx: RangeContext, payload: Payload) -> None:
         self.ctx = ctx
-        self.sampler = PayloadSampler(payload.monitor_pid(), ctx.spec.panda_id, ctx.rank_dir,
-                                      ctx.rank_dir / "payload.stdout", [], ctx.config.monitor, None,
-                                      ctx.rank_dir / "memory_monitor_output.txt")
+        root = payload.monitor_pid(ctx.control.kill_event.is_set)  # a podman payload: its container's first
+        self.sampler = PayloadSampler(root, ctx.spec.panda_id, ctx.rank_dir, ctx.rank_dir / "payload.stdout", [],
+                                      ctx.config.monitor, None, ctx.rank_dir / "memory_monitor_output.txt")
         self.next_at = time.monotonic()
 
     def maybe_sample(self) -> None:
