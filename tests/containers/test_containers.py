@@ -145,8 +145,9 @@ def test_an_event_service_job_in_a_container_finishes_every_range(tmp_path: Path
     ranges = _es_ranges(panda_id, 12)
     (access_point / "JobsEventRanges.json").write_text(json.dumps({str(panda_id): ranges}))
     binds = " ".join(HOST_BINDS)
+    ranks = 3 if mode == "protocol" else 0  # the protocol payload under mpiexec: two worker ranks, a container each
     proc = start_pilot(tmp_path, access_point, _settings(runtime, f"container.binds={binds}",
-                                                          f"eventservice.payload_mode={mode}"))
+                                                          f"eventservice.payload_mode={mode}"), ranks=ranks)
     run = finish(proc, tmp_path, timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     entries = json.loads((access_point / "event_status.dump.json").read_text())[str(panda_id)]
