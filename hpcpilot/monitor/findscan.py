@@ -1,0 +1,134 @@
+"""The looping scan run by GNU ``find``: what a scandir walk gives, at the cost of ``find`` itself.
+
+A Python walk pays about 2 µs of interpreter per entry on top of the ``lstat`` that ``find``
+also makes; on a 100,000-file workdir that is 1.7 to 2x ``find -newermt`` even with nothing but
+``scandir`` and ``stat`` in the loop (bench/bench_fastpath_io.py).  So when the exclusions are
+plain names and patterns of base names (``NameExclude``, the looping check's own), the walk is
+handed to ``find``, which prints one modification time per entry and stops at the first entry
+newer than the threshold; Python only takes the largest of the printed times.
+
+The answer is the one ``diskscan.scan_newest`` (the scandir walk) gives, to the bit:
+
+* times are rebuilt from ``find``'s ``%T@`` (seconds, 9 digits of nanoseconds) the way CPython
+  builds ``st_mtime`` (``sec + nsec * 1e-9``), and the largest is picked on exact integers;
+* ``find -newermt`` compares nanoseconds while the walk compares those floats; since the float
+  grows with the nanoseconds, the threshold handed to ``find`` is the largest nanosecond time
+  whose float is not newer than ``since`` (found by bisection), so both draw the same line;
+* ``-H`` follows a symlinked workdir as ``scandir`` does, nothing below it; unreadable
+  directories and entries that vanish during the walk are skipped by both (``find`` then exits
+  1 after printing the rest).
+
+Where the walk finds an entry newer than ``since``, both return the time of the first such
+entry *in their own walk order*, which differ: any entry newer than ``since`` satisfies the
+caller (``sampler._scan_activity``).  Where nothing is newer, both return the same newest time.
+``LC_ALL=C`` makes ``-name`` match bytes, as ``fnmatchcase`` matches the names' characters.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import subprocess
+from collections.abc import Iterable
+from decimal import ROUND_FLOOR, Decimal
+
+WINDOW_NS = 100_000  # a float's error in nanoseconds is far less up to the year 2500: bisect within it
+_FNMATCH_SPECIAL = re.compile(r"([*?\[\\])")
+
+
+class NameExclude:
+    """Exclude an entry by its base name: one of ``names``, or matching one of the fnmatch ``patterns``.
+
+    Callable with the '/'-separated path relative to the workdir, like any exclude predicate,
+    and also readable as plain names and patterns, which is what lets ``find`` apply it.
+    """
+
+    def __init__(self, names: Iterable[str], patterns: Iterable[str]) -> None:
+        self.names = frozenset(names)
+        self.patterns = tuple(patterns)
+        joined = "|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in self.patterns)
+        self._match = re.compile(joined).match if self.patterns else None
+
+    def __call__(self, relative_path: str) -> bool:
+        name = relative_path.rsplit("/", 1)[-1]
+        return name in self.names or (self._match is not None and self._match(name) is not None)
+
+
+def find_argv(top: str, since: float, exclude: NameExclude) -> list[str]:
+    """``find`` printing each kept entry's mtime, quitting at the first one newer than ``since``."""
+    tests: list[str] = []
+    for name in sorted(exclude.names):
+        tests += ["-o", "-name", _FNMATCH_SPECIAL.sub(r"\\\1", name)]
+    for pattern in exclude.patterns:
+        tests += ["-o", "-name", pattern]
+    prune = ["(", *tests[1:], ")", "-prune", "-o"] if tests else []
+    return ["find", "-H", os.path.abspath(top), "-mindepth", "1", *prune,
+            "-newermt", f"@{_threshold(since)}", "-printf", "N%T@\\n", "-quit", "-o", "-printf", "%T@\\n"]
+
+
+def _as_float(nanoseconds: int) -> float:
+    """The float CPython gives ``st_mtime`` for a time of ``nanoseconds`` since the epoch (not before it)."""
+    seconds, fraction = divmod(nanoseconds, 10**9)
+    return seconds + fraction * 1e-9
+
+
+def _threshold(since: float) -> str:
+    """The largest time in nanoseconds whose ``st_mtime`` float is not newer than ``since``, as find reads it.
+
+    Raises ValueError where ``since`` is out of what this can bisect (before 1970, beyond year 2500).
+    """
+    guess = int((Decimal(since) * 10**9).to_integral_value(ROUND_FLOOR))
+    low, high = max(guess - WINDOW_NS, 0), guess + WINDOW_NS
+    if not _as_float(low) <= since < _as_float(high):
+        raise ValueError(f"no threshold for {since!r}")
+    while high - low > 1:  # invariant: float(low) <= since < float(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if _as_float(middle) <= since else (low, middle)
+    seconds, fraction = divmod(low, 10**9)
+    return f"{seconds}.{fraction:09d}"
+
+
+def exact_time(field: bytes) -> float:
+    """A ``%T@`` field as the float CPython would put in ``st_mtime`` for the same timestamp."""
+    whole, _, fraction = field.partition(b".")
+    seconds = int(whole)
+    if seconds < 0:
+        raise ValueError("a time before 1970")  # timespec and %T@ disagree there: let the walk decide
+    return seconds + int(fraction[:9].ljust(9, b"0")) * 1e-9
+
+
+def _key(field: bytes) -> tuple[int, int]:
+    whole, _, fraction = field.partition(b".")
+    return int(whole), int(fraction[:9].ljust(9, b"0"))
+
+
+def newest_of(output: bytes, since: float) -> tuple[bool, float | None]:
+    """(decided, answer) from find's output: the stopping entry's time, or the newest time printed."""
+    lines = output.split()
+    if not lines:
+        return True, None
+    if lines[-1].startswith(b"N"):
+        found = exact_time(lines[-1][1:])
+        return (True, found) if found > since else (False, None)
+    top = max(map(float, lines))  # correctly rounded, so the exact maximum is among the lines equal to it
+    return True, exact_time(max((line for line in lines if float(line) == top), key=_key))
+
+
+def scan_with_find(top: str, since: float, exclude: NameExclude) -> tuple[bool, float | None]:
+    """(decided, answer) of the looping scan by ``find``; not decided where ``find`` could not do it."""
+    try:
+        argv = find_argv(top, since, exclude)
+    except (ValueError, OverflowError, ArithmeticError):
+        return False, None  # an infinite, NaN or far-off since: the walk handles it
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
+                              env={**os.environ, "LC_ALL": "C"}, check=False)
+    except OSError:
+        return False, None
+    if proc.returncode != 0 and not proc.stdout:
+        return False, None  # no find, not GNU find, or nothing readable: the walk tells which
+    try:
+        return newest_of(proc.stdout, since)
+    except ValueError:
+        return False, None
