@@ -6,8 +6,10 @@ bare values are told apart by length.  Pilot3 labels every unknown prefix as adl
 makes an md5 file fail with a bogus mismatch; here every accepted form is parsed explicitly
 and anything else is an UNKNOWNCHECKSUMTYPE error naming the value.
 
-Files are read in 1 MiB blocks with plain reads: no mmap (which fails on empty and read-only
-files) and bounded memory for multi-GB inputs.
+Files are read in 4 MiB blocks into one reused buffer with plain reads: no mmap (which fails
+on empty and read-only files, and whose page faults cost as much as the read here), and
+bounded memory for multi-GB inputs.  Where zlib-ng is installed (``pip install hpcpilot[fast]``)
+its adler32, the same function about six times faster, is used.
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ import hashlib
 import os
 import re
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.records import FileSpec
 
-BLOCK_SIZE = 1 << 20
+try:
+    from zlib_ng.zlib_ng import adler32 as _adler32
+except ImportError:  # pragma: no cover - depends on the installation
+    _adler32 = zlib.adler32
+
+BLOCK_SIZE = 4 << 20
 ADLER32 = "adler32"
 MD5 = "md5"
 
@@ -39,17 +47,20 @@ def _show(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_blocks(path: str | os.PathLike[str]):
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK_SIZE):
-            yield block
+def _read_blocks(path: str | os.PathLike[str]) -> Iterator[memoryview]:
+    """The file's blocks, each a view of the same buffer: use one before asking for the next."""
+    buffer = bytearray(BLOCK_SIZE)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            yield view[:count]
 
 
 def adler32(path: str | os.PathLike[str]) -> str:
     """The adler32 of a file as 8 lower-case hex digits, zero-padded (the Rucio form)."""
     value = 1
     for block in _read_blocks(path):
-        value = zlib.adler32(block, value)
+        value = _adler32(block, value)
     return f"{value & 0xFFFFFFFF:08x}"
 
 
