@@ -1,27 +1,32 @@
-"""The looping scan run by GNU ``find``: what a scandir walk gives, at the cost of ``find`` itself.
+"""The looping scan run by GNU ``find``: what a scandir walk gives, at about the cost of ``find`` itself.
 
-A Python walk pays about 2 µs of interpreter per entry on top of the ``lstat`` that ``find``
-also makes; on a 100,000-file workdir that is 1.7 to 2x ``find -newermt`` even with nothing but
-``scandir`` and ``stat`` in the loop (bench/bench_fastpath_io.py).  So when the exclusions are
-plain names and patterns of base names (``NameExclude``, the looping check's own), the walk is
-handed to ``find``, which prints one modification time per entry and stops at the first entry
-newer than the threshold; Python only takes the largest of the printed times.
+A Python walk pays about 1 µs of interpreter per entry on top of the ``lstat`` that ``find``
+also makes; on a 100,000-file workdir that is 1.7 to 2.2x ``find -newermt`` even with nothing
+but ``scandir`` and ``stat`` in the loop (bench/bench_stage_scan.py).  So when the exclusions
+are plain names and patterns of base names (``NameExclude``, the looping check's own), the
+walk is handed to ``find``: it prunes them with one ``-regex`` (one ``-name`` per name cost
+``find`` twice its own time), prints one modification time per entry in a fixed width and
+stops at the first entry newer than the threshold; Python takes the largest line.
 
 The answer is the one ``diskscan.scan_newest`` (the scandir walk) gives, to the bit:
 
-* times are rebuilt from ``find``'s ``%T@`` (seconds, 9 digits of nanoseconds) the way CPython
-  builds ``st_mtime`` (``sec + nsec * 1e-9``), and the largest is picked on exact integers;
+* times are rebuilt from ``find``'s ``%T@`` (seconds, 10 digits of which 9 are nanoseconds)
+  the way CPython builds ``st_mtime`` (``sec + nsec * 1e-9``); right-aligned in one width,
+  the largest line is the newest time to the nanosecond;
 * ``find -newermt`` compares nanoseconds while the walk compares those floats; since the float
   grows with the nanoseconds, the threshold handed to ``find`` is the largest nanosecond time
   whose float is not newer than ``since`` (found by bisection), so both draw the same line;
 * ``-H`` follows a symlinked workdir as ``scandir`` does, nothing below it; unreadable
   directories and entries that vanish during the walk are skipped by both (``find`` then exits
-  1 after printing the rest).
+  1 after printing the rest);
+* ``LC_ALL=C`` makes ``find`` match bytes, as ``fnmatchcase`` matches the names' characters;
+  a pattern with a bracket expression or an escape is left to ``-name`` (fnmatch) as it is.
 
 Where the walk finds an entry newer than ``since``, both return the time of the first such
 entry *in their own walk order*, which differ: any entry newer than ``since`` satisfies the
 caller (``sampler._scan_activity``).  Where nothing is newer, both return the same newest time.
-``LC_ALL=C`` makes ``-name`` match bytes, as ``fnmatchcase`` matches the names' characters.
+Where ``find`` cannot answer (not there, not GNU, a time before 1970, a ``since`` that is not
+a finite time) the caller walks in Python.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from decimal import ROUND_FLOOR, Decimal
 
 WINDOW_NS = 100_000  # a float's error in nanoseconds is far less up to the year 2500: bisect within it
 _FNMATCH_SPECIAL = re.compile(r"([*?\[\\])")
+_ERE_SPECIAL = re.compile(r"([.^$*+?()\[{|\\])")
+WIDTH = 22  # %T@ is 21 characters from 2001 to 2286 (seconds, a dot, 10 digits)
 
 
 class NameExclude:
@@ -56,15 +63,41 @@ class NameExclude:
 
 
 def find_argv(top: str, since: float, exclude: NameExclude) -> list[str]:
-    """``find`` printing each kept entry's mtime, quitting at the first one newer than ``since``."""
-    tests: list[str] = []
-    for name in sorted(exclude.names):
-        tests += ["-o", "-name", _FNMATCH_SPECIAL.sub(r"\\\1", name)]
+    """``find`` printing each kept entry's mtime, quitting at the first one newer than ``since``.
+
+    Times are printed right-aligned in a fixed width, so that the largest is the largest line.
+    """
+    prune = [*_prune_test(exclude), "-prune", "-o"] if exclude.names or exclude.patterns else []
+    return ["find", "-H", os.path.abspath(top), "-mindepth", "1", "-regextype", "posix-extended", *prune,
+            "-newermt", f"@{_threshold(since)}", "-printf", f"N%{WIDTH}T@\\n", "-quit",
+            "-o", "-printf", f"%{WIDTH}T@\\n"]
+
+
+def _prune_test(exclude: NameExclude) -> list[str]:
+    """One ``-regex`` on the whole path for all names and patterns (a ``-name`` each costs ``find`` 2x)."""
+    alternatives = [_ERE_SPECIAL.sub(r"\\\1", name) for name in sorted(exclude.names)]
     for pattern in exclude.patterns:
-        tests += ["-o", "-name", pattern]
-    prune = ["(", *tests[1:], ")", "-prune", "-o"] if tests else []
-    return ["find", "-H", os.path.abspath(top), "-mindepth", "1", *prune,
-            "-newermt", f"@{_threshold(since)}", "-printf", "N%T@\\n", "-quit", "-o", "-printf", "%T@\\n"]
+        translated = _glob_to_ere(pattern)
+        if translated is None:
+            return ["(", *_name_tests(exclude), ")"]
+        alternatives.append(translated)
+    return ["-regex", f".*/({'|'.join(alternatives)})"]
+
+
+def _glob_to_ere(pattern: str) -> str | None:
+    """An fnmatch pattern of a base name as an ERE; None for bracket expressions and escapes (left to -name)."""
+    parts = []
+    for char in pattern:
+        if char in "[\\":
+            return None
+        parts.append("[^/]*" if char == "*" else "[^/]" if char == "?" else _ERE_SPECIAL.sub(r"\\\1", char))
+    return "".join(parts)
+
+
+def _name_tests(exclude: NameExclude) -> list[str]:
+    tests = [item for name in sorted(exclude.names) for item in ("-o", "-name", _FNMATCH_SPECIAL.sub(r"\\\1", name))]
+    tests += [item for pattern in exclude.patterns for item in ("-o", "-name", pattern)]
+    return tests[1:]
 
 
 def _as_float(nanoseconds: int) -> float:
@@ -91,28 +124,25 @@ def _threshold(since: float) -> str:
 
 def exact_time(field: bytes) -> float:
     """A ``%T@`` field as the float CPython would put in ``st_mtime`` for the same timestamp."""
-    whole, _, fraction = field.partition(b".")
-    seconds = int(whole)
-    if seconds < 0:
-        raise ValueError("a time before 1970")  # timespec and %T@ disagree there: let the walk decide
-    return seconds + int(fraction[:9].ljust(9, b"0")) * 1e-9
-
-
-def _key(field: bytes) -> tuple[int, int]:
-    whole, _, fraction = field.partition(b".")
-    return int(whole), int(fraction[:9].ljust(9, b"0"))
+    whole, _, fraction = field.strip().partition(b".")
+    return int(whole) + int(fraction[:9].ljust(9, b"0")) * 1e-9
 
 
 def newest_of(output: bytes, since: float) -> tuple[bool, float | None]:
-    """(decided, answer) from find's output: the stopping entry's time, or the newest time printed."""
-    lines = output.split()
+    """(decided, answer) from find's output: the stopping entry's time, or the newest time printed.
+
+    The lines have one width and right-aligned digits, so the largest line is the newest time,
+    to the nanosecond.  A time before 1970 (a '-') breaks that order: not decided.
+    """
+    if b"-" in output:
+        return False, None
+    lines = output.splitlines()
     if not lines:
         return True, None
     if lines[-1].startswith(b"N"):
         found = exact_time(lines[-1][1:])
         return (True, found) if found > since else (False, None)
-    top = max(map(float, lines))  # correctly rounded, so the exact maximum is among the lines equal to it
-    return True, exact_time(max((line for line in lines if float(line) == top), key=_key))
+    return True, exact_time(max(lines))
 
 
 def scan_with_find(top: str, since: float, exclude: NameExclude) -> tuple[bool, float | None]:

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 EXCLUDE = diskscan.default_looping_exclude(stdout_is_activity=False)
 NAMES = ["a", "b.dat", "log.EVNT", "pandaJob.json", "x.py", "x.pyc", "pilotlog.txt", "hpcpilot.1.log",
          "prmon.txt", "payload.stdout", "__pycache__", "job.lib.tgz", "sp ace", "-name", "st*r", "br[ck",
-         "nl\nname", "é.root", "back\\slash", "memory_monitor_output.txt"]
+         "nl\nname", "é.root", "back\\slash", "memory_monitor_output.txt", "x\nprmon", "dir.py", "q(u)o+te.py"]
 
 
 def _mtime(rng: random.Random) -> float:
@@ -103,11 +103,24 @@ def test_an_exclude_that_is_not_by_name_walks_in_python(tmp_path: Path) -> None:
     assert diskscan.newest_activity(tmp_path, 5000.0, lambda path: path == "skip") == 3000.0
 
 
-def test_find_argv_escapes_literal_names_and_keeps_patterns() -> None:
-    argv = findscan.find_argv("w", 5000.0, findscan.NameExclude(["st*r", "a"], ["*.py"]))
+def test_find_argv_prunes_with_one_regex_or_with_names_where_it_must() -> None:
+    argv = findscan.find_argv("w", 5000.0, findscan.NameExclude(["st*r", "a.b"], ["*.py", "x?"]))
     assert argv[argv.index("-newermt") + 1] == "@5000.000000000"
-    names = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-name"]
-    assert names == ["a", "st\\*r", "*.py"]
+    assert argv[argv.index("-regex") + 1] == r".*/(a\.b|st\*r|[^/]*\.py|x[^/])"
+    argv = findscan.find_argv("w", 5000.0, findscan.NameExclude(["st*r"], ["*.py", "[ab]*"]))
+    assert "-regex" not in argv
+    assert [argv[i + 1] for i, arg in enumerate(argv) if arg == "-name"] == ["st\\*r", "*.py", "[ab]*"]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_name_tests_agree_with_the_regex(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    top = tmp_path / "work"
+    top.mkdir()
+    _make(top, rng)
+    bracketed = findscan.NameExclude(EXCLUDE.names, [*EXCLUDE.patterns, "[ab]*"])
+    assert "-regex" not in findscan.find_argv(str(top), 0.0, bracketed)
+    assert findscan.scan_with_find(str(top), 9005.0, bracketed) == (True, diskscan.scan_newest(top, 9005.0, bracketed))
 
 
 def test_a_failing_find_leaves_the_answer_to_the_walk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
