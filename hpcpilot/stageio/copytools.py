@@ -129,10 +129,14 @@ class PilotCopy(CommandTool):
     ``transfer_checksummed`` (stage-out) runs ``copychild.py``, which checksums while it copies.
 
     Both run in a child process of their own with the same timeout and kill rules, so the
-    reasons in the module docstring hold for both.
+    reasons in the module docstring hold for both.  Files under ``one_read_min_bytes`` are
+    staged out like any other tool's (checksum, ``cp``, checksum): the interpreter's start
+    (about 25 ms here) costs more than the second read of the source saves (about 0.45 ms a
+    MiB with zlib's adler32, bench/bench_stage_scan.py).
     """
 
     CHILD = os.fspath(Path(__file__).with_name("copychild.py"))
+    one_read_min_bytes = 64 << 20
 
     def transfer_checksummed(self, src: Path, dst: Path, timeout: float, algo: str) -> str:
         """Copy like ``cp --remove-destination -T``, reading ``src`` once; the checksum of the bytes copied."""
@@ -280,7 +284,7 @@ def _stage_out_one(local: Path, lfn: str, output_dir: Path, tool: CopyTool,
     size = _local_output(local, lfn)
     algo = checksum.algorithm(cfg.checksum_type)
     codes = (ErrorCode.STAGEOUTFAILED, ErrorCode.STAGEOUTTIMEOUT)
-    if isinstance(tool, PilotCopy):
+    if isinstance(tool, PilotCopy) and size >= tool.one_read_min_bytes:
         dst = safe_join(output_dir, lfn, code=ErrorCode.STAGEOUTFAILED)
         value = _copy_checksummed(tool, Path(local), dst, transfer_timeout(size, cfg), algo, codes)
     else:
@@ -314,11 +318,12 @@ def stage_out(files: Sequence[tuple[Path, str]], output_dir: Path,
               cfg: StageConfig) -> dict[str, dict[str, Any]]:
     """Copy each (local path, LFN) to ``output_dir/LFN``, verify it, and report it per LFN.
 
-    Where the pilot moves the bytes itself (the built-in ``cp``, ``PilotCopy``) the checksum is
-    computed while copying, from the one read of the source, and re-computed at the destination
-    once the copy is closed.  With any other tool (``mv``, ``symlink``, a site's plug-in, or a
-    site tool registered as ``cp``) the pilot cannot see the bytes: the source is checksummed
-    before the transfer (so that ``mv`` works too) and the destination after it, two reads.
+    Where the pilot moves the bytes itself (the built-in ``cp``, ``PilotCopy``, files of 64 MiB
+    and more) the checksum is computed while copying, from the one read of the source, and
+    re-computed at the destination once the copy is closed.  With any other tool (``mv``,
+    ``symlink``, a site's plug-in, or a site tool registered as ``cp``) the pilot cannot see the
+    bytes: the source is checksummed before the transfer (so that ``mv`` works too) and the
+    destination after it, two reads.  The checks, error codes and timeouts are the same either way.
     Returns ``{lfn: {"fsize", "adler32" | "md5sum", "surl"}}``.  The first failure raises
     PilotError: MISSINGOUTPUTFILE, ZEROFILESIZE, STAGEOUTFAILED, STAGEOUTTIMEOUT, PUT*MISMATCH,
     CHECKSUMCALCFAILURE (unreadable source), LFNTOOLONG or BADOUTPUTFILENAME; a partial

@@ -18,7 +18,9 @@ from hpcpilot.stageio.copytools import PilotCopy, SourceUnreadable, TransferTime
 
 
 @pytest.fixture
-def dirs(tmp_path: Path) -> tuple[Path, Path]:
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """Work and output directories; every file goes through the one-read copy, however small."""
+    monkeypatch.setattr(PilotCopy, "one_read_min_bytes", 1)
     work, site_out = tmp_path / "work", tmp_path / "out"
     work.mkdir()
     site_out.mkdir()
@@ -103,3 +105,13 @@ def test_a_site_tool_named_cp_gets_the_two_reads(dirs: tuple[Path, Path]) -> Non
     finally:
         copytools.register_copytool(builtin)
     assert entry["adler32"] == f"{zlib.adler32(b'data'):08x}"
+
+
+def test_a_small_file_is_read_twice_rather_than_start_an_interpreter(dirs: tuple[Path, Path],
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    work, site_out = dirs
+    monkeypatch.setattr(PilotCopy, "one_read_min_bytes", 64 << 20)
+    monkeypatch.setattr(PilotCopy, "transfer_checksummed", None)  # would raise TypeError if called
+    (work / "log.tgz").write_bytes(b"log")
+    entry = stage_out([(work / "log.tgz", "log.tgz")], site_out, StageConfig())["log.tgz"]
+    assert entry["adler32"] == f"{zlib.adler32(b'log'):08x}" and (site_out / "log.tgz").read_bytes() == b"log"

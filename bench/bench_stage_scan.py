@@ -1,0 +1,180 @@
+"""Verified stage-out against ``cp``, and the looping scan against ``find -newermt``, side by side.
+
+(a) One file (1 GiB; ``--quick`` 256 MiB) of random bytes in a fresh directory under /tmp,
+staged out to another one: ``stage_out`` with the pilot's own ``cp`` (``PilotCopy``: checksum
+while copying, destination verified once), ``stage_out`` with a plain command ``cp`` (what any
+non-pilot tool gets: checksum of the source, copy, checksum of the destination), and the same
+three steps with the checksum code of ``--before`` (default: the commit before this change,
+``git show``, read-only), against ``cp --remove-destination -T`` of the same file.  The
+runs alternate; each figure is the best of ``--reps``.  The source stays in the page cache for
+all of them (it was just written), as a payload's fresh output usually is.  The files are
+deleted at the end.
+
+(b) A tree of 100,000 files (``--quick`` 20,000) in 100-file directories, with some of the
+looping check's excluded names, every time in the past, scanned with nothing newer than
+``since`` (the silent payload: a full walk, the case that costs): ``newest_activity`` with the
+looping check's exclusions (``find`` since this change), ``scan_newest`` (the scandir walk
+with the new exclusion predicate), and ``newest_activity`` of ``--before``, against
+``find TREE -newermt @since``.
+
+    .venv/bin/python -m bench.bench_stage_scan [--quick] [--part stage|scan|both] [--reps 5]
+        [--algo adler32|md5] [--before COMMIT]
+
+Where zlib-ng is installed (``pip install hpcpilot[fast]``) the adler32 is zlib-ng's; the
+table's notes say which one ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import REPO, print_table
+from hpcpilot.config import StageConfig
+from hpcpilot.monitor import diskscan
+from hpcpilot.stageio import checksum, copytools
+
+PLAIN_CP = "cp-command"
+BEFORE = "7fa0ea6"  # the last commit before the checksum-while-copying and the find scan
+
+
+def before_module(commit: str, path: str) -> ModuleType:
+    """``path`` of ``commit`` as a module of its own (read-only ``git show``)."""
+    text = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=REPO, check=True, capture_output=True,
+                          text=True).stdout
+    module = ModuleType(f"before_{Path(path).stem}")
+    exec(compile(text, f"{commit}:{path}", "exec"), module.__dict__)
+    return module
+
+
+def old_stage_out(old: ModuleType, source: Path, dst: Path, algo: str) -> None:
+    """What ``_stage_out_one`` did before with ``cp``: checksum, copy, size, checksum of the copy."""
+    value = old.compute(source, algo)
+    copytools.run_command(["cp", "--remove-destination", "-T", str(source), str(dst)], 3600.0)
+    assert dst.stat().st_size == source.stat().st_size
+    old.verify_output(dst, algo, value)
+
+
+def best_of(reps: int, runs: dict[str, Callable[[], object]]) -> dict[str, float]:
+    """The best wall time of each run over ``reps`` rounds, the runs alternating within a round."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(reps):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def _write_random(path: Path, size: int) -> None:
+    block = os.urandom(1 << 20)
+    with open(path, "wb") as handle:
+        for index in range(size >> 20):
+            handle.write(block[index % 7:] + block[: index % 7])  # no two blocks alike, cheap to make
+
+
+def bench_stage(size: int, reps: int, algo: str, before: str) -> None:
+    base = Path(tempfile.mkdtemp(prefix="bench-stage-", dir="/tmp"))
+    try:
+        work, out = base / "work", base / "out"
+        work.mkdir()
+        out.mkdir()
+        source = work / "HITS.pool.root"
+        _write_random(source, size)
+        copytools.register_copytool(copytools.CommandTool(PLAIN_CP, ["cp", "--remove-destination", "-T"]))
+        cfg = StageConfig(checksum_type=algo)
+        plain = StageConfig(checksum_type=algo, copytool_out=PLAIN_CP)
+        old = before_module(before, "hpcpilot/stageio/checksum.py")
+        runs = {
+            "cp": lambda: subprocess.run(["cp", "--remove-destination", "-T", str(source), str(out / "cp.root")],
+                                         check=True),
+            "stage_out (pilot cp)": lambda: copytools.stage_out([(source, "a.root")], out, cfg),
+            "stage_out (two reads)": lambda: copytools.stage_out([(source, "b.root")], out, plain),
+            f"before ({before})": lambda: old_stage_out(old, source, out / "c.root", algo),
+        }
+        best = best_of(reps, runs)
+    finally:
+        shutil.rmtree(base)
+    rows = [[name, f"{value:.3f} s", f"{best['cp']:.3f} s", f"{value / best['cp']:.2f}",
+             "at most 1.3" if "pilot" in name else "-"] for name, value in best.items() if name != "cp"]
+    fast = checksum._adler32 is not checksum.zlib.adler32
+    adler = "zlib-ng" if fast else "zlib " + checksum.zlib.ZLIB_RUNTIME_VERSION
+    print_table(f"verified stage-out of {size >> 20} MiB, {algo}",
+                [f"best of {reps}, alternating; adler32 from {adler}; /tmp on this machine's disk"],
+                ["run", "wall", "cp (same run)", "ratio", "target"], rows)
+
+
+def make_tree(top: Path, files: int) -> None:
+    """``files`` empty files in 100-file directories, some with excluded names; every time set to 1000 s."""
+    for index in range(files // 100):
+        sub = top / f"g{index // 100}" / f"d{index}"
+        sub.mkdir(parents=True)
+        for name in range(97):
+            (sub / f"f{name}.dat").touch()
+        for name in ("pandaJob.json", "run.py", "prmon.txt"):
+            (sub / name).touch()
+    for root, dirs, names in os.walk(top):
+        for name in dirs + names:
+            os.utime(os.path.join(root, name), (1000.0, 1000.0))
+
+
+def bench_scan(files: int, reps: int, before: str) -> None:
+    base = Path(tempfile.mkdtemp(prefix="bench-scan-", dir="/tmp"))
+    try:
+        top = base / "work"
+        make_tree(top, files)
+        exclude = diskscan.default_looping_exclude(stdout_is_activity=False)
+        since = 5000.0
+        old = before_module(before, "hpcpilot/monitor/diskscan.py")
+        old_exclude = old.default_looping_exclude(stdout_is_activity=False)
+        runs = {
+            "find -newermt": lambda: subprocess.run(["find", str(top), "-newermt", f"@{since}"],
+                                                    stdout=subprocess.DEVNULL, check=True),
+            "newest_activity (find)": lambda: diskscan.newest_activity(top, since, exclude),
+            "scan_newest (scandir walk)": lambda: diskscan.scan_newest(top, since, exclude),
+            f"before ({before})": lambda: old.newest_activity(top, since, old_exclude),
+        }
+        answers = {diskscan.newest_activity(top, since, exclude), diskscan.scan_newest(top, since, exclude),
+                   old.newest_activity(top, since, old_exclude)}
+        best = best_of(reps, runs)
+    finally:
+        shutil.rmtree(base)
+    baseline = best["find -newermt"]
+    rows = [[name, f"{value * 1e3:.1f} ms", f"{baseline * 1e3:.1f} ms", f"{value / baseline:.2f}",
+             "at most 1.5" if "find)" in name else "-"] for name, value in best.items() if name != "find -newermt"]
+    print_table(f"looping scan of {files:,} files, nothing newer than since",
+                [f"best of {reps}, alternating; the scans answered {sorted(answers)} (one value: all the same)"],
+                ["run", "wall", "find -newermt (same run)", "ratio", "target"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="256 MiB and 20,000 files")
+    parser.add_argument("--part", choices=["stage", "scan", "both"], default="both")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--algo", choices=["adler32", "md5"], default="adler32")
+    parser.add_argument("--size-mib", type=int, default=None)
+    parser.add_argument("--files", type=int, default=None)
+    parser.add_argument("--before", default=BEFORE, metavar="COMMIT", help=f"the 'before' code ({BEFORE})")
+    args = parser.parse_args()
+    size = (args.size_mib or (256 if args.quick else 1024)) << 20
+    files = args.files or (20_000 if args.quick else 100_000)
+    if args.part in ("stage", "both"):
+        bench_stage(size, args.reps, args.algo, args.before)
+    if args.part in ("scan", "both"):
+        bench_scan(files, args.reps, args.before)
+
+
+if __name__ == "__main__":
+    main()
