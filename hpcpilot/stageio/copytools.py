@@ -138,6 +138,10 @@ class PilotCopy(CommandTool):
     CHILD = os.fspath(Path(__file__).with_name("copychild.py"))
     one_read_min_bytes = 64 << 20
 
+    def reads_once(self, size: int) -> bool:
+        """Whether a file of ``size`` bytes goes through ``transfer_checksummed`` (needs an interpreter path)."""
+        return size >= self.one_read_min_bytes and bool(sys.executable)
+
     def transfer_checksummed(self, src: Path, dst: Path, timeout: float, algo: str) -> str:
         """Copy like ``cp --remove-destination -T``, reading ``src`` once; the checksum of the bytes copied."""
         argv = [sys.executable, "-I", self.CHILD, os.fspath(src), os.fspath(dst), algo]
@@ -284,7 +288,7 @@ def _stage_out_one(local: Path, lfn: str, output_dir: Path, tool: CopyTool,
     size = _local_output(local, lfn)
     algo = checksum.algorithm(cfg.checksum_type)
     codes = (ErrorCode.STAGEOUTFAILED, ErrorCode.STAGEOUTTIMEOUT)
-    if isinstance(tool, PilotCopy) and size >= tool.one_read_min_bytes:
+    if isinstance(tool, PilotCopy) and tool.reads_once(size):
         dst = safe_join(output_dir, lfn, code=ErrorCode.STAGEOUTFAILED)
         value = _copy_checksummed(tool, Path(local), dst, transfer_timeout(size, cfg), algo, codes)
     else:

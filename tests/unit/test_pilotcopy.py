@@ -115,3 +115,11 @@ def test_a_small_file_is_read_twice_rather_than_start_an_interpreter(dirs: tuple
     (work / "log.tgz").write_bytes(b"log")
     entry = stage_out([(work / "log.tgz", "log.tgz")], site_out, StageConfig())["log.tgz"]
     assert entry["adler32"] == f"{zlib.adler32(b'log'):08x}" and (site_out / "log.tgz").read_bytes() == b"log"
+
+
+def test_zlib_ng_gives_zlib_s_adler32() -> None:
+    """Where the 'fast' extra is installed, its adler32 is the very same function (else nothing to check)."""
+    zlib_ng = pytest.importorskip("zlib_ng.zlib_ng")
+    data = random.Random(3).randbytes(3 * 65536 + 17)
+    assert zlib_ng.adler32(data, 12345) == zlib.adler32(data, 12345)
+    assert zlib_ng.adler32(memoryview(data)[5:]) == zlib.adler32(data[5:])
