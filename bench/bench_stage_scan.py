@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -43,7 +44,7 @@ if __package__ in (None, ""):
 from bench._common import REPO, print_table
 from hpcpilot.config import StageConfig
 from hpcpilot.monitor import diskscan
-from hpcpilot.stageio import checksum, copytools
+from hpcpilot.stageio import adler, copytools
 
 PLAIN_CP = "cp-command"
 BEFORE = "7fa0ea6"  # the last commit before the checksum-while-copying and the find scan
@@ -108,10 +109,11 @@ def bench_stage(size: int, reps: int, algo: str, before: str) -> None:
         shutil.rmtree(base)
     rows = [[name, f"{value:.3f} s", f"{best['cp']:.3f} s", f"{value / best['cp']:.2f}",
              "at most 1.3" if "pilot" in name else "-"] for name, value in best.items() if name != "cp"]
-    fast = checksum._adler32 is not checksum.zlib.adler32
-    adler = "zlib-ng" if fast else "zlib " + checksum.zlib.ZLIB_RUNTIME_VERSION
+    fast = adler.adler32_update is not zlib.adler32
+    name = "zlib-ng" if fast else "zlib " + zlib.ZLIB_RUNTIME_VERSION
+    cores = len(os.sched_getaffinity(0))
     print_table(f"verified stage-out of {size >> 20} MiB, {algo}",
-                [f"best of {reps}, alternating; adler32 from {adler}; /tmp on this machine's disk"],
+                [f"best of {reps}, alternating; adler32 from {name}; {cores} cores; /tmp on this machine's disk"],
                 ["run", "wall", "cp (same run)", "ratio", "target"], rows)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from hpcpilot.config import StageConfig
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.stageio import copytools
+from hpcpilot.stageio import adler, copytools
 from hpcpilot.stageio.copychild import BLOCK_SIZE
 from hpcpilot.stageio.copytools import PilotCopy, SourceUnreadable, TransferTimeout, stage_out
 
@@ -123,3 +123,23 @@ def test_zlib_ng_gives_zlib_s_adler32() -> None:
     data = random.Random(3).randbytes(3 * 65536 + 17)
     assert zlib_ng.adler32(data, 12345) == zlib.adler32(data, 12345)
     assert zlib_ng.adler32(memoryview(data)[5:]) == zlib.adler32(data[5:])
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+@pytest.mark.parametrize("size", [0, 1, 5, 65521, 65522, 3 * (4 << 20) + 11])
+def test_adler32_in_parts_is_zlib_s(tmp_path: Path, parts: int, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    (tmp_path / "f").write_bytes(data)
+    assert adler.file_adler32(tmp_path / "f", parts) == zlib.adler32(data)
+
+
+def test_combine_on_extremes() -> None:
+    rng = random.Random(5)
+    for _ in range(200):
+        left, right = (bytes([255]) * rng.randint(0, 70000), bytes([rng.randint(0, 255)]) * rng.randint(0, 70000))
+        assert adler.combine(zlib.adler32(left), zlib.adler32(right), len(right)) == zlib.adler32(left + right)
+
+
+def test_an_unreadable_part_raises(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        adler.file_adler32(tmp_path, 2)  # a directory: every read fails
