@@ -12,7 +12,7 @@ import pytest
 
 from hpcpilot.config import StageConfig
 from hpcpilot.errors import ErrorCode, PilotError
-from hpcpilot.stageio import adler, copytools
+from hpcpilot.stageio import adler, copychild, copytools
 from hpcpilot.stageio.copychild import BLOCK_SIZE
 from hpcpilot.stageio.copytools import PilotCopy, SourceUnreadable, TransferTimeout, stage_out
 
@@ -143,3 +143,13 @@ def test_combine_on_extremes() -> None:
 def test_an_unreadable_part_raises(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         adler.file_adler32(tmp_path, 2)  # a directory: every read fails
+
+
+@pytest.mark.parametrize("algo", ["adler32", "md5"])
+def test_the_buffer_copy_where_the_kernel_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algo: str) -> None:
+    data = random.Random(11).randbytes(2 * BLOCK_SIZE + 7)
+    (tmp_path / "src").write_bytes(data)
+    monkeypatch.setattr(copychild, "copy_in_kernel", lambda *_: False)
+    value = copychild.copy_file(str(tmp_path / "src"), str(tmp_path / "dst"), algo)
+    assert (tmp_path / "dst").read_bytes() == data
+    assert value == (f"{zlib.adler32(data):08x}" if algo == "adler32" else hashlib.md5(data).hexdigest())
