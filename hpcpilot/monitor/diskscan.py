@@ -81,6 +81,7 @@ def newest_activity(
     workdir: str | os.PathLike[str],
     since: float,
     exclude: Callable[[str], bool],
+    floor: float | None = None,
 ) -> float | None:
     """The mtime of the first entry newer than ``since``, else the newest mtime seen, else None.
 
@@ -89,9 +90,10 @@ def newest_activity(
     looked at: the pilot creates files in it, which changes its mtime.  With a ``NameExclude``
     (the looping check's) GNU ``find`` walks, at about half the cost of the Python walk
     (``findscan``); any other predicate, or a ``find`` that cannot answer, gets ``scan_newest``.
+    ``floor`` (the previous answer, if any) only makes ``find`` print less: see ``scan_with_find``.
     """
     if isinstance(exclude, NameExclude):
-        decided, answer = scan_with_find(os.fspath(workdir), since, exclude)
+        decided, answer = scan_with_find(os.fspath(workdir), since, exclude, floor)
         if decided:
             return answer
     return scan_newest(workdir, since, exclude)

@@ -32,6 +32,7 @@ a finite time) the caller walks in Python.
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 import subprocess
@@ -62,15 +63,17 @@ class NameExclude:
         return name in self.names or (self._match is not None and self._match(name) is not None)
 
 
-def find_argv(top: str, since: float, exclude: NameExclude) -> list[str]:
-    """``find`` printing each kept entry's mtime, quitting at the first one newer than ``since``.
+def find_argv(top: str, since: float, exclude: NameExclude, floor: float | None = None) -> list[str]:
+    """``find`` printing each kept entry's mtime (not older than ``floor``), quitting at the first one
+    newer than ``since``.
 
     Times are printed right-aligned in a fixed width, so that the largest is the largest line.
     """
     prune = [*_prune_test(exclude), "-prune", "-o"] if exclude.names or exclude.patterns else []
+    at_least = [] if floor is None or floor <= 0 else ["-newermt", f"@{_threshold(math.nextafter(floor, -math.inf))}"]
     return ["find", "-H", os.path.abspath(top), "-mindepth", "1", "-regextype", "posix-extended", *prune,
             "-newermt", f"@{_threshold(since)}", "-printf", f"N%{WIDTH}T@\\n", "-quit",
-            "-o", "-printf", f"%{WIDTH}T@\\n"]
+            "-o", *at_least, "-printf", f"%{WIDTH}T@\\n"]
 
 
 def _prune_test(exclude: NameExclude) -> list[str]:
@@ -145,12 +148,26 @@ def newest_of(output: bytes, since: float) -> tuple[bool, float | None]:
     return True, exact_time(max(lines))
 
 
-def scan_with_find(top: str, since: float, exclude: NameExclude) -> tuple[bool, float | None]:
-    """(decided, answer) of the looping scan by ``find``; not decided where ``find`` could not do it."""
+def scan_with_find(top: str, since: float, exclude: NameExclude,
+                   floor: float | None = None) -> tuple[bool, float | None]:
+    """(decided, answer) of the looping scan by ``find``; not decided where ``find`` could not do it.
+
+    ``floor``: a time that some entry had at the last scan (its answer).  While one such entry
+    is there, no older one can be the newest, so ``find`` prints only those: a silent workdir's
+    scan prints a few lines instead of one per entry.  Where none is printed (that entry went,
+    or never was) the scan runs again without it, so the answer never depends on ``floor``.
+    """
+    decided, answer = _run_find(top, since, exclude, floor)
+    if decided and answer is None and floor is not None:
+        return _run_find(top, since, exclude, None)
+    return decided, answer
+
+
+def _run_find(top: str, since: float, exclude: NameExclude, floor: float | None) -> tuple[bool, float | None]:
     try:
-        argv = find_argv(top, since, exclude)
+        argv = find_argv(top, since, exclude, floor)
     except (ValueError, OverflowError, ArithmeticError):
-        return False, None  # an infinite, NaN or far-off since: the walk handles it
+        return False, None  # an infinite, NaN or far-off since or floor: the walk handles it
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                               env={**os.environ, "LC_ALL": "C"}, check=False)

@@ -70,18 +70,18 @@ def _kept_times(top: str) -> set[float]:
     return times
 
 
-def _check(top: str, since: float, kept: set[float]) -> None:
+def _check(top: str, since: float, kept: set[float], floor: float | None = None) -> None:
     old = diskscan.scan_newest(top, since, EXCLUDE)
-    decided, new = findscan.scan_with_find(top, since, EXCLUDE)
+    decided, new = findscan.scan_with_find(top, since, EXCLUDE, floor)
     if not math.isfinite(since):
-        assert (decided, diskscan.newest_activity(top, since, EXCLUDE)) == (False, old)
+        assert (decided, diskscan.newest_activity(top, since, EXCLUDE, floor)) == (False, old)
         return
     assert decided
     if old is not None and old > since:
         assert new is not None and new > since and new in kept
     else:
         assert new == old
-    assert diskscan.newest_activity(top, since, EXCLUDE) == new
+    assert diskscan.newest_activity(top, since, EXCLUDE, floor) == new
 
 
 @pytest.mark.skipif(shutil.which("find") is None, reason="no find")
@@ -94,6 +94,20 @@ def test_find_scan_equals_the_walk_on_random_trees(tmp_path: Path, seed: int) ->
     kept = _kept_times(str(top))
     for since in [0.0, 4999.999999, 5000.0, 7000.25, 9005.0, math.inf, rng.uniform(1000, 9010), *kept]:
         _check(str(top), since, kept)
+    for floor in [0.0, 1e10, rng.uniform(1000, 9010), *kept]:  # any floor: the answer does not change
+        _check(str(top), 9005.0, kept, floor)
+        _check(str(top), rng.choice([*kept, 5000.0]), kept, floor)
+
+
+def test_a_floor_prints_only_the_newest(tmp_path: Path) -> None:
+    for index in range(20):
+        (tmp_path / f"f{index}").write_text("x")
+        os.utime(tmp_path / f"f{index}", (1.0, 1000.0 + index))
+    argv = findscan.find_argv(str(tmp_path), 5000.0, EXCLUDE, floor=1018.0)
+    printed = subprocess.run(argv, capture_output=True, check=True).stdout.split()
+    assert sorted(printed) == [b"1018.0000000000", b"1019.0000000000"]
+    assert findscan.scan_with_find(str(tmp_path), 5000.0, EXCLUDE, floor=1018.0) == (True, 1019.0)
+    assert findscan.scan_with_find(str(tmp_path), 5000.0, EXCLUDE, floor=2000.0) == (True, 1019.0)  # gone: again
 
 
 def test_an_exclude_that_is_not_by_name_walks_in_python(tmp_path: Path) -> None:
