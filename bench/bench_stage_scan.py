@@ -101,6 +101,7 @@ def _settle(destination: Path) -> None:
 
 
 def bench_stage(size: int, reps: int, algo: str, before: str) -> None:
+    """Part (a): one file of ``size`` bytes staged out three ways and copied by ``cp``; prints the table."""
     base = Path(tempfile.mkdtemp(prefix="bench-stage-", dir="/tmp"))
     try:
         work, out = base / "work", base / "out"
@@ -150,6 +151,7 @@ def make_tree(top: Path, files: int) -> None:
 
 
 def bench_scan(files: int, reps: int, before: str) -> None:
+    """Part (b): a tree of ``files`` files scanned four ways and by ``find -newermt``; prints the table."""
     base = Path(tempfile.mkdtemp(prefix="bench-scan-", dir="/tmp"))
     try:
         top = base / "work"
@@ -182,6 +184,7 @@ def bench_scan(files: int, reps: int, before: str) -> None:
 
 
 def main() -> None:
+    """Parse the options and run the parts asked for."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256 MiB and 20,000 files")
     parser.add_argument("--part", choices=["stage", "scan", "both"], default="both")

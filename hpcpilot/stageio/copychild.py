@@ -161,6 +161,7 @@ def copy_file(src: str, dst: str, algo: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    """SRC DST ALGO: copy, print the checksum; the exit status says which side failed (module docstring)."""
     src, dst, algo = argv
     try:
         print(copy_file(src, dst, algo), flush=True)
