@@ -128,6 +128,8 @@ def copy_in_kernel(source: int, destination: int, update: Callable[[memoryview],
         copied = os.copy_file_range(source, destination, KERNEL_CHUNK)
     except OSError:
         return False
+    if copied == 0 and os.fstat(source).st_size > 0:
+        return False  # some file systems answer 0 rather than an error (coreutils cp falls back too)
     errors: list[BaseException] = []
     helper = threading.Thread(target=_sum_source, args=(source, update, errors))
     helper.start()

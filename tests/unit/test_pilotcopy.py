@@ -153,3 +153,12 @@ def test_the_buffer_copy_where_the_kernel_cannot(tmp_path: Path, monkeypatch: py
     value = copychild.copy_file(str(tmp_path / "src"), str(tmp_path / "dst"), algo)
     assert (tmp_path / "dst").read_bytes() == data
     assert value == (f"{zlib.adler32(data):08x}" if algo == "adler32" else hashlib.md5(data).hexdigest())
+
+
+def test_a_kernel_that_copies_nothing_leaves_it_to_the_buffer_copy(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "src").write_bytes(b"data" * 1000)
+    monkeypatch.setattr(copychild.os, "copy_file_range", lambda *_: 0)
+    assert copychild.copy_file(str(tmp_path / "src"), str(tmp_path / "dst"), "adler32") == \
+        f"{zlib.adler32(b'data' * 1000):08x}"
+    assert (tmp_path / "dst").read_bytes() == b"data" * 1000
