@@ -156,7 +156,7 @@ class PayloadSampler:
         self._looping_at = now
         known = self._last_activity if self._last_activity is not None else (self.start or now)
         since = max(known, now - self.cfg.looping_check_interval)
-        newest = diskscan.newest_activity(self.workdir, since, self._exclude)
+        newest = diskscan.newest_activity(self.workdir, since, self._exclude, floor=self._last_activity)
         if newest is not None and (self._last_activity is None or newest > self._last_activity):
             self._last_activity = newest
 

@@ -6,8 +6,10 @@ bare values are told apart by length.  Pilot3 labels every unknown prefix as adl
 makes an md5 file fail with a bogus mismatch; here every accepted form is parsed explicitly
 and anything else is an UNKNOWNCHECKSUMTYPE error naming the value.
 
-Files are read in 1 MiB blocks with plain reads: no mmap (which fails on empty and read-only
-files) and bounded memory for multi-GB inputs.
+Files are read in 4 MiB blocks into one reused buffer with plain reads: no mmap (which fails
+on empty and read-only files, and whose page faults cost as much as the read here), and
+bounded memory for multi-GB inputs.  adler32 comes from ``adler``: several parts of a large
+file at a time, and zlib-ng's where installed (``pip install hpcpilot[fast]``).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from hpcpilot.errors import ErrorCode, PilotError
 from hpcpilot.records import FileSpec
+from hpcpilot.stageio.adler import file_adler32
 
-BLOCK_SIZE = 1 << 20
+BLOCK_SIZE = 4 << 20
 ADLER32 = "adler32"
 MD5 = "md5"
 
@@ -39,18 +42,21 @@ def _show(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _read_blocks(path: str | os.PathLike[str]):
-    with open(path, "rb") as handle:
-        while block := handle.read(BLOCK_SIZE):
-            yield block
+def _read_blocks(path: str | os.PathLike[str]) -> Iterator[memoryview]:
+    """The file's blocks, each a view of the same buffer: use one before asking for the next."""
+    buffer = bytearray(BLOCK_SIZE)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            yield view[:count]
 
 
 def adler32(path: str | os.PathLike[str]) -> str:
-    """The adler32 of a file as 8 lower-case hex digits, zero-padded (the Rucio form)."""
-    value = 1
-    for block in _read_blocks(path):
-        value = zlib.adler32(block, value)
-    return f"{value & 0xFFFFFFFF:08x}"
+    """The adler32 of a file as 8 lower-case hex digits, zero-padded (the Rucio form).
+
+    A large file is summed in parts on the usable cores (``adler.file_adler32``).
+    """
+    return f"{file_adler32(path) & 0xFFFFFFFF:08x}"
 
 
 def md5(path: str | os.PathLike[str]) -> str:
