@@ -21,8 +21,7 @@ the newest entries), ``scan_newest`` (the scandir walk with the new exclusion pr
     .venv/bin/python -m bench.bench_stage_scan [--quick] [--part stage|scan|both] [--reps 5]
         [--algo adler32|md5] [--before COMMIT]
 
-Where zlib-ng is installed (``pip install hpcpilot[fast]``) the adler32 is zlib-ng's; the
-table's notes say which one ran.
+adler32 is zlib's (CPython's); the table's notes say which version ran.
 """
 
 from __future__ import annotations
@@ -45,7 +44,7 @@ if __package__ in (None, ""):
 from bench._common import REPO, print_table
 from hpcpilot.config import StageConfig
 from hpcpilot.monitor import diskscan
-from hpcpilot.stageio import adler, copytools
+from hpcpilot.stageio import copytools
 
 PLAIN_CP = "cp-command"
 BEFORE = "7fa0ea6"  # the last commit before the checksum-while-copying and the find scan
@@ -125,8 +124,7 @@ def bench_stage(size: int, reps: int, algo: str, before: str) -> None:
         shutil.rmtree(base)
     rows = [[name, f"{value:.3f} s", f"{best['cp']:.3f} s", f"{value / best['cp']:.2f}",
              "at most 1.3" if "pilot" in name else "-"] for name, value in best.items() if name != "cp"]
-    fast = adler.adler32_update is not zlib.adler32
-    name = "zlib-ng" if fast else "zlib " + zlib.ZLIB_RUNTIME_VERSION
+    name = "zlib " + zlib.ZLIB_RUNTIME_VERSION
     cores = len(os.sched_getaffinity(0))
     print_table(f"verified stage-out of {size >> 20} MiB, {algo}",
                 [f"best of {reps}, alternating; adler32 from {name}; {cores} cores; /tmp on this machine's disk"],

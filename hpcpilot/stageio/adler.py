@@ -7,9 +7,6 @@ adler32 of a concatenation follows from the parts' values and the second part's 
 thread of its own (``zlib.adler32`` and ``os.preadv`` release the GIL on large buffers), and
 the values combined; the result is the file's adler32, the same number a single pass gives.
 The last part reads to the end of the file, as a single pass would if the file grew.
-
-zlib-ng's adler32 is the same function, about six times faster (``pip install hpcpilot[fast]``);
-it is used where installed.
 """
 
 from __future__ import annotations
@@ -18,10 +15,7 @@ import os
 import threading
 import zlib
 
-try:
-    from zlib_ng.zlib_ng import adler32 as adler32_update
-except ImportError:  # pragma: no cover - depends on the installation
-    adler32_update = zlib.adler32
+adler32_update = zlib.adler32
 
 MOD = 65521  # the largest prime under 2**16: adler32's modulus
 BLOCK_SIZE = 4 << 20

@@ -9,7 +9,7 @@ and anything else is an UNKNOWNCHECKSUMTYPE error naming the value.
 Files are read in 4 MiB blocks into one reused buffer with plain reads: no mmap (which fails
 on empty and read-only files, and whose page faults cost as much as the read here), and
 bounded memory for multi-GB inputs.  adler32 comes from ``adler``: several parts of a large
-file at a time, and zlib-ng's where installed (``pip install hpcpilot[fast]``).
+file at a time.
 """
 
 from __future__ import annotations

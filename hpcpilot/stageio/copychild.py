@@ -16,7 +16,7 @@ source's permission bits less the umask.
 
 Prints ``<checksum>`` on success.  Exit status 3: the source could not be read (the pilot's
 CHECKSUMCALCFAILURE); 1: anything else (the destination could not be written); the first line
-of stderr says why.  Standard library only (plus zlib-ng's adler32 where installed), no hpcpilot
+of stderr says why.  Standard library only, no hpcpilot
 import: ``-I`` keeps the child's start-up to the interpreter's own.
 """
 
@@ -30,10 +30,7 @@ import threading
 import zlib
 from collections.abc import Callable
 
-try:  # the same adler32, several times faster where zlib-ng is installed (pip install hpcpilot[fast])
-    from zlib_ng.zlib_ng import adler32 as _adler32
-except ImportError:  # pragma: no cover - depends on the installation
-    _adler32 = zlib.adler32
+_adler32 = zlib.adler32
 
 BLOCK_SIZE = 4 << 20
 KERNEL_CHUNK = 64 << 20  # bytes per copy_file_range call
