@@ -74,12 +74,22 @@ def _skip_reason() -> str | None:
     return None
 
 
+def _apt_get(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["apt-get", *args], capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
 def _install() -> None:
+    """apt-get install what is missing; on a fresh machine whose package lists are empty, update them first
+    and try again (as slurm/cluster.sh does)."""
     missing = _missing()
-    if missing:
-        done = subprocess.run(["apt-get", "install", "-y", *missing], capture_output=True, text=True, timeout=900,
-                              check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        assert done.returncode == 0, f"apt-get install {' '.join(missing)} failed: {done.stderr[-2000:]}"
+    if not missing:
+        return
+    done = _apt_get("install", "-y", *missing)
+    if done.returncode != 0:
+        _apt_get("update", "-q")
+        done = _apt_get("install", "-y", *missing)
+    assert done.returncode == 0, f"apt-get install {' '.join(missing)} failed: {done.stderr[-2000:]}"
 
 
 def _base_dirs(root: Path) -> None:
