@@ -21,24 +21,33 @@ the functions that need them import them, because ~130 ms of numpy + h5py per wo
 pilot's start-up.
 """
 
-from hpcpilot.report.command import add_report_parser, main, report_main
-from hpcpilot.report.plots import TIME_LABEL, memory_figure, plots_available, write_plots
-from hpcpilot.report.read import JobSeries, RunData, RunFileError, load_run
-from hpcpilot.report.stats import (
-    DEFAULT_LEAK_GROWTH_PERCENT,
-    DEFAULT_LEAK_MIB_PER_MIN,
-    FINAL_STATES,
-    KIB_PER_MIB,
-    JobStats,
-    LeakPolicy,
-    cpu_efficiency,
-    event_times,
-    job_cpu_seconds,
-    job_stats,
-    memory_series,
-    rank_timeline,
-)
-from hpcpilot.report.summary import summarize
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Which module each public name lives in; imported on first use (PEP 562, ``__getattr__`` below).
+# Start-up: ``hpcpilot.cli`` builds its parser on every rank of every run and needs only
+# ``add_report_parser``; importing the plots, the reader and the summary eagerly cost every worker rank
+# their import too.  None of these modules imports this package's names, so this hides no import cycle.
+_WHERE = {
+    "add_report_parser": "command", "main": "command", "report_main": "command",
+    "TIME_LABEL": "plots", "memory_figure": "plots", "plots_available": "plots", "write_plots": "plots",
+    "JobSeries": "read", "RunData": "read", "RunFileError": "read", "load_run": "read",
+    "DEFAULT_LEAK_GROWTH_PERCENT": "stats", "DEFAULT_LEAK_MIB_PER_MIN": "stats", "FINAL_STATES": "stats",
+    "KIB_PER_MIB": "stats", "JobStats": "stats", "LeakPolicy": "stats", "cpu_efficiency": "stats",
+    "event_times": "stats", "job_cpu_seconds": "stats", "job_stats": "stats", "memory_series": "stats",
+    "rank_timeline": "stats",
+    "summarize": "summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "DEFAULT_LEAK_GROWTH_PERCENT",

@@ -7,10 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpcpilot.report import plots
-from hpcpilot.report.read import RunFileError, load_run
 from hpcpilot.report.stats import DEFAULT_LEAK_GROWTH_PERCENT, DEFAULT_LEAK_MIB_PER_MIN, LeakPolicy
-from hpcpilot.report.summary import summarize
 
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -34,6 +31,12 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def report_main(args: argparse.Namespace) -> int:
     """Print the summary and write the plots; 2 with a one-line error when the record is unreadable."""
+    # Here, not at the top: every rank of every run imports this module for add_report_parser, and only
+    # the report command reads a record, summarizes it or plots it.  These modules do not import this one.
+    from hpcpilot.report import plots
+    from hpcpilot.report.read import RunFileError, load_run
+    from hpcpilot.report.summary import summarize
+
     policy = LeakPolicy(getattr(args, "leak_threshold", DEFAULT_LEAK_MIB_PER_MIN),
                         getattr(args, "leak_growth", DEFAULT_LEAK_GROWTH_PERCENT))
     try:
