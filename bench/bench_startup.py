@@ -8,13 +8,20 @@ summary.json.  A second table shows where a rank's start-up goes: the imports of
 worker rank (``PYTHONPROFILEIMPORTTIME``), with the hpcpilot module that pulled in each heavy one.
 Not a test: nothing is asserted.
 
+With ``--before COMMIT`` the pilot of that commit (a ``git worktree`` in the scratch directory, first on
+PYTHONPATH) runs too, alternating with the other two, so a change is measured against its baseline in
+the same run.
+
     .venv/bin/python -m bench.bench_startup [--reps 9] [--ranks 8] [--quick] [--no-bytecode-cache]
+                                            [--before COMMIT]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +30,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
+    REPO,
     bench_dir,
     bench_env,
     bytecode_note,
@@ -66,23 +74,43 @@ def time_baseline(tmp: Path, name: str, ranks: int, env: dict[str, str]) -> floa
     return run.wall
 
 
-def measure(tmp: Path, reps: int, ranks: int,
-            env: dict[str, str]) -> tuple[list[float], list[float], list[float]]:
-    """``reps`` alternating runs of each after one discarded warm-up of each (fills the .pyc cache)."""
+def before_env(tmp: Path, commit: str, env: dict[str, str]) -> dict[str, str]:
+    """The environment that runs the pilot of ``commit``: its tree (a detached git worktree in ``tmp``)
+    first on PYTHONPATH, with its ``serve`` package."""
+    tree = tmp / f"before-{commit}"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "--quiet", str(tree), commit], check=True)
+    return {**env, "PYTHONPATH": os.pathsep.join([str(tree), str(tree / "serve"), env["PYTHONPATH"]])}
+
+
+def drop_before(tmp: Path, commit: str) -> None:
+    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tmp / f"before-{commit}")],
+                   check=False)
+
+
+def measure(tmp: Path, reps: int, ranks: int, env: dict[str, str], old_env: dict[str, str] | None = None
+            ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """``reps`` alternating runs of each after one discarded warm-up of each (fills the .pyc cache);
+    the last list is the ``--before`` pilot's wall times (empty without it)."""
     time_baseline(tmp, "warmup-baseline", ranks, env)
     time_pilot(tmp, "warmup-pilot", ranks, env)
-    pilot, loop, baseline = [], [], []
+    if old_env is not None:
+        time_pilot(tmp, "warmup-before", ranks, old_env)
+    pilot, loop, baseline, before = [], [], [], []
     for rep in range(reps):
         baseline.append(time_baseline(tmp, f"baseline-{rep}", ranks, env))
+        if old_env is not None:
+            before.append(time_pilot(tmp, f"before-{rep}", ranks, old_env)[0])
         wall, span = time_pilot(tmp, f"pilot-{rep}", ranks, env)
         pilot.append(wall)
         loop.append(span)
-    return pilot, loop, baseline
+    return pilot, loop, baseline, before
 
 
 def print_startup(pilot: list[float], loop: list[float], baseline: list[float], ranks: int,
-                  bytecode_cache: bool) -> None:
+                  bytecode_cache: bool, before: list[float], before_commit: str = "") -> None:
     ratio = median(pilot) / median(baseline)
+    old = ([[f"hpcpilot run at {before_commit}", median(before), min(before), max(before), "",
+             median(before) / median(baseline), "", ""]] if before else [])
     print_table(
         f"Start-up: mpiexec -n {ranks}, launch to exit, median of {len(pilot)} alternating runs",
         ["pilot: hpcpilot run --site-config site_configs/laptop.toml, empty access point (HPCJobs.json = {}),",
@@ -93,6 +121,7 @@ def print_startup(pilot: list[float], loop: list[float], baseline: list[float], 
          bytecode_note(bytecode_cache)],
         ["command", "median s", "min s", "max s", "controller s", "ratio", "target", "met"],
         [["baseline (mpi4py import)", median(baseline), min(baseline), max(baseline), "", 1.0, "", ""],
+         *old,
          ["hpcpilot run", median(pilot), min(pilot), max(pilot), median(loop), ratio, f"<= {TARGET_RATIO:g}",
           "yes" if ratio <= TARGET_RATIO else "NO"]])
 
@@ -184,13 +213,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repetitions (a smoke test, about 20 s)")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="keep PYTHONDONTWRITEBYTECODE as set")
     parser.add_argument("--keep", action="store_true", help="keep the run directories (logs, summaries)")
+    parser.add_argument("--before", metavar="COMMIT", default="",
+                        help="also run the pilot of this commit, alternating with the others")
     args = parser.parse_args()
     reps = 3 if args.quick else args.reps
     cache = not args.no_bytecode_cache
     with bench_dir("hpcpilot-bench-startup-", args.keep) as tmp:
         env = bench_env(tmp, cache)
-        pilot, loop, baseline = measure(tmp, reps, args.ranks, env)
-        print_startup(pilot, loop, baseline, args.ranks, cache)
+        old_env = before_env(tmp, args.before, env) if args.before else None
+        try:
+            pilot, loop, baseline, before = measure(tmp, reps, args.ranks, env, old_env)
+        finally:
+            if args.before:
+                drop_before(tmp, args.before)
+        print_startup(pilot, loop, baseline, args.ranks, cache, before, args.before)
         profile_imports(tmp, env, cache)
 
 
