@@ -118,22 +118,28 @@ class Worker:
         self.rank0_done = False  # Release received, or rank 0 gone: a stopped rank has nobody to wait for
         self.stop_event = stop_event or threading.Event()
         self.node = node_info(jobs_dir)
+        self.guard: RankGuard | None = None
+        self.guard_tried = False
 
     def run(self) -> None:
         """Check, then ask for jobs until rank 0 says there is no more work or stop."""
-        guard = self.start_guard()
+        if self.config.monitor.use_cgroup:  # what dead ranks of an earlier pilot left in this workdir
+            reap_stale_cgroups(self.pilot_dir)
         try:
             self.serve()
         finally:
-            if guard is not None:
-                guard.close()
+            if self.guard is not None:
+                self.guard.close()
 
-    def start_guard(self) -> RankGuard | None:
-        """Kill what dead ranks of an earlier pilot left in this workdir's cgroups, then start the guard
-        that kills this rank's payloads if the rank dies (see hpcpilot.rankguard)."""
-        if self.config.monitor.use_cgroup:
-            reap_stale_cgroups(self.pilot_dir)
-        return RankGuard.start(owner_id(), self.pilot_dir)
+    def start_guard(self) -> None:
+        """Start the guard that kills this rank's payloads if the rank dies (see hpcpilot.rankguard), once,
+        before the rank's first payload.  Not at the rank's start: the guard is a second interpreter
+        per rank (about 50 ms of CPU with its last sweep), which a rank that never runs a job (an empty
+        queue, a rank refused by its checks) would pay for nothing, and every rank's start-up with it.
+        Until a job starts there is no payload to kill."""
+        if not self.guard_tried:
+            self.guard_tried = True
+            self.guard = RankGuard.start(owner_id(), self.pilot_dir)
 
     def serve(self) -> None:
         problems = startup_problems(self.config, self.jobs_dir)
@@ -287,6 +293,7 @@ class Worker:
             control.clone.deliver(message)
 
     def start_job(self, job: JobSpec, limits: Limits, stage_in: bool = True) -> None:
+        self.start_guard()
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
         holder: list[Any] = []
