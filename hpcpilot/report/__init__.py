@@ -10,6 +10,7 @@ memory MiB, memory rates kB/s, times s (seconds since the run's start), events/s
 One module per job:
 
 * ``read``: the run record's HDF5 layout, read into a ``RunData``;
+* ``defaults``: the default leak thresholds and units (all the command line needs at every start);
 * ``stats``: the numbers (per-job statistics, CPU efficiency, leak flags, events; their definitions);
 * ``summary``: the text summary;
 * ``plots``: the PNG plots, the only module that needs matplotlib;
@@ -34,8 +35,8 @@ _WHERE = {
     "add_report_parser": "command", "main": "command", "report_main": "command",
     "TIME_LABEL": "plots", "memory_figure": "plots", "plots_available": "plots", "write_plots": "plots",
     "JobSeries": "read", "RunData": "read", "RunFileError": "read", "load_run": "read",
-    "DEFAULT_LEAK_GROWTH_PERCENT": "stats", "DEFAULT_LEAK_MIB_PER_MIN": "stats", "FINAL_STATES": "stats",
-    "KIB_PER_MIB": "stats", "JobStats": "stats", "LeakPolicy": "stats", "cpu_efficiency": "stats",
+    "DEFAULT_LEAK_GROWTH_PERCENT": "defaults", "DEFAULT_LEAK_MIB_PER_MIN": "defaults", "KIB_PER_MIB": "defaults",
+    "FINAL_STATES": "stats", "JobStats": "stats", "LeakPolicy": "stats", "cpu_efficiency": "stats",
     "event_times": "stats", "job_cpu_seconds": "stats", "job_stats": "stats", "memory_series": "stats",
     "rank_timeline": "stats",
     "summarize": "summary",

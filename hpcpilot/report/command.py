@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpcpilot.report.stats import DEFAULT_LEAK_GROWTH_PERCENT, DEFAULT_LEAK_MIB_PER_MIN, LeakPolicy
+from hpcpilot.report.defaults import DEFAULT_LEAK_GROWTH_PERCENT, DEFAULT_LEAK_MIB_PER_MIN, kb_per_s
 
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -21,7 +21,7 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--leak-threshold", type=float, default=DEFAULT_LEAK_MIB_PER_MIN,
                         metavar="MIB_PER_MIN",
                         help=f"leak slope to flag, MiB/min (default {DEFAULT_LEAK_MIB_PER_MIN:g}, i.e. "
-                             f"{LeakPolicy().kb_per_s:.1f} kB/s, the unit the report prints)")
+                             f"{kb_per_s(DEFAULT_LEAK_MIB_PER_MIN):.1f} kB/s, the unit the report prints)")
     parser.add_argument("--leak-growth", type=float, default=DEFAULT_LEAK_GROWTH_PERCENT, metavar="PERCENT",
                         help=f"minimum growth over the fit window to flag, percent "
                              f"(default {DEFAULT_LEAK_GROWTH_PERCENT:g})")
@@ -32,9 +32,10 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
 def report_main(args: argparse.Namespace) -> int:
     """Print the summary and write the plots; 2 with a one-line error when the record is unreadable."""
     # Here, not at the top: every rank of every run imports this module for add_report_parser, and only
-    # the report command reads a record, summarizes it or plots it.  These modules do not import this one.
+    # the report command reads a record, fits leaks, summarizes it or plots it.  These modules do not import this one.
     from hpcpilot.report import plots
     from hpcpilot.report.read import RunFileError, load_run
+    from hpcpilot.report.stats import LeakPolicy
     from hpcpilot.report.summary import summarize
 
     policy = LeakPolicy(getattr(args, "leak_threshold", DEFAULT_LEAK_MIB_PER_MIN),

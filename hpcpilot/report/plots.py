@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hpcpilot.monitor.leakfit import format_metric
+from hpcpilot.report.defaults import KIB_PER_MIB
 from hpcpilot.report.read import JobSeries, RunData, to_epoch
 from hpcpilot.report.stats import (
-    KIB_PER_MIB,
     JobStats,
     LeakPolicy,
     cpu_efficiency,

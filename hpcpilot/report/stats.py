@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcpilot.monitor.leakfit import LeakFit, fit_leak
 from hpcpilot.records import CPU_SECONDS_KEY
+from hpcpilot.report.defaults import DEFAULT_LEAK_GROWTH_PERCENT, DEFAULT_LEAK_MIB_PER_MIN, kb_per_s
 from hpcpilot.report.read import JobSeries, RunData, field_number, to_epoch
 
 # numpy, h5py and hpcpilot.runrecord are imported inside the functions that use them: see the start-up
@@ -37,10 +38,7 @@ from hpcpilot.report.read import JobSeries, RunData, field_number, to_epoch
 if TYPE_CHECKING:
     import numpy as np
 
-DEFAULT_LEAK_MIB_PER_MIN = 1.0
-DEFAULT_LEAK_GROWTH_PERCENT = 10.0
 FINAL_STATES = frozenset({"finished", "failed", "holding", "closed", "cancelled"})
-KIB_PER_MIB = 1024.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,7 @@ class LeakPolicy:
     @property
     def kb_per_s(self) -> float:
         """The slope threshold in the report's unit for memory rates (kB/s, jobMetrics' ``leak=``)."""
-        return self.mib_per_min * KIB_PER_MIB / 60.0
+        return kb_per_s(self.mib_per_min)
 
     def describe(self) -> str:
         return f">= {self.kb_per_s:.1f} kB/s and >= {self.growth_percent:g} % growth over the fit window"

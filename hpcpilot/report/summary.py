@@ -7,8 +7,9 @@ from datetime import UTC, datetime
 
 from hpcpilot.errors import ErrorCode
 from hpcpilot.monitor.leakfit import format_metric
+from hpcpilot.report.defaults import KIB_PER_MIB
 from hpcpilot.report.read import RunData
-from hpcpilot.report.stats import FINAL_STATES, KIB_PER_MIB, JobStats, LeakPolicy, cpu_efficiency, job_stats
+from hpcpilot.report.stats import FINAL_STATES, JobStats, LeakPolicy, cpu_efficiency, job_stats
 
 
 def _error_name(code: int) -> str:
