@@ -3,9 +3,10 @@
 Why: on a node every second of start-up is a second of allocation with no payload running, times
 every rank.  The baseline is what no MPI pilot can avoid, ``mpiexec -n 8 python -c "from mpi4py
 import MPI"``, measured in the same run, alternating with the pilot so that the machine's noise
-hits both alike.  Target: pilot / baseline <= 2 (medians).  Every pilot run must exit 0 and leave a
-summary.json.  A second table shows where a rank's start-up goes: the imports of rank 0 and of a
-worker rank (``PYTHONPROFILEIMPORTTIME``), with the hpcpilot module that pulled in each heavy one.
+hits both alike.  Target: pilot / baseline <= 1.5 (medians; issue 26, it was 2).  Every pilot
+run must exit 0 and leave a summary.json.  A second table shows where a rank's start-up goes: the
+imports of rank 0 and of a worker rank (``PYTHONPROFILEIMPORTTIME``), with the hpcpilot module that
+pulled in each heavy one.
 Not a test: nothing is asserted.
 
 With ``--before COMMIT`` the pilot of that commit (a ``git worktree`` in the scratch directory, first on
@@ -44,7 +45,7 @@ from bench._common import (
     summary_span,
 )
 
-TARGET_RATIO = 2.0
+TARGET_RATIO = 1.5
 BASELINE = [sys.executable, "-c", "from mpi4py import MPI"]
 HEAVY = ("mpi4py.MPI", "numpy", "h5py", "requests", "ssl", "sqlite3", "http.server", "tomllib")
 IMPORT_LINE = re.compile(r"^\[(\d+)\]\s*import time:\s*(\d+)\s*\|\s*(\d+)\s*\|( *)(\S+)")
