@@ -114,6 +114,7 @@ class Controller:
         self.followups: list[Event] = []
         self.started = clock()
         self.nodes: dict[int, dict[str, Any]] = {}
+        self.node_names: set[str] = set()  # nodes whose map went to the source: one look-up per Ready, not a walk
         self.debug_tails: dict[int, str] = {}
         # Single-rank mode: the worker thread sits in mailbox 1 but is rank 0 of a 1-rank pilot.
         self.single_rank = single_rank
@@ -242,7 +243,8 @@ class Controller:
 
     def on_ready(self, message: Ready) -> list[Event]:
         name = message.node.get("node")
-        if name and name not in {node.get("node") for node in self.nodes.values()}:
+        if name and name not in self.node_names:
+            self.node_names.add(name)
             self.source.report_worker_node(message.node)  # once per node: its first rank to answer
         self.nodes[message.rank] = message.node
         if self.recorder is not None:
