@@ -184,18 +184,6 @@ class AssignJob:
     stage_in: bool = True
     tag = Tag.JOB
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as the parsed fields plus the definition as a plain dict (a mappingproxy does not pickle):
-        the worker rebuilds the JobSpec without parsing it again."""
-        return _unpack_assign_job, (_job_values(self.job), dict(self.job.wire), self.limits, self.stage_in)
-
-
-_job_values = attrgetter(*(f.name for f in fields(JobSpec) if f.name != "wire"))
-
-
-def _unpack_assign_job(values: tuple[Any, ...], wire: dict[str, Any], limits: Limits, stage_in: bool) -> AssignJob:
-    return AssignJob(JobSpec(*values, wire=MappingProxyType(wire)), limits, stage_in)
-
 
 @dataclass(frozen=True, slots=True)
 class NoMoreWork:

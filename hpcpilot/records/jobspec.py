@@ -8,7 +8,7 @@ included, with no re-encoding ambiguity between the JSON and the URL-encoded for
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
@@ -140,6 +140,11 @@ class JobSpec:
     clone_job: str  # '' or one of CLONE_MODES
     wire: Mapping[str, Any] = field(repr=False, compare=False)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (to the worker rank that runs it) as the parsed fields plus the definition as a plain dict,
+        since a mappingproxy does not pickle: the receiver rebuilds the JobSpec without parsing it again."""
+        return _rebuild, (tuple(getattr(self, name) for name in _PARSED_FIELDS), dict(self.wire))
+
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> JobSpec:
         """Parse a getJob dict; raise JobDefinitionError naming the bad field (and nothing else, for any input)."""
@@ -183,3 +188,10 @@ class JobSpec:
     def to_wire(self) -> dict[str, Any]:
         """The job definition exactly as the server sent it."""
         return dict(self.wire)
+
+
+_PARSED_FIELDS = tuple(f.name for f in fields(JobSpec) if f.name != "wire")
+
+
+def _rebuild(values: tuple[Any, ...], wire: dict[str, Any]) -> JobSpec:
+    return JobSpec(*values, wire=MappingProxyType(wire))
