@@ -27,6 +27,7 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("harvester", "stage"): ("harvester", "pilot"),
     ("harvester", "job_spec_format"): ("json", "cgi"),
     ("container", "runtime"): ("none", "apptainer", "singularity", "podman", "podman-hpc", "shifter", "charliecloud"),
+    ("gpu", "bind"): ("auto", "none", "slurm"),
 }
 
 
@@ -100,6 +101,7 @@ _RANGES: dict[tuple[str, str], Range] = {
     ("harvester", "feed_timeout"): DURATION,
     ("harvester", "poll_interval"): INTERVAL,
     ("harvester", "status_interval"): DURATION,
+    ("gpu", "per_rank"): Range(0, MAX_COUNT),
 }
 DEFAULT_RANGE = SIZE  # a numeric key not listed above: not negative, and bounded
 

@@ -194,6 +194,18 @@ class ContainerConfig:
 
 
 @dataclass(frozen=True)
+class GpuConfig:
+    """How a node's GPUs are shared among its ranks (hpcpilot.gpu): the rule per rank, and a per-payload limit."""
+
+    bind: str = _doc("auto (split the node's GPUs by node-local rank, unless Slurm bound the task) | none (every "
+                     "rank sees every GPU) | slurm (keep what Slurm set; refuse nothing)", "auto")
+    per_rank: int = _doc("GPUs (Intel: tiles) each rank gets; 0 = the node's GPUs divided evenly among its ranks", 0)
+    share: bool = _doc("let two ranks share a GPU when the node has fewer GPUs than ranks (else the rest get none)",
+                       False)
+    memory_limit_mb: int = _doc("GPU memory one payload may use on any of its GPUs, MB (0 = no limit)", 0)
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """The whole site configuration, one typed object."""
 
@@ -206,6 +218,7 @@ class SiteConfig:
     eventservice: EventServiceConfig = field(default_factory=EventServiceConfig)
     harvester: HarvesterConfig = field(default_factory=HarvesterConfig)
     container: ContainerConfig = field(default_factory=ContainerConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
     source: str = "<defaults>"
 
     def describe(self) -> str:
