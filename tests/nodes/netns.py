@@ -188,10 +188,11 @@ class Cluster:
                 "-launcher-exec", str(self.agent), "-iface", self.bridge]
 
     def openmpi_args(self, ranks_per_node: int) -> list[str]:
-        """Open MPI ``mpirun`` options: the nodes as hosts with ``ranks_per_node`` slots, the agent, and
-        both the runtime's and the MPI's TCP traffic kept on the nodes' network."""
+        """Open MPI ``mpirun`` options: the nodes as hosts with ``ranks_per_node`` ranks on each, the agent,
+        and both the runtime's and the MPI's TCP traffic kept on the nodes' network."""
         hosts = ",".join(f"{name}:{ranks_per_node}" for name in self.hostnames)
-        return ["--host", hosts, "--mca", "plm_rsh_agent", str(self.agent),
+        # ppr: with --oversubscribe (the MPI tier's, for 2 cores) PRRTE would otherwise put every rank on one node
+        return ["--host", hosts, "--map-by", f"ppr:{ranks_per_node}:node", "--mca", "plm_rsh_agent", str(self.agent),
                 "--prtemca", "plm_ssh_no_tree_spawn", "1",
                 "--prtemca", "oob_tcp_if_include", str(self.network),
                 "--mca", "btl_tcp_if_include", str(self.network)]

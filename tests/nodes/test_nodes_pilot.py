@@ -1,0 +1,111 @@
+"""The pilot across three nodes under MPICH's mpiexec and Open MPI's mpirun (2 ranks a node), against the
+PanDA test double on the bridge: what only happens across nodes, checked on what the server received,
+run.h5 and the nodes' own files."""
+
+from __future__ import annotations
+
+import subprocess
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from hpcpilot.panda import wire
+from hpcpilot.report.read import load_run
+from hpcpilot_serve.server import PandaTestServer
+from tests.nodes.conftest import NODES, RANKS_PER_NODE
+from tests.nodes.netns import Cluster
+from tests.pilotrun import FAST, LAPTOP, Mpi, default_sigint, make_job, wait_for
+
+pytestmark = pytest.mark.nodes
+RANKS = NODES * RANKS_PER_NODE
+SCRATCH = "/tmp/scratch"  # site.local_scratch: the node's own /tmp
+
+
+def start(cluster: Cluster, mpi: Mpi, server: PandaTestServer, settings: tuple[str, ...] = ()) -> subprocess.Popen[str]:
+    """``mpiexec -n 6 hpcpilot run --server`` across the nodes, work directory and logs on the shared one."""
+    shared = cluster.shared
+    argv = [*mpi.argv(RANKS), mpi.python, "-m", "hpcpilot", "run", "--site-config", str(LAPTOP), "--server",
+            server.url, "--queue", "TESTQ", "--workdir", str(shared / "work"), "--log-dir", str(shared / "logs")]
+    for setting in [*FAST, f"site.local_scratch={SCRATCH}", f"stage.output_dir={shared / 'out'}", *settings]:
+        argv += ["--set", setting]
+    return subprocess.Popen(argv, cwd=shared, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, env=mpi.environ(), preexec_fn=default_sigint)
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"the pilot did not end within {timeout} s:\n{err[-3000:]}") from None
+    return proc.returncode, out + err
+
+
+def final_updates(server: PandaTestServer) -> dict[int, list[dict[str, Any]]]:
+    """Each job's final updateJob requests as the server received them (legacy field names, either API)."""
+    updates: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for request in server.requests(wire.UPDATE_JOB):
+        fields = wire.from_v1(wire.UPDATE_JOB, request["fields"]) if request["api"] == "v1" else request["fields"]
+        if fields.get("state") in ("finished", "failed"):
+            updates[int(fields["jobId"])].append(fields)
+    return dict(updates)
+
+
+def expected_node(cluster: Cluster, rank: int) -> str:
+    """Both launchers fill the nodes in order: ranks 0 and 1 on the first node, 2 and 3 on the second..."""
+    return cluster.hostnames[rank // RANKS_PER_NODE]
+
+
+def scratch_jobs(cluster: Cluster) -> dict[str, dict[int, set[int]]]:
+    """What each node's own /tmp holds under site.local_scratch: {node: {rank: {PandaIDs of the job dirs}}}."""
+    found: dict[str, dict[int, set[int]]] = {}
+    for node in cluster.nodes:
+        ranks = (node.tmp / SCRATCH.removeprefix("/tmp/") / "jobs").glob("rank*")
+        found[node.name] = {int(r.name.removeprefix("rank")): {int(j.name.split("_")[1]) for j in r.glob("PandaJob_*")}
+                            for r in ranks}
+    return found
+
+
+def nodes_emptied(cluster: Cluster) -> bool:
+    """No process of the run is left on any node (the launchers' daemons included)."""
+    return wait_for(lambda: not any(node.pids() for node in cluster.nodes), timeout=30)
+
+
+def test_jobs_spread_over_every_node_each_named_by_its_node(cluster: Cluster, node_mpi: Mpi,
+                                                             panda_server: PandaTestServer) -> None:
+    ids = list(range(24001, 24011))
+    panda_server.load_jobs([make_job(i, f"sleep 1; hostname > where.{i}.txt", [f"where.{i}.txt"]) for i in ids])
+    returncode, output = finish(start(cluster, node_mpi, panda_server))
+    assert returncode == 0, output[-3000:]
+    state = panda_server.dump()
+    assert {j["PandaID"]: j["status"] for j in state["jobs"]} == dict.fromkeys(ids, "finished")
+    # the node each job's final update names is where the payload ran (its own hostname, staged out)
+    updates = final_updates(panda_server)
+    assert sorted(updates) == ids and all(len(u) == 1 for u in updates.values()), updates
+    node_of = {i: updates[i][0]["node"] for i in ids}
+    for i in ids:
+        assert (cluster.shared / "out" / f"where.{i}.txt").read_text().strip() == node_of[i]
+    assert set(node_of.values()) == set(cluster.hostnames)  # jobs on every node
+    # run.h5: each worker rank's node info and each job's node are the rank's real node
+    run = load_run(cluster.shared / "work" / "run.h5")
+    assert {rank: info["node"] for rank, info in run.nodes.items()} == \
+        {rank: expected_node(cluster, rank) for rank in range(1, RANKS)}
+    assert all(info["disk"] > 0 for info in run.nodes.values()), run.nodes
+    assert {job["jobId"]: job["node"] for job in run.jobs} == node_of
+    assert all(job["node"] == expected_node(cluster, job["rank"]) for job in run.jobs)
+    # each rank's log lines carry [rank r/6 its node]
+    for rank in range(RANKS):
+        lines = (cluster.shared / "logs" / f"pilot.rank{rank}.log").read_text().splitlines()
+        prefix = f" [rank {rank}/{RANKS} {expected_node(cluster, rank)}] "
+        assert lines and all(prefix in line for line in lines if line[:2] == "20"), (prefix, lines[:3])
+    # node-local scratch: a node's /tmp holds the directories of its own ranks' jobs, and only those
+    scratch = scratch_jobs(cluster)
+    for node in cluster.nodes:
+        ranks = [r for r in range(1, RANKS) if expected_node(cluster, r) == node.name]
+        assert sorted(scratch[node.name]) == ranks, scratch
+        assert set().union(*scratch[node.name].values()) == {i for i in ids if node_of[i] == node.name}
+    # the worker-node map: once per node, every node
+    assert [(n["host_name"], n["updates"]) for n in state["worker_nodes"]] == [(h, 1) for h in cluster.hostnames]
+    assert nodes_emptied(cluster)
