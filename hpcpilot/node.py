@@ -41,8 +41,11 @@ def _memory_mb(meminfo: str = "/proc/meminfo") -> int:
 def node_info(workdir: Path) -> dict[str, Any]:
     """Node facts as PanDA's getJob wants them (mem and disk in MB, cpu in MHz)."""
     model, mhz = _cpu_model_and_mhz()
+    # A worker asks before its jobs directory exists (on node-local scratch it never does until the first job):
+    # the free space is that of the file system it will be made on, its nearest existing ancestor.
+    existing = next((p for p in (workdir, *workdir.parents) if p.exists()), workdir)
     try:
-        disk_mb = shutil.disk_usage(workdir).free // (1024 * 1024)
+        disk_mb = shutil.disk_usage(existing).free // (1024 * 1024)
     except OSError:
         disk_mb = 0
     return {

@@ -65,11 +65,12 @@ class PandaTestServer:
     def __init__(self, state: Path, port: int = 0, *, release: str = DEFAULT_RELEASE,
                  apis: Iterable[str] | None = None, tls: tuple[str, str] | None = None, client_ca: str | None = None,
                  trailing_false: bool = True, v1_event_update_bug: bool = True,
-                 tokens: Iterable[str] | None = None) -> None:
+                 tokens: Iterable[str] | None = None, host: str = HOST) -> None:
         if release not in RELEASES:
             raise ValueError(f"release {release!r}: expected one of {', '.join(RELEASES)}")
         self.state_path = Path(state)
         self.port = port
+        self.host = host  # 127.0.0.1 unless clients elsewhere must reach it (the nodes tier: the bridge's address)
         self.release = release
         self.apis = frozenset(RELEASES[release] if apis is None else apis)
         self.tls = tls
@@ -95,13 +96,13 @@ class PandaTestServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://{HOST}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def start(self) -> PandaTestServer:
         """Listen (again) on the port; the first start picks a free port if none was given."""
         if self._httpd is not None:
             return self
-        httpd = Listener((HOST, self.port), Handler)
+        httpd = Listener((self.host, self.port), Handler)
         httpd.app = self  # type: ignore[attr-defined]
         if self.tls:
             httpd.socket = _tls_context(self.tls, self.client_ca).wrap_socket(httpd.socket, server_side=True)
