@@ -11,9 +11,9 @@ Every rank takes the inventory itself (no collective, no file between ranks): th
 list, and so a consistent binding, on every rank of a node; on a CPU node it costs a few stat calls
 (bench/bench_gpu_inventory.py).
 
-Injectable for tests and odd sites: ``HPCPILOT_GPU_ROOT`` is the directory that stands for ``/`` (sysfs and
+Injectable for tests and odd sites: ``HPCPILOT_GPUINV_ROOT`` is the directory that stands for ``/`` (sysfs and
 /proc/driver/nvidia are read under it), the tools are looked up on the ``PATH`` given, and
-``HPCPILOT_GPU_SOURCES`` (comma list of "sysfs", "nvml", "nvidia-smi", "amdsmi", "rocm-smi", "xpu-smi") limits
+``HPCPILOT_GPUINV_SOURCES`` (comma list of "sysfs", "nvml", "nvidia-smi", "amdsmi", "rocm-smi", "xpu-smi") limits
 the sources tried.
 """
 
@@ -33,8 +33,9 @@ from hpcpilot.gpu.source import BadData, Unavailable
 
 log = logging.getLogger(__name__)
 
-ROOT_VAR = "HPCPILOT_GPU_ROOT"
-SOURCES_VAR = "HPCPILOT_GPU_SOURCES"
+ROOT_VAR = "HPCPILOT_GPUINV_ROOT"
+SOURCES_VAR = "HPCPILOT_GPUINV_SOURCES"
+"""Not ``HPCPILOT_GPU_*``: that prefix is the [gpu] site section's (``HPCPILOT_<SECTION>_<KEY>``)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ def take_inventory(environ: Mapping[str, str] = os.environ, announce: bool = Tru
         node = _inventory(environ)
     except BadData as exc:
         log.warning("GPU inventory: %s: this node counts as a CPU node", exc)
+        return NodeGpus()
+    except Exception as exc:  # a source's output in a shape no parser foresaw: still one line, not a dead rank
+        log.warning("GPU inventory failed (%s: %s): this node counts as a CPU node", type(exc).__name__, exc)
         return NodeGpus()
     if node.gpus:
         log.log(level, "GPUs (%s): %s", node.source, "; ".join(

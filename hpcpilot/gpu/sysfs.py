@@ -87,15 +87,18 @@ def _drm_cards(drm: Path) -> list[Gpu]:
 
 
 def _card(card: Path) -> Gpu | None:
+    """One drm card: from its device's ``uevent`` (PCI_ID, PCI_CLASS, PCI_SLOT_NAME: one read), else from its
+    ``vendor``, ``device`` and ``class`` files; None where it is no GPU of ours."""
     device = card / "device"
-    vendor_id = _hex(device / "vendor")
-    if vendor_id not in PCI_VENDORS or _hex(device / "class") >> 8 not in DISPLAY_CLASSES:
+    event = dict(line.partition("=")[::2] for line in _optional(device / "uevent").splitlines())
+    vendor_id, device_id, klass = _pci_ids(event, device)
+    if vendor_id not in PCI_VENDORS or klass >> 8 not in DISPLAY_CLASSES:
         return None
-    bus = _slot(device)
+    bus = pci_address(event["PCI_SLOT_NAME"]) if "PCI_SLOT_NAME" in event else pci_address(device.resolve().name)
     vendor = PCI_VENDORS[vendor_id]
     if vendor == "Intel" and bus.split(":")[1] == "00":
         return None  # the CPU's integrated graphics
-    model, arch = pci_model(vendor_id, _hex(device / "device"))
+    model, arch = pci_model(vendor_id, device_id)
     product = _optional(device / "product_name")
     if product:
         model, arch = product, architecture(vendor, product) or arch
@@ -105,11 +108,16 @@ def _card(card: Path) -> Gpu | None:
                driver_version=_optional(card.parents[2] / "module" / "amdgpu" / "version") if vendor == "AMD" else "")
 
 
-def _slot(device: Path) -> str:
-    for line in _optional(device / "uevent").splitlines():
-        if line.startswith("PCI_SLOT_NAME="):
-            return pci_address(line.partition("=")[2])
-    return pci_address(device.resolve().name)
+def _pci_ids(event: dict[str, str], device: Path) -> tuple[int, int, int]:
+    """(vendor, device, class) of a PCI device."""
+    if "PCI_ID" in event and "PCI_CLASS" in event:
+        vendor, _, dev = event["PCI_ID"].partition(":")
+        try:
+            return int(vendor, 16), int(dev, 16), int(event["PCI_CLASS"], 16)
+        except ValueError:
+            raise BadData(f"{device / 'uevent'}: PCI_ID={event['PCI_ID'][:20]!r} PCI_CLASS="
+                          f"{event['PCI_CLASS'][:20]!r} are not hex ids") from None
+    return _hex(device / "vendor"), _hex(device / "device"), _hex(device / "class")
 
 
 def _tiles(card: Path, model: str) -> int:
