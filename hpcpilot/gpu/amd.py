@@ -20,8 +20,6 @@ from hpcpilot.gpu.arch import architecture
 from hpcpilot.gpu.model import Gpu
 from hpcpilot.gpu.source import BadData, Unavailable, pci_address, run_tool
 
-LIBRARY = "amdsmi"
-TOOL = "rocm-smi"
 SMI_ARGS = ("--showproductname", "--showbus", "--showuniqueid", "--showmeminfo", "vram", "--showdriverversion",
             "--json")
 _CARD = re.compile(r"^card([0-9]+)$")
@@ -37,10 +35,10 @@ def rocm_version(environ: Mapping[str, str]) -> str:
         return ""
 
 
-def from_amdsmi(environ: Mapping[str, str]) -> list[Gpu]:
-    """The GPUs amdsmi sees; Unavailable if it does not load or the amdgpu driver does not answer."""
+def from_amdsmi(library: str, environ: Mapping[str, str]) -> list[Gpu]:
+    """The GPUs amdsmi (module ``library``) sees; Unavailable if it does not load or amdgpu does not answer."""
     try:
-        smi: Any = importlib.import_module(LIBRARY)
+        smi: Any = importlib.import_module(library)
         smi.amdsmi_init()
     except Exception as exc:  # AmdSmiLibraryException, ImportError of libamd_smi.so, ...
         raise Unavailable(f"amdsmi: {exc}") from None

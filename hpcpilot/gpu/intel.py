@@ -15,7 +15,6 @@ from hpcpilot.gpu.arch import architecture, intel_tiles
 from hpcpilot.gpu.model import Gpu
 from hpcpilot.gpu.source import BadData, pci_address, run_tool
 
-TOOL = "xpu-smi"
 SMI_ARGS = ("discovery", "-j")
 
 

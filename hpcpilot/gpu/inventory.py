@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hpcpilot.gpu import amd, intel, nvidia, sysfs
+from hpcpilot.gpu import sysfs
 from hpcpilot.gpu.model import VENDORS, Gpu, NodeGpus
 from hpcpilot.gpu.source import BadData, Unavailable
 
@@ -40,31 +40,39 @@ SOURCES_VAR = "HPCPILOT_GPUINV_SOURCES"
 
 @dataclass(frozen=True)
 class Source:
-    """One way to list a vendor's GPUs: a library (found by module name) or a tool (found on PATH)."""
+    """One way to list a vendor's GPUs: a library (found by module name) or a tool (found on PATH), read by
+    ``reader`` ("module:function" of hpcpilot.gpu, imported when the source is tried: a CPU node imports none)."""
 
     name: str
     vendor: str
-    read: Callable[[str, Mapping[str, str]], list[Gpu]]  # (program path or "", environment) -> GPUs
+    reader: str
     library: str = ""
     program: str = ""
 
     def locate(self, environ: Mapping[str, str]) -> str | None:
-        """The program's path ("" for a library) if this source is installed here, else None."""
+        """The library's module name or the program's path if this source is installed here, else None."""
         if self.library:
             try:
-                return "" if importlib.util.find_spec(self.library) is not None else None
+                return self.library if importlib.util.find_spec(self.library) is not None else None
             except (ImportError, ValueError):
                 return None
         return shutil.which(self.program, path=environ.get("PATH", os.defpath))
 
+    def read(self, located: str, environ: Mapping[str, str]) -> list[Gpu]:
+        module, _, function = self.reader.partition(":")
+        reader: Callable[[str, Mapping[str, str]], list[Gpu]] = getattr(
+            importlib.import_module(f"hpcpilot.gpu.{module}"), function)
+        return reader(located, environ)
+
 
 SOURCES = (
-    Source("nvml", "NVIDIA", lambda _, env: nvidia.from_nvml(), library=nvidia.LIBRARY),
-    Source("nvidia-smi", "NVIDIA", nvidia.from_smi, program=nvidia.TOOL),
-    Source("amdsmi", "AMD", lambda _, env: amd.from_amdsmi(env), library=amd.LIBRARY),
-    Source("rocm-smi", "AMD", amd.from_smi, program=amd.TOOL),
-    Source("xpu-smi", "Intel", intel.from_smi, program=intel.TOOL),
+    Source("nvml", "NVIDIA", "nvidia:from_nvml", library="pynvml"),
+    Source("nvidia-smi", "NVIDIA", "nvidia:from_smi", program="nvidia-smi"),
+    Source("amdsmi", "AMD", "amd:from_amdsmi", library="amdsmi"),
+    Source("rocm-smi", "AMD", "amd:from_smi", program="rocm-smi"),
+    Source("xpu-smi", "Intel", "intel:from_smi", program="xpu-smi"),
 )
+"""Per vendor in the order tried: its library, then its tool (the NVML module of nvidia-ml-py is ``pynvml``)."""
 
 
 def take_inventory(environ: Mapping[str, str] = os.environ, announce: bool = True) -> NodeGpus:
@@ -119,11 +127,11 @@ def _best(vendor: str, environ: Mapping[str, str], allowed: set[str]) -> tuple[s
     for source in SOURCES:
         if source.vendor != vendor or source.name not in allowed:
             continue
-        program = source.locate(environ)
-        if program is None:
+        located = source.locate(environ)
+        if located is None:
             continue
         try:
-            gpus = source.read(program, environ)
+            gpus = source.read(located, environ)
         except Unavailable as exc:
             log.debug("GPU inventory: %s", exc)
             continue

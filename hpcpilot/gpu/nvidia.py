@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hpcpilot.gpu.arch import architecture
 from hpcpilot.gpu.model import Gpu
 from hpcpilot.gpu.source import BadData, Unavailable, pci_address, run_tool
 
-LIBRARY = "pynvml"
-TOOL = "nvidia-smi"
+if TYPE_CHECKING:  # imported for real in parse_smi_xml: only a node with nvidia-smi and no NVML parses XML
+    import xml.etree.ElementTree as ET
+
 SMI_ARGS = ("-q", "-x")
 
 
-def from_nvml() -> list[Gpu]:
-    """The GPUs NVML sees; Unavailable if NVML does not load or the driver does not answer."""
+def from_nvml(library: str, environ: Mapping[str, str]) -> list[Gpu]:
+    """The GPUs NVML (module ``library``) sees; Unavailable if NVML does not load or the driver does not answer."""
     try:
-        nvml: Any = importlib.import_module(LIBRARY)
+        nvml: Any = importlib.import_module(library)
         nvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, _DriverNotLoaded, ... and ImportError
         raise Unavailable(f"NVML: {exc}") from None
@@ -63,6 +63,8 @@ def from_smi(program: str, environ: Mapping[str, str]) -> list[Gpu]:
 def parse_smi_xml(text: str) -> list[Gpu]:
     """``nvidia-smi -q -x`` output -> GPUs in document order (nvidia-smi's index order); BadData if it is
     not that document."""
+    import xml.etree.ElementTree as ET
+
     try:
         root = ET.fromstring(text.strip())
     except ET.ParseError as exc:

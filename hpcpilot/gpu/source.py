@@ -9,7 +9,6 @@ node as a CPU node rather than bind ranks to GPUs it does not understand.
 from __future__ import annotations
 
 import re
-import subprocess
 from collections.abc import Mapping, Sequence
 
 TOOL_TIMEOUT = 60.0
@@ -25,7 +24,10 @@ class BadData(Exception):
 
 
 def run_tool(argv: Sequence[str], environ: Mapping[str, str]) -> str:
-    """The tool's standard output; Unavailable when it cannot run, fails or hangs."""
+    """The tool's standard output; Unavailable when it cannot run, fails or hangs.  ``subprocess`` is imported
+    here: a worker rank does not import it before its first job, and a CPU node never runs a tool."""
+    import subprocess
+
     try:
         done = subprocess.run(list(argv), env=dict(environ), stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=TOOL_TIMEOUT, check=False)
