@@ -10,9 +10,11 @@ the GPU variables it was started with into an output file, and the test reads th
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
+import h5py
 import pytest
 
 from tests.pilotrun import MPICH, Mpi, make_job, run_pilot
@@ -65,6 +67,19 @@ def test_each_payload_gets_its_ranks_share_and_no_two_ranks_share_a_gpu(tmp_path
         assert env["ROCR_VISIBLE_DEVICES"] == "unset" and env["ZE_AFFINITY_MASK"] == "unset"
     used = [gpu for env in by_rank.values() for gpu in env["CUDA_VISIBLE_DEVICES"].split(",")]
     assert len(used) == len(set(used))
+    # What a person checks afterwards says the same: every worker's node info in run.h5 ...
+    with h5py.File(tmp_path / "work" / "run.h5", "r") as record:
+        for rank in (1, 2, 3):
+            node = record[f"ranks/{rank}/node"].attrs
+            share, gpus = json.loads(node["rank_gpus"]), json.loads(node["gpus"])
+            assert (share["env"]["CUDA_VISIBLE_DEVICES"], share["how"]) == (expected[rank], "auto")
+            assert (gpus["source"], len(gpus["gpus"])) == ("sysfs", 4)
+    # ... and the scripts that re-run each job by hand
+    scripts = [(rank, setup) for rank in by_rank
+               for setup in (tmp_path / "work" / "jobs" / f"rank{rank}").glob("PandaJob_*/job_setup.sh")]
+    assert len(scripts) == 6
+    for rank, setup in scripts:
+        assert f"export CUDA_VISIBLE_DEVICES={expected[rank]}\n" in setup.read_text()
 
 
 def test_two_gpus_per_rank_leave_the_third_worker_a_cpu_rank_blind_to_them(tmp_path: Path) -> None:
