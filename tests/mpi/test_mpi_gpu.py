@@ -26,11 +26,12 @@ SHOWN = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "ROCR_VISIBLE_DEVICES", "Z
 GPU_VARS = (*SHOWN, "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "ZE_FLAT_DEVICE_HIERARCHY")
 
 
-def gpu_node_mpi() -> Mpi:
+def gpu_node_mpi(python: str = MPICH.python) -> Mpi:
     """MPICH with the captured node injected, and none of the test machine's own GPU variables."""
     for name in GPU_VARS:
         os.environ.pop(name, None)  # the pilot must start from a node where no launcher bound anything
-    return dataclasses.replace(MPICH, env=(("HPCPILOT_GPUINV_ROOT", str(ROOT)), ("HPCPILOT_GPUINV_SOURCES", "sysfs")))
+    return dataclasses.replace(MPICH, python=python, env=(("HPCPILOT_GPUINV_ROOT", str(ROOT)),
+                                                          ("HPCPILOT_GPUINV_SOURCES", "sysfs")))
 
 
 def env_job(panda_id: int) -> dict[str, object]:
@@ -44,10 +45,10 @@ def payload_env(tmp: Path, panda_id: int) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines())
 
 
-def run(tmp: Path, settings: list[str]) -> dict[int, dict[str, str]]:
+def run(tmp: Path, settings: list[str], mpi: Mpi | None = None) -> dict[int, dict[str, str]]:
     """Six jobs on the three workers; the GPU variables each job's payload had, by the rank that ran it."""
     jobs = [env_job(500 + i) for i in range(6)]
-    result = run_pilot(tmp, jobs, settings=settings, ranks=4, mpi=gpu_node_mpi())
+    result = run_pilot(tmp, jobs, settings=settings, ranks=4, mpi=mpi or gpu_node_mpi())
     assert result.returncode == 0, result.stderr[-3000:]
     assert {j["state"] for j in result.jobs.values()} == {"finished"}, result.jobs
     by_rank: dict[int, dict[str, str]] = {}
@@ -92,3 +93,14 @@ def test_two_gpus_per_rank_leave_the_third_worker_a_cpu_rank_blind_to_them(tmp_p
 def test_bind_none_leaves_every_gpu_visible_to_every_payload(tmp_path: Path) -> None:
     by_rank = run(tmp_path, ["gpu.bind=none"])
     assert {env["CUDA_VISIBLE_DEVICES"] for env in by_rank.values()} == {"unset"}
+
+
+def test_without_the_launchers_local_rank_the_ranks_split_by_shared_memory_and_bind_the_same(tmp_path: Path) -> None:
+    """Hydra's MPI_LOCALRANKID/MPI_LOCALNRANKS taken away (as a launcher that sets none would): every rank, rank 0
+    included, joins the shared-memory split, and the shares are the same as with the variables."""
+    python = tmp_path / "python-without-local-rank"
+    python.write_text(f"#!/bin/sh\nexec env -u MPI_LOCALRANKID -u MPI_LOCALNRANKS {MPICH.python} \"$@\"\n")
+    python.chmod(0o755)
+    by_rank = run(tmp_path, [], gpu_node_mpi(str(python)))
+    for rank, env in by_rank.items():
+        assert env["CUDA_VISIBLE_DEVICES"] == {1: "0,1", 2: "2", 3: "3"}[rank], (rank, env)
