@@ -137,17 +137,19 @@ def _nvidia_proc(proc: Path, version: str) -> list[Gpu]:
         entries = sorted(proc.iterdir())
     except OSError as exc:
         raise BadData(f"{proc}: cannot be listed ({exc.strerror})") from None
-    return [_nvidia_gpu(entry, version) for entry in entries]
+    return [gpu for gpu in (_nvidia_gpu(entry, version) for entry in entries) if gpu is not None]
 
 
-def _nvidia_gpu(entry: Path, version: str) -> Gpu:
+def _nvidia_gpu(entry: Path, version: str) -> Gpu | None:
     """One GPU from the driver's ``information`` file ("Model:  NVIDIA A100-SXM4-40GB", "GPU UUID: GPU-...",
-    "Bus Location: 0000:07:00.0")."""
+    "Bus Location: 0000:07:00.0"); None for one the driver was told to leave alone ("GPU Excluded: Yes")."""
     fields = {}
     for line in _read(entry / "information").splitlines():
         key, sep, value = line.partition(":")
         if sep:
             fields[key.strip()] = value.strip()
+    if fields.get("GPU Excluded") == "Yes":
+        return None
     model = fields.get("Model", "")
     if not model:
         raise BadData(f"{entry / 'information'}: no 'Model:' line")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,6 +127,15 @@ def test_nvidia_node_from_the_drivers_proc_files_in_bus_order_without_the_bmc_vi
     assert {(g.model, g.architecture, g.driver_version) for g in node.gpus} == {
         ("NVIDIA A100-SXM4-80GB", "Ampere", "555.42.02")}
     assert node.gpus[3].uuid == "GPU-011b2cfe-2b8e-1cb0-19e1-1b764e854dfc"
+
+
+def test_a_gpu_the_nvidia_driver_excludes_is_not_counted(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(ROOTS / "nvidia-a100x4", root)
+    info = root / "proc/driver/nvidia/gpus/0000:9e:00.0/information"
+    info.write_text(info.read_text().replace("GPU Excluded:\t No", "GPU Excluded:\t Yes"))
+    node = take_inventory(environ(root))
+    assert [(g.index, g.pci_bus[5:7]) for g in node.gpus] == [(0, "68"), (1, "c2"), (2, "d4")]
 
 
 def test_frontier_node_numbers_its_eight_gcds_by_bus_not_by_card_number() -> None:
