@@ -294,6 +294,7 @@ def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> i
     workdir = args.workdir.resolve()  # rank 0 makes it once the run is not refused
     if transport.size == 1:
         return _run_single(args, config)
+    local = _node_local_rank(transport)
     if transport.rank == 0:
         controller, signals = _make_controller(args, config, transport, workdir,
                                                worker_ranks=list(range(1, transport.size)))
@@ -305,12 +306,22 @@ def _run_rank(args: argparse.Namespace, config: SiteConfig, transport: Any) -> i
         time.sleep(config.site.stagger_seconds * transport.rank / transport.size)
     signals = SignalFlag()
     signals.install()
-    worker = Worker(transport, config, _jobs_dir(config, workdir, transport.rank), workdir, signals=signals)
+    worker = Worker(transport, config, _jobs_dir(config, workdir, transport.rank), workdir, signals=signals,
+                    local=local)
     worker.run()
     transport.flush()
     from hpcpilot.slurm import warning_signum
 
     return pilot_exit_status(cutting_signal(signals.received, warning_signum(config)), 0, False)
+
+
+def _node_local_rank(transport: Any) -> Any:
+    """This rank's place on its node (hpcpilot.gpu.local), for its GPU share: from the launcher's variables, or,
+    where the launcher sets none (the same for every rank of a launch), from a shared-memory split that every
+    rank, rank 0 included, joins."""
+    from hpcpilot.gpu.local import from_environment, split_local
+
+    return from_environment(os.environ) or split_local(transport.comm)
 
 
 def _prepare_workdir(workdir: Path) -> Path:

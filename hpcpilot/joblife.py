@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,7 @@ class JobContext:
     emit: Callable[[Message], None]
     cpu_model: str = ""
     base_dir: Path = field(default_factory=Path.cwd)
+    gpu_env: Mapping[str, str] = field(default_factory=dict)  # the rank's GPU variables (hpcpilot.gpu.binding)
 
 
 def run_job(spec: JobSpec, limits: Limits, ctx: JobContext, control: JobControl) -> JobRecord:
@@ -248,7 +249,7 @@ class _JobLife:
         cores = str(self.spec.core_count)
         return {"PandaID": str(self.spec.panda_id), "PANDAID": str(self.spec.panda_id),
                 "ATHENA_PROC_NUMBER": cores, "ATHENA_CORE_NUMBER": cores,
-                "PILOT_HOME": str(self.ctx.pilot_dir), "PILOT_JOB_WORKDIR": str(self.workdir)}
+                "PILOT_HOME": str(self.ctx.pilot_dir), "PILOT_JOB_WORKDIR": str(self.workdir), **self.ctx.gpu_env}
 
     def run_payload(self) -> None:
         limits = self.limits

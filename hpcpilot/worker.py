@@ -33,6 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, signal_error
+from hpcpilot.gpu.local import LocalRank
+from hpcpilot.gpu.model import NODE_GPUS_KEY, RANK_GPUS_KEY
+from hpcpilot.gpu.rank import SINGLE, rank_gpus
 from hpcpilot.monitor import diskscan
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.node import node_info
@@ -101,7 +104,7 @@ class Worker:
 
     def __init__(self, transport: Transport, config: SiteConfig, jobs_dir: Path, pilot_dir: Path,
                  stop_event: threading.Event | None = None, rank_label: int | None = None,
-                 signals: Any = None) -> None:
+                 signals: Any = None, local: LocalRank | None = None) -> None:
         self.transport, self.config = transport, config
         self.rank = transport.rank
         # In single-rank mode the worker is a thread of rank 0: its jobs are reported as rank 0's.
@@ -122,6 +125,10 @@ class Worker:
         self.rank0_answered = False
         self.stop_event = stop_event or threading.Event()
         self.node = node_info(jobs_dir)
+        # The GPUs this rank's payloads get (hpcpilot.gpu): in the node info rank 0 reads, and in every payload's
+        # environment.  ``local`` None: one process, the worker a thread of rank 0, every GPU its own.
+        node_gpus, self.gpus = rank_gpus(config.gpu, local or SINGLE, None if local is None else transport.rank)
+        self.node[NODE_GPUS_KEY], self.node[RANK_GPUS_KEY] = node_gpus.to_dict(), self.gpus.to_dict()
         self.guard: RankGuard | None = None
         self.guard_tried = False
 
@@ -313,7 +320,8 @@ class Worker:
 
         self.start_guard()
         control = JobControl()
-        ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
+        ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put,
+                         gpu_env=self.gpus.env)
         holder: list[Any] = []
         panda_id = job.panda_id
         link = None

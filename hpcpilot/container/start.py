@@ -15,10 +15,12 @@ from pathlib import Path
 from hpcpilot.cgroups import PayloadCgroup
 from hpcpilot.container.plan import ContainerPlan, runtime_env
 from hpcpilot.container.podman import PodmanContainer
+from hpcpilot.gpu.binding import GPU_VARS
 from hpcpilot.payload import RANK_VAR, TOKEN_VAR, Payload, start_payload
 
-PASSED = ("X509_USER_PROXY", "X509_CERT_DIR", "ATLAS_LOCAL_ROOT_BASE", "PILOT_RUCIO_SITENAME")
-"""Host variables a payload needs whoever set them (pilot-behaviour.md §16.2); the files they name must be bound."""
+PASSED = ("X509_USER_PROXY", "X509_CERT_DIR", "ATLAS_LOCAL_ROOT_BASE", "PILOT_RUCIO_SITENAME", *GPU_VARS)
+"""Host variables a payload needs whoever set them (pilot-behaviour.md §16.2); the files they name must be bound.
+The GPU variables too: a binding kept from Slurm is the host's value, which podman would otherwise not pass."""
 
 
 def pilot_set(env: Mapping[str, str]) -> list[str]:

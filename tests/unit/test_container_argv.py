@@ -130,6 +130,13 @@ def test_podman_passes_what_the_pilot_set_and_the_tracking_variables_never_the_h
     assert "PATH" not in names and "HOME" not in names
 
 
+def test_podman_passes_a_gpu_binding_kept_from_slurm_though_the_host_has_the_same_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    names = pilot_set({**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"})
+    assert {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER"} <= set(names)
+
+
 def test_charliecloud_gets_a_user_as_ch_run_refuses_to_start_without_one() -> None:
     plan = ContainerPlan("charliecloud", "/img", 7)
     assert runtime_env(plan, {"PATH": "/bin"})["USER"]
