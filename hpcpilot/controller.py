@@ -246,6 +246,7 @@ class Controller:
         if name and name not in self.node_names:
             self.node_names.add(name)
             self.source.report_worker_node(message.node)  # once per node: its first rank to answer
+        self.source.rank_ready(message.rank, message.node)
         self.nodes[message.rank] = message.node
         if self.recorder is not None:
             self.recorder.add_node(message.rank, message.node)

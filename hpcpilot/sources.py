@@ -116,6 +116,10 @@ class JobSource(Protocol):
         """Tell the source about one node of the allocation (once per node, from its first rank's Ready):
         a PanDA server gets its worker-node map; it must not block rank 0's loop."""
 
+    def rank_ready(self, rank: int, node: Mapping[str, Any]) -> None:
+        """Tell the source a rank is ready, with its node info (every rank's Ready): a PanDA server is asked for
+        jobs that the ranks' GPUs fit (``target_architecture``); Harvester reports name the node a job ran on."""
+
     def poll(self, now: float) -> list[Command]:
         """Housekeeping (send queued updates, heartbeat files); returns commands received since the last poll."""
 

@@ -37,6 +37,7 @@ from hpcpilot.panda.auth import register_secret
 from hpcpilot.panda.client import PandaClient
 from hpcpilot.panda.commands import Backchannel
 from hpcpilot.panda.failures import PandaError, ServerUnusable
+from hpcpilot.panda.gpumap import gpu_map_fields, target_architecture
 from hpcpilot.panda.recovery import Replay
 from hpcpilot.panda.senders import Outlet, Senders
 from hpcpilot.panda.tally import DeliveryTally
@@ -96,6 +97,8 @@ class PandaSource:
         self._lock = threading.Lock()
         self._secrets: dict[int, dict[str, Any]] = {}
         self._nodes_reported: set[str] = set()
+        self._targets: dict[int, str | None] = {}  # rank -> its target_architecture (None: no inventory sent)
+        self._told_mixed = False
         self._closed = False
         self._closing_delivery: Delivery | None = None  # the last word, once the journal is closed
         self.tally = DeliveryTally()
@@ -120,7 +123,7 @@ class PandaSource:
             return self._fetch_failed(FETCH_REPLAYING, REPLAYING)
         try:
             status, jobs = self.client.acquire_jobs(min(n, max(1, self.panda.jobs_per_fetch)), self.node,
-                                                    deadline=self.fetch_deadline)
+                                                    deadline=self.fetch_deadline, target=self._target())
         except ServerUnusable as exc:
             return self._fetch_failed(FETCH_UNUSABLE, str(exc))
         except PandaError as exc:
@@ -202,7 +205,8 @@ class PandaSource:
         self.senders.wake(job.panda_id)
 
     def report_worker_node(self, node: Mapping[str, Any]) -> None:
-        """Send one node's worker-node map (v1 ``update_worker_node``, 0.8.1 and 1.0) from a short-lived thread,
+        """Send one node's worker-node map (v1 ``update_worker_node``, 0.8.1 and 1.0) and, on a GPU node, its GPU
+        map (``update_worker_node_gpu``, one call per GPU model) from a short-lived thread,
         so rank 0's loop never waits for it.  Best effort: the map serves brokerage, no job depends on it, so a
         failure is one INFO line and is not retried.  Not sent with ``panda.api = legacy`` (no such method)."""
         name = str(node.get("node") or "")
@@ -211,15 +215,51 @@ class PandaSource:
                 return
             self._nodes_reported.add(name)
         fields = worker_node_fields(node, self.config.site.name, self.config.site.queue)
-        threading.Thread(target=self._send_worker_node, args=(fields,), name="panda-worker-node", daemon=True).start()
+        gpu_maps = gpu_map_fields(node, self.config.site.name)
+        threading.Thread(target=self._send_worker_node, args=(fields, gpu_maps), name="panda-worker-node",
+                         daemon=True).start()
 
-    def _send_worker_node(self, fields: Mapping[str, Any]) -> None:
+    def _send_worker_node(self, fields: Mapping[str, Any], gpu_maps: Sequence[Mapping[str, Any]] = ()) -> None:
+        """The worker-node map, then the GPU map (one call per GPU model), as pilot3 sends them: the GPU rows
+        name the host of the worker-node row."""
         try:
             said = self.client.update_worker_node(fields, deadline=self.fetch_deadline)
         except PandaError as exc:
             logger.info("worker-node map of %s not sent: %s", fields.get("host_name"), exc)
+        else:
+            logger.info("worker-node map of %s sent (%s)", fields.get("host_name"), said or "ok")
+        if gpu_maps and not self.client.is_release_1_0(self.fetch_deadline):
+            logger.info("GPU map of %s not sent: the server is older than panda-server 1.0, whose "
+                        "update_worker_node_gpu stores nothing", fields.get("host_name"))
             return
-        logger.info("worker-node map of %s sent (%s)", fields.get("host_name"), said or "ok")
+        for gpu_map in gpu_maps:
+            try:
+                said = self.client.update_worker_node_gpu(gpu_map, deadline=self.fetch_deadline)
+            except PandaError as exc:
+                logger.info("GPU map of %s (%s) not sent: %s", gpu_map.get("host_name"), gpu_map.get("model"), exc)
+                continue
+            logger.info("GPU map of %s sent: %d x %s (%s)", gpu_map.get("host_name"), gpu_map.get("count"),
+                        gpu_map.get("model"), said or "ok")
+
+    def rank_ready(self, rank: int, node: Mapping[str, Any]) -> None:
+        """Keep the rank's ``target_architecture`` (its GPUs, ``{"gpus": []}`` without), for acquire_jobs."""
+        target = target_architecture(node)
+        with self._lock:
+            self._targets[rank] = target
+
+    def _target(self) -> str | None:
+        """The ranks' common ``target_architecture``, or None: no rank sent an inventory, or the ranks differ
+        (GPU and CPU ranks in one pilot), where no single target fits every rank a job may go to and the server
+        is asked without one, as pilot3 asks (said once)."""
+        with self._lock:
+            targets = set(self._targets.values())
+        if len(targets) == 1:
+            return next(iter(targets))
+        if len(targets) > 1 and not self._told_mixed:
+            self._told_mixed = True
+            logger.warning("the ranks have %d different GPU sets: acquire_jobs goes without target_architecture, "
+                           "so the server may hand a GPU job to a rank without GPUs", len(targets))
+        return None
 
     def poll(self, now: float) -> list[Command]:
         """Commands received since the last poll, plus 'lostheartbeat' per running job when no job

@@ -40,6 +40,18 @@ WORKER_NODE_FIELDS = frozenset({"site", "host_name", "cpu_model", "panda_queue",
                                 "cores_per_socket", "threads_per_core", "cpu_architecture", "cpu_architecture_level",
                                 "clock_speed", "total_memory", "total_local_disk"})
 """What update_worker_node accepts on 0.8.1 and 1.0.4 (v1 refuses any other field)."""
+UPDATE_WORKER_NODE_GPU = "update_worker_node_gpu"
+"""The GPU map of a node: one call per GPU model of the node (the server keys a row on site, host, vendor, model)."""
+UPDATE_WORKER_NODE_GPU_PATH = "/api/v1/pilot/update_worker_node_gpu"
+WORKER_NODE_GPU_FIELDS = frozenset({"site", "host_name", "vendor", "model", "count", "vram", "architecture",
+                                    "framework", "framework_version", "driver_version"})
+"""What update_worker_node_gpu takes (pilot_api.py of 0.8.1 and 1.0.4 alike; ``site, host_name, vendor, model,
+count`` required)."""
+WORKER_NODE_GPU_REQUIRED = ("site", "host_name", "vendor", "model", "count")
+TARGET_ARCHITECTURE = "target_architecture"
+"""acquire_jobs' GPU matching field: 1.0 only (0.8.1 refuses it as an unexpected keyword argument, A.7)."""
+TARGET_GPU_KEYS = ("vendor", "model", "vram", "architecture", "framework_version", "driver_version")
+"""What the server's ``hardware_matching.match_gpu_spec`` reads of each GPU of a target architecture."""
 
 LEGACY_PREFIX = "/server/panda/"
 V1_PATHS: dict[str, str] = {
@@ -81,6 +93,7 @@ LEGACY_TO_V1: dict[str, str] = {
     "jobType": "job_type",
     "viaTopic": "via_topic",
     "remaining_time": "remaining_time",
+    TARGET_ARCHITECTURE: TARGET_ARCHITECTURE,  # 1.0 only: sent only to a server known to take it
     # updateJob / update_job
     "jobId": "job_id",
     "state": "job_status",
@@ -145,7 +158,7 @@ V1_ACCEPTS: dict[str, frozenset[str]] = {
     GET_JOB: frozenset({"site_name", "timeout", "memory", "disk_space", "prod_source_label", "node",
                         "computing_element", "prod_user_id", "get_proxy_key", "task_id", "n_jobs",
                         "background", "resource_type", "harvester_id", "worker_id", "scheduler_id",
-                        "job_type", "via_topic", "remaining_time"}),
+                        "job_type", "via_topic", "remaining_time", TARGET_ARCHITECTURE}),
     UPDATE_JOB: frozenset({"job_id", "job_status", "job_output_report", "node", "cpu_consumption_time",
                            "cpu_consumption_unit", "scheduler_id", "pilot_id", "site_name", "pilot_log",
                            "meta_data", "cpu_conversion_factor", "trans_exit_code", "pilot_error_code",
