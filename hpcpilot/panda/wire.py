@@ -36,17 +36,22 @@ LOOKUPS = (GET_JOB_STATUS, GET_EVENTS_STATUS)
 UPDATE_WORKER_NODE = "update_worker_node"
 """The worker-node map (v1 only, panda-server 0.8.1 and 1.0; B.10): not one of the legacy methods above."""
 UPDATE_WORKER_NODE_PATH = "/api/v1/pilot/update_worker_node"
-WORKER_NODE_FIELDS = frozenset({"site", "host_name", "cpu_model", "panda_queue", "n_logical_cpus", "n_sockets",
-                                "cores_per_socket", "threads_per_core", "cpu_architecture", "cpu_architecture_level",
-                                "clock_speed", "total_memory", "total_local_disk"})
-"""What update_worker_node accepts on 0.8.1 and 1.0.4 (v1 refuses any other field)."""
+WORKER_NODE_TYPES: dict[str, type] = {
+    "site": str, "host_name": str, "cpu_model": str, "panda_queue": str, "n_logical_cpus": int, "n_sockets": int,
+    "cores_per_socket": int, "threads_per_core": int, "cpu_architecture": str, "cpu_architecture_level": str,
+    "clock_speed": float, "total_memory": int, "total_local_disk": int}
+"""What update_worker_node accepts on 0.8.1 and 1.0.4, with the type its signature declares: v1 refuses any other
+field and a value not of that type (``isinstance``: an int ``clock_speed`` is refused, "must be of type float")."""
+WORKER_NODE_FIELDS = frozenset(WORKER_NODE_TYPES)
 UPDATE_WORKER_NODE_GPU = "update_worker_node_gpu"
 """The GPU map of a node: one call per GPU model of the node (the server keys a row on site, host, vendor, model)."""
 UPDATE_WORKER_NODE_GPU_PATH = "/api/v1/pilot/update_worker_node_gpu"
-WORKER_NODE_GPU_FIELDS = frozenset({"site", "host_name", "vendor", "model", "count", "vram", "architecture",
-                                    "framework", "framework_version", "driver_version"})
+WORKER_NODE_GPU_TYPES: dict[str, type] = {
+    "site": str, "host_name": str, "vendor": str, "model": str, "count": int, "vram": int, "architecture": str,
+    "framework": str, "framework_version": str, "driver_version": str}
 """What update_worker_node_gpu takes (pilot_api.py of 0.8.1 and 1.0.4 alike; ``site, host_name, vendor, model,
-count`` required)."""
+count`` required), typed as for update_worker_node."""
+WORKER_NODE_GPU_FIELDS = frozenset(WORKER_NODE_GPU_TYPES)
 WORKER_NODE_GPU_REQUIRED = ("site", "host_name", "vendor", "model", "count")
 TARGET_ARCHITECTURE = "target_architecture"
 """acquire_jobs' GPU matching field: 1.0 only (0.8.1 refuses it as an unexpected keyword argument, A.7)."""
