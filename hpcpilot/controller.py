@@ -255,6 +255,9 @@ class Controller:
     def on_heartbeat(self, message: Heartbeat) -> list[Event]:
         if self.recorder is not None and message.samples:
             self.recorder.add_samples(message.rank, message.report.panda_id, message.samples)
+        if self.recorder is not None and message.report.gpu is not None:
+            self.recorder.add_gpu_samples(message.rank, message.report.panda_id,
+                                          [(message.report.time, message.report.gpu)])
         if message.debug_tail:
             self.debug_tails[message.report.panda_id] = message.debug_tail
         return [ReportReceived(message.rank, message.report, message.job_metrics)]

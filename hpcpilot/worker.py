@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from hpcpilot.config import SiteConfig
 from hpcpilot.errors import ErrorCode, signal_error
+from hpcpilot.gpu.visible import visible_gpus
 from hpcpilot.monitor import diskscan
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.node import node_info
@@ -301,7 +302,8 @@ class Worker:
 
         self.start_guard()
         control = JobControl()
-        ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put)
+        ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put,
+                         gpus=tuple(visible_gpus(self.node) or ()))
         holder: list[Any] = []
         panda_id = job.panda_id
         link = None

@@ -14,18 +14,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from hpcpilot.gpu.model import NODE_GPUS_KEY, RANK_GPUS_KEY, Gpu, NodeGpus, RankGpus
+from hpcpilot.gpu.model import Gpu
+from hpcpilot.gpu.visible import node_gpus, visible_gpus
 from hpcpilot.panda.wire import TARGET_GPU_KEYS, WORKER_NODE_GPU_FIELDS
-
-CPU_ARCHITECTURE = json.dumps({"gpus": []})
-"""The target of a rank without GPUs: the server then hands it no job whose task asks for a GPU."""
-
-
-def node_gpus(node: Mapping[str, Any]) -> NodeGpus | None:
-    """The node's inventory from a rank's node info; None when the rank sent none (nothing known, nothing said)."""
-    if NODE_GPUS_KEY not in node:
-        return None
-    return NodeGpus.from_dict(node.get(NODE_GPUS_KEY))
 
 
 def gpu_map_fields(node: Mapping[str, Any], site: str) -> list[dict[str, Any]]:
@@ -50,24 +41,11 @@ def gpu_map_fields(node: Mapping[str, Any], site: str) -> list[dict[str, Any]]:
     return maps
 
 
-def rank_gpus(node: Mapping[str, Any]) -> list[Gpu] | None:
-    """The GPUs a rank's payloads see: its binding's devices (an Intel ``card.tile`` entry names its card), every
-    GPU of the node when the rank was not bound (``how`` none, or no binding sent); None when nothing is known."""
-    inventory = node_gpus(node)
-    if inventory is None:
-        return None
-    share = RankGpus.from_dict(node.get(RANK_GPUS_KEY)) if node.get(RANK_GPUS_KEY) else None
-    if share is None or share.how == "none":
-        return list(inventory.gpus)
-    cards = {device.split(".", 1)[0] for device in share.devices}
-    return [gpu for gpu in inventory.gpus if str(gpu.index) in cards]
-
-
 def target_architecture(node: Mapping[str, Any]) -> str | None:
     """acquire_jobs' ``target_architecture`` for a rank (a JSON string, as the server also takes it): its GPUs
     in the keys the server matches on, ``{"gpus": []}`` for a rank without GPUs; None when the rank sent no
     inventory (then nothing is sent and the server checks nothing, as for pilot3)."""
-    gpus = rank_gpus(node)
+    gpus = visible_gpus(node)
     if gpus is None:
         return None
     described = []
@@ -77,8 +55,3 @@ def target_architecture(node: Mapping[str, Any]) -> str | None:
                   "driver_version": gpu.driver_version}
         described.append({k: values[k] for k in TARGET_GPU_KEYS if values[k] not in (None, "")})
     return json.dumps({"gpus": described}, sort_keys=True)
-
-
-def gpu_names(node: Mapping[str, Any]) -> list[str]:
-    """The models of the GPUs a rank's payloads see (jobMetrics' ``GPU_name``/``nGPU``); [] on a CPU rank."""
-    return [gpu.model for gpu in rank_gpus(node) or ()]

@@ -362,7 +362,8 @@ class Scheduler:
     def _start(self, rank: int, job: JobSpec) -> Assign:
         if job.event_service:  # the first rank stages the inputs in; others join once it runs
             return self._join_es(rank, self.es_jobs.start(job, rank, self.now), stage_in=True)
-        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor)
+        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor,
+                                self.config.gpu.memory_limit_mb)
         record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr, rank=rank, core_count=job.core_count)
         self.jobs[job.panda_id] = new = RunningJob(job, rank, limits, record, assigned_at=self.now,
                                                    last_heartbeat=self.now)
