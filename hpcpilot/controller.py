@@ -26,6 +26,7 @@ from hpcpilot.eventservice.book import (
 )
 from hpcpilot.eventservice.eslife import es_job_dir
 from hpcpilot.livestatus import LiveStatus
+from hpcpilot.panda.gpumap import target_architecture
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
@@ -250,7 +251,8 @@ class Controller:
         self.nodes[message.rank] = message.node
         if self.recorder is not None:
             self.recorder.add_node(message.rank, message.node)
-        return [RankReady(message.rank, message.ok, message.problems)]
+        architecture = target_architecture(message.node) if self.source.matches_architecture else None
+        return [RankReady(message.rank, message.ok, message.problems, architecture)]
 
     def on_heartbeat(self, message: Heartbeat) -> list[Event]:
         if self.recorder is not None and message.samples:
@@ -285,7 +287,7 @@ class Controller:
 
     def execute(self, action: Action) -> None:
         if isinstance(action, Fetch):
-            self.in_background(self.fetcher, self.calls.fetch, action.n)
+            self.in_background(self.fetcher, self.calls.fetch, action.n, action.architecture)
         elif isinstance(action, Assign):
             log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank),
                      extra={"PandaID": action.job.panda_id})

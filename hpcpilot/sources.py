@@ -90,9 +90,13 @@ class JobSource(Protocol):
     """Whether the source decides which clone of a job set goes on (one range per clone); if not, every
     clone goes on (``Controller.ask_clone``)."""
 
-    def fetch_jobs(self, n: int) -> FetchOutcome:
-        """Lease up to ``n`` job definitions (getJob dicts).  Nothing leased and not ``unavailable``: no more
-        jobs."""
+    matches_architecture: bool
+    """Whether the source hands out jobs for the ranks' GPUs (``fetch_jobs``' ``architecture``): rank 0 then
+    fetches per architecture and gives each job to a rank of the architecture it was fetched for."""
+
+    def fetch_jobs(self, n: int, architecture: str | None = None) -> FetchOutcome:
+        """Lease up to ``n`` job definitions (getJob dicts) for ranks of ``architecture`` (a PanDA
+        ``target_architecture``; None: any).  Nothing leased and not ``unavailable``: no more jobs."""
 
     def abandon(self) -> list[Mapping[str, Any]]:
         """Job definitions already handed to this pilot that it will not start (the pilot is stopping).

@@ -103,7 +103,10 @@ class HarvesterSource:
 
     # ---- JobSource: jobs ----------------------------------------------------------------
 
-    def fetch_jobs(self, n: int) -> FetchOutcome:
+    matches_architecture = False
+    """The access point holds what Harvester put there, for any rank."""
+
+    def fetch_jobs(self, n: int, architecture: str | None = None) -> FetchOutcome:
         if n <= 0:
             return FetchOutcome()
         if self.job_request.answered():

@@ -37,7 +37,7 @@ from hpcpilot.panda.auth import register_secret
 from hpcpilot.panda.client import PandaClient
 from hpcpilot.panda.commands import Backchannel
 from hpcpilot.panda.failures import PandaError, ServerUnusable
-from hpcpilot.panda.gpumap import gpu_map_fields, target_architecture
+from hpcpilot.panda.gpumap import gpu_map_fields
 from hpcpilot.panda.recovery import Replay
 from hpcpilot.panda.senders import Outlet, Senders
 from hpcpilot.panda.tally import DeliveryTally
@@ -97,8 +97,6 @@ class PandaSource:
         self._lock = threading.Lock()
         self._secrets: dict[int, dict[str, Any]] = {}
         self._nodes_reported: set[str] = set()
-        self._targets: dict[int, str | None] = {}  # rank -> its target_architecture (None: no inventory sent)
-        self._told_mixed = False
         self._closed = False
         self._closing_delivery: Delivery | None = None  # the last word, once the journal is closed
         self.tally = DeliveryTally()
@@ -114,8 +112,12 @@ class PandaSource:
         """A PanDA server hands out only what was leased, and leased jobs are all started: none."""
         return []
 
-    def fetch_jobs(self, n: int) -> FetchOutcome:
-        """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs; journaled before they are returned.
+    matches_architecture = True
+    """acquire_jobs takes the ranks' ``target_architecture`` (on panda-server >= 1.0; see PandaClient)."""
+
+    def fetch_jobs(self, n: int, architecture: str | None = None) -> FetchOutcome:
+        """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs for ranks of ``architecture`` (their
+        ``target_architecture``, sent where the server takes it); journaled before they are returned.
         Nothing leased with a negative status is a failed request (the outcome's ``error`` says why)."""
         if n <= 0:
             return FetchOutcome()
@@ -123,7 +125,7 @@ class PandaSource:
             return self._fetch_failed(FETCH_REPLAYING, REPLAYING)
         try:
             status, jobs = self.client.acquire_jobs(min(n, max(1, self.panda.jobs_per_fetch)), self.node,
-                                                    deadline=self.fetch_deadline, target=self._target())
+                                                    deadline=self.fetch_deadline, target=architecture)
         except ServerUnusable as exc:
             return self._fetch_failed(FETCH_UNUSABLE, str(exc))
         except PandaError as exc:
@@ -242,24 +244,7 @@ class PandaSource:
                         gpu_map.get("model"), said or "ok")
 
     def rank_ready(self, rank: int, node: Mapping[str, Any]) -> None:
-        """Keep the rank's ``target_architecture`` (its GPUs, ``{"gpus": []}`` without), for acquire_jobs."""
-        target = target_architecture(node)
-        with self._lock:
-            self._targets[rank] = target
-
-    def _target(self) -> str | None:
-        """The ranks' common ``target_architecture``, or None: no rank sent an inventory, or the ranks differ
-        (GPU and CPU ranks in one pilot), where no single target fits every rank a job may go to and the server
-        is asked without one, as pilot3 asks (said once)."""
-        with self._lock:
-            targets = set(self._targets.values())
-        if len(targets) == 1:
-            return next(iter(targets))
-        if len(targets) > 1 and not self._told_mixed:
-            self._told_mixed = True
-            logger.warning("the ranks have %d different GPU sets: acquire_jobs goes without target_architecture, "
-                           "so the server may hand a GPU job to a rank without GPUs", len(targets))
-        return None
+        """Nothing to keep: a rank's architecture comes with each fetch for it (``fetch_jobs``)."""
 
     def poll(self, now: float) -> list[Command]:
         """Commands received since the last poll, plus 'lostheartbeat' per running job when no job

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from hpcpilot.gpu.model import NODE_GPUS_KEY, RANK_GPUS_KEY, Gpu, NodeGpus, RankGpus
+from hpcpilot.panda.gpumap import target_architecture
 from hpcpilot.panda.source import PandaSource
 from hpcpilot_serve.hardware import TASK_ARCHITECTURE_KEY, gpu_spec, matches
 from hpcpilot_serve.server import PandaTestServer
@@ -101,8 +102,10 @@ def _load(server: PandaTestServer) -> None:
     server.load_jobs(jobs)
 
 
-def _fetched(source: PandaSource) -> list[int]:
-    outcome = source.fetch_jobs(10)
+def _fetched(source: PandaSource, node: dict[str, Any]) -> list[int]:
+    """What rank 0 leases for ranks like the one of ``node``: the fetch carries their architecture, as the
+    scheduler's Fetch does (``target_architecture`` of the rank's node info)."""
+    outcome = source.fetch_jobs(10, target_architecture(node))
     assert outcome.status in (0, 20), outcome.error
     assert not any(TASK_ARCHITECTURE_KEY in job for job in outcome.leased)  # the task's, never in the job
     return sorted(int(job["PandaID"]) for job in outcome.leased)
@@ -112,9 +115,7 @@ def test_acquire_jobs_carries_the_ranks_gpus_to_1_0_and_nothing_new_to_0_8(serve
     _load(server)
     source = _source(server, tmp_path / "w")
     try:
-        for rank in (1, 2):
-            source.rank_ready(rank, _node("gpu01", [A100] * 2, devices=(str(rank - 1),)))
-        leased = _fetched(source)
+        leased = _fetched(source, _node("gpu01", [A100] * 2, devices=("1",)))
     finally:
         source.close()
     asked = server.requests("getJob")
@@ -129,29 +130,26 @@ def test_acquire_jobs_carries_the_ranks_gpus_to_1_0_and_nothing_new_to_0_8(serve
     assert leased == [500, 502, 503]  # the task asking for 80 GB of GPU memory stays with the server
 
 
-def test_a_cpu_pilot_on_1_0_is_handed_no_gpu_job(tmp_path):
+def test_a_cpu_rank_on_1_0_is_handed_no_gpu_job(tmp_path):
     server = PandaTestServer(tmp_path / "state.sqlite", release="1.0").start()
     _load(server)
     source = _source(server, tmp_path / "w")
     try:
-        source.rank_ready(1, _node("cpu01", []))
-        assert _fetched(source) == [502, 503]
+        assert _fetched(source, _node("cpu01", [])) == [502, 503]
         assert json.loads(server.requests("getJob")[0]["fields"]["target_architecture"]) == {"gpus": []}
     finally:
         source.close()
         server.close()
 
 
-def test_ranks_with_different_gpus_ask_without_a_target(tmp_path):
-    """A GPU rank and a CPU rank in one pilot: no one target fits every rank a job may go to, so none is sent
-    (the server then matches nothing, as for pilot3)."""
+def test_a_rank_without_an_inventory_asks_without_a_target(tmp_path):
+    """No inventory in the node info (nothing known of its GPUs): nothing is sent, the server matches nothing,
+    as for pilot3."""
     server = PandaTestServer(tmp_path / "state.sqlite", release="1.0").start()
     _load(server)
     source = _source(server, tmp_path / "w")
     try:
-        source.rank_ready(1, _node("gpu01", [A100], devices=("0",)))
-        source.rank_ready(2, _node("gpu01", [A100], devices=()))
-        assert _fetched(source) == [500, 501, 502, 503]
+        assert _fetched(source, dict(NODE)) == [500, 501, 502, 503]
         assert "target_architecture" not in server.requests("getJob")[0]["fields"]
     finally:
         source.close()

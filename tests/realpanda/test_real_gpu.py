@@ -17,6 +17,7 @@ import pytest
 
 from hpcpilot.config import replace
 from hpcpilot.gpu.model import NODE_GPUS_KEY, RANK_GPUS_KEY, Gpu, NodeGpus, RankGpus
+from hpcpilot.panda.gpumap import target_architecture
 from hpcpilot.panda.source import PandaSource
 from tests.fixtures.panda.panda_helpers import NODE, panda_config
 from tests.realpanda.conftest import RealPanda
@@ -70,8 +71,7 @@ def test_gpu_map_and_target_architecture(real_panda: RealPanda, tmp_path: Path) 
         nodes = [_node(hosts[0], [A100] * 4), _node(hosts[1], [A100, A100, H100])]
         for node in nodes + nodes:  # every rank of a node says Ready: the maps go once per node
             source.report_worker_node(node)
-        source.rank_ready(1, nodes[0])
-        outcome = source.fetch_jobs(1)
+        outcome = source.fetch_jobs(1, target_architecture(nodes[0]))
         leased = [int(job["PandaID"]) for job in outcome.leased]
         if real_panda.version == "1.0.4":
             assert _until(lambda: len(real_panda.sql(
