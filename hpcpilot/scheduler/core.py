@@ -76,8 +76,8 @@ class Scheduler:
         self.es_jobs = EsJobs(config, policy)
         self.gate = FetchGate(policy)
         self.pending: deque[JobSpec] = deque()
-        self.arch_of: dict[int, str | None] = {}  # rank -> its architecture (RankReady), where jobs are matched
         self.job_arch: dict[int, str | None] = {}  # PandaID -> the architecture a queued job was fetched for
+        self.queued_for: Counter[str | None] = Counter()  # queued jobs per architecture
         self.done = DoneRecords()
         self.stopping: tuple[int, str] | None = None
         self.finished = False
@@ -103,7 +103,7 @@ class Scheduler:
 
     def _on_rank_ready(self, event: RankReady) -> list[Action]:
         self.ranks.answered.add(event.rank)
-        self.arch_of[event.rank] = event.architecture
+        self.ranks.set_group(event.rank, event.architecture)
         self.gate.groups.add(event.architecture)
         if not event.ok:  # it will never get work: let it leave (it waits for a word from rank 0)
             self.ranks.gone(event.rank, RankState.STOPPED)
@@ -164,6 +164,7 @@ class Scheduler:
         self.gate.answered(event, self.now, busy)
         self.pending.extend(event.jobs)
         self.job_arch.update((job.panda_id, event.architecture) for job in event.jobs)
+        self.queued_for[event.architecture] += len(event.jobs)
         actions: list[Action] = []
         for record in event.rejected:
             self.done.append(record)
@@ -364,36 +365,41 @@ class Scheduler:
     def _assign_by_architecture(self) -> list[Action]:
         """``_assign`` for ranks of several architectures: an event-service job takes any idle rank; a normal
         job only a rank of the architecture it was fetched for, oldest job first; then a fetch per architecture
-        for its idle ranks that no queued job of theirs covers.  One walk of the idle ranks and the queue."""
+        for its idle ranks that no queued job of theirs covers.  O(architectures) a pass; the queue is walked
+        only when one of its jobs has an idle rank to go to."""
         actions: list[Action] = []
         while self.ranks.idle and self.stopping is None and (book := self.es_jobs.wanting_ranks()) is not None:
             actions.append(self._join_es(self.ranks.next_idle(), book))
-        idle: dict[str | None, deque[int]] = {}
-        for rank in self.ranks.idle:
-            idle.setdefault(self.arch_of.get(rank), deque()).append(rank)
+        idle = self.ranks.idle_in
+        if self.stopping is None and not self.es_jobs.staging() and any(
+                idle.get(arch) for arch, n in self.queued_for.items() if n > 0):
+            actions += self._deal_by_architecture()
+        may_lease, staging = self._may_lease(), self.es_jobs.staging()
+        if may_lease and not staging:
+            for architecture, ranks in list(idle.items()):
+                if not ranks:
+                    continue
+                actions += self.gate.requests(len(ranks) - self.queued_for[architecture], self.now, architecture)
+                if architecture in self.gate.exhausted and not self.queued_for[architecture]:
+                    actions += [self._release(rank) for rank in list(ranks)]  # no job will come for them
+        return actions + self._release_if_done(may_lease, staging)
+
+    def _deal_by_architecture(self) -> list[Action]:
+        """One walk of the queue: each job to the longest idle rank of its architecture, if there is one."""
+        actions: list[Action] = []
         left: deque[JobSpec] = deque()
-        while self.pending and self.stopping is None and not self.es_jobs.staging():
+        while self.pending:
             job = self.pending.popleft()
-            ranks = idle.get(self.job_arch.get(job.panda_id))
-            if not ranks:
+            architecture = self.job_arch.get(job.panda_id)
+            if not self.ranks.idle_in.get(architecture):
                 left.append(job)
             elif not self.policy.can_finish(job, self.now):
                 record = self._not_started(job, ErrorCode.REACHEDMAXTIME, self.policy.cannot_finish_diag(job, self.now))
                 actions.append(Report(record, final=True))
             else:
-                rank = ranks.popleft()
-                self.ranks.idle.pop(rank)
-                actions.append(self._start(rank, job))
-        left.extend(self.pending)
+                actions.append(self._start(self.ranks.next_idle_in(architecture), job))
         self.pending = left
-        may_lease, staging = self._may_lease(), self.es_jobs.staging()
-        if may_lease and not staging:
-            queued = Counter(self.job_arch.get(job.panda_id) for job in self.pending)
-            for architecture, ranks in idle.items():
-                actions += self.gate.requests(len(ranks) - queued[architecture], self.now, architecture)
-                if architecture in self.gate.exhausted and not queued[architecture]:
-                    actions += [self._release(rank) for rank in ranks]  # no job will come for them
-        return actions + self._release_if_done(may_lease, staging)
+        return actions
 
     def _release_idle(self) -> list[Action]:
         """No work will come for the idle ranks: each is told so and waited for (its acknowledgement)."""
@@ -401,7 +407,7 @@ class Scheduler:
 
     def _release(self, rank: int) -> SendNoMoreWork:
         """Tell one rank (out of the idle ones) that no work will come, and wait for its acknowledgement."""
-        self.ranks.idle.pop(rank, None)
+        self.ranks.take_idle(rank)
         self.ranks.set_state(rank, RankState.STOPPING)
         self.ranks.heard_from(rank, self.now)  # the wait for its acknowledgement starts now
         return SendNoMoreWork(rank)
@@ -410,7 +416,7 @@ class Scheduler:
         return self.gate.may_lease(winding_down=self.stopping is not None or self._walltime_reached())
 
     def _start(self, rank: int, job: JobSpec) -> Assign:
-        self.job_arch.pop(job.panda_id, None)
+        self._unqueue(job)
         if job.event_service:  # the first rank stages the inputs in; others join once it runs
             return self._join_es(rank, self.es_jobs.start(job, rank, self.now), stage_in=True)
         limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor,
@@ -440,12 +446,16 @@ class Scheduler:
         records = []
         while self.pending:
             records.append(self._not_started(self.pending.popleft(), code, f"not started: {diag}"))
-        self.job_arch.clear()
         return records
+
+    def _unqueue(self, job: JobSpec) -> None:
+        """The job leaves the queue (started, or never will be): its architecture's count goes down."""
+        if job.panda_id in self.job_arch:
+            self.queued_for[self.job_arch.pop(job.panda_id)] -= 1
 
     def _not_started(self, job: JobSpec, code: int, diag: str) -> JobRecord:
         """The final record of a leased job that will never run."""
-        self.job_arch.pop(job.panda_id, None)
+        self._unqueue(job)
         record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
         record.fail(code, diag)
         self.done.append(record)
