@@ -31,6 +31,7 @@ H100 = Gpu("NVIDIA", 0, "NVIDIA H100 80GB HBM3", 81559, architecture="Hopper", d
 
 
 def _node(name: str, gpus: list[Gpu]) -> dict:
+    """A rank's node info with its inventory and binding (every GPU of the node its own)."""
     indexed = tuple(Gpu(**{**g.__dict__, "index": i}) for i, g in enumerate(gpus))
     return {**NODE, "node": name, "cores": 64, "cpu_model": "AMD EPYC 7763",
             NODE_GPUS_KEY: NodeGpus(indexed, "nvml").to_dict(),
@@ -99,3 +100,30 @@ def test_gpu_map_and_target_architecture(real_panda: RealPanda, tmp_path: Path) 
     assert len(starts) == 3, starts  # once per node and GPU model, never again
     taken = [line for line in log.splitlines() if "target_architecture={'gpus': [{" in line]
     assert taken and "'model': 'NVIDIA A100-SXM4-40GB'" in taken[0] and "'vram': 40960" in taken[0]
+
+
+def test_the_server_hands_a_gpu_task_s_job_only_to_a_target_that_meets_it(real_panda: RealPanda,
+                                                                         tmp_path: Path) -> None:
+    """The real server's matching of a task's architecture against the pilot's ``target_architecture`` -- the
+    rules ``hpcpilot serve`` copies.  The task row is test setup of the server's state (JEDI makes it in
+    production); 0.8.1 has no matching, and the pilot sends it no target."""
+    task = 900000 + os.getpid() % 90000
+    real_panda.sql(f"delete from jedi_tasks where jeditaskid={task}")
+    real_panda.sql("insert into jedi_tasks (jeditaskid, status, username, creationdate, modificationtime, "
+                   f"architecture) values ({task}, 'running', 'hpcpilot', now(), now(), "
+                   "'x86_64-el9-gcc13-opt&nvidia:vram>=80000')")
+    [gpu_job] = real_panda.submit("--cmd", "true", "--no-output", "--attr", f"jediTaskID={task}")["PandaIDs"]
+    [cpu_job] = real_panda.submit("--cmd", "true", "--no-output")["PandaIDs"]
+    source = _source(real_panda, tmp_path / "work")
+    try:
+        cpu_rank = source.fetch_jobs(5, target_architecture(_node("cpu01", [])))
+        a100_rank = source.fetch_jobs(5, target_architecture(_node("gpu01", [A100])))
+        h100_rank = source.fetch_jobs(5, target_architecture(_node("gpu02", [H100])))
+    finally:
+        source.close()
+        real_panda.sql(f"delete from jedi_tasks where jeditaskid={task}")
+    leased = [[int(job["PandaID"]) for job in outcome.leased] for outcome in (cpu_rank, a100_rank, h100_rank)]
+    if real_panda.version == "0.8.1":
+        assert leased[0] == [int(gpu_job), int(cpu_job)]  # no matching: the CPU rank takes the GPU job too
+        return
+    assert leased == [[int(cpu_job)], [], [int(gpu_job)]]  # 40 GB is not >= 80000 MB; the H100's 81559 is
