@@ -299,8 +299,9 @@ class PandaClient:
         worker node GPU at the same time" to every call: its row look-up was left out of the code).  v1 has no
         version call.  What tells them apart is the legacy API, which 1.0 removed: one legacy
         ``getStatus`` of no job, asked once -- HTTP 403 "forbidden" is 1.0; any answer is a server with the legacy
-        API (<= 0.8.1), which is sent nothing new.  ``panda.api = legacy`` never sends it; a failed probe is asked
-        again at the next fetch."""
+        API (<= 0.8.1), which is sent nothing new.  ``panda.api = legacy`` never sends it.  No answer (the server
+        is down) raises what the look-up raised -- the fetch then fails as its own call would -- and the
+        question is asked again next time."""
         if self.panda.api == "legacy":
             return False
         with self._lock:
@@ -317,10 +318,6 @@ class PandaClient:
             takes = True
         except RequestRejected:  # the legacy API is there and refused an empty look-up: an older server
             takes = False
-        except PandaError as exc:
-            logger.info("cannot tell whether %s is panda-server >= 1.0 (%s): nothing 1.0-only sent this time",
-                        self.base, exc)
-            return False
         with self._lock:
             self._takes_target = takes
         logger.info("%s: %s", self.base, "no legacy API: panda-server >= 1.0, sent target_architecture and GPU maps"

@@ -230,7 +230,14 @@ class PandaSource:
             logger.info("worker-node map of %s not sent: %s", fields.get("host_name"), exc)
         else:
             logger.info("worker-node map of %s sent (%s)", fields.get("host_name"), said or "ok")
-        if gpu_maps and not self.client.is_release_1_0(self.fetch_deadline):
+        if not gpu_maps:
+            return
+        try:
+            release_1_0 = self.client.is_release_1_0(self.fetch_deadline)
+        except PandaError as exc:
+            logger.info("GPU map of %s not sent: %s", fields.get("host_name"), exc)
+            return
+        if not release_1_0:
             logger.info("GPU map of %s not sent: the server is older than panda-server 1.0, whose "
                         "update_worker_node_gpu stores nothing", fields.get("host_name"))
             return

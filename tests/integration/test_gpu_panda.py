@@ -176,3 +176,37 @@ def test_the_servers_gpu_matching_semantics(architecture, gpus, fits):
 
 def test_a_task_without_a_gpu_spec_has_none():
     assert gpu_spec("x86_64-el9-gcc13-opt") is None and gpu_spec(None) is None
+
+
+def test_a_server_down_at_the_first_gpu_fetch_fails_that_fetch_and_is_asked_again(tmp_path):
+    """Whether the server takes target_architecture is asked of the server itself (a legacy look-up, 403 on
+    1.0); a server that does not answer fails the fetch as a down server fails any fetch, and is asked again."""
+    server = PandaTestServer(tmp_path / "state.sqlite", release="1.0").start()
+    _load(server)
+    server.stop()
+    source = _source(server, tmp_path / "w")
+    try:
+        down = source.fetch_jobs(10, target_architecture(_node("cpu01", [])))
+        assert down.unavailable and "getStatus" in down.error
+        server.start()
+        assert _fetched(source, _node("cpu01", [])) == [502, 503]
+        assert _fetched(source, _node("cpu01", [])) == []  # known now: asked once
+        assert [r["http_status"] for r in server.requests("getStatus")] == [403]
+    finally:
+        source.close()
+        server.close()
+
+
+def test_the_legacy_api_never_carries_a_target(tmp_path):
+    server = PandaTestServer(tmp_path / "state.sqlite", release="0.8").start()
+    _load(server)
+    source = PandaSource(panda_config(server.url, "legacy"), tmp_path / "w", NODE, fetch_deadline=2.0,
+                         close_deadline=5.0)
+    try:
+        assert len(source.fetch_jobs(10, target_architecture(_node("cpu01", []))).leased) == 4
+        [asked] = server.requests("getJob")
+        assert asked["api"] == "legacy" and "target_architecture" not in asked["fields"]
+        assert server.requests("getStatus") == []  # nothing asked either
+    finally:
+        source.close()
+        server.close()
