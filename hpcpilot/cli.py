@@ -371,7 +371,7 @@ def _make_source(args: argparse.Namespace, config: SiteConfig, workdir: Path) ->
     if args.harvester_dir:
         from hpcpilot.harvester import HarvesterSource
 
-        source = HarvesterSource(args.harvester_dir, config.harvester)
+        source = HarvesterSource(args.harvester_dir, config.harvester, site=config.site.name, queue=config.site.queue)
         _prepare_workdir(workdir)
         return source
     _prepare_workdir(workdir)

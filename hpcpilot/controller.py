@@ -26,6 +26,7 @@ from hpcpilot.eventservice.book import (
 )
 from hpcpilot.eventservice.eslife import es_job_dir
 from hpcpilot.livestatus import LiveStatus
+from hpcpilot.panda.gpumap import target_architecture
 from hpcpilot.protocol import (
     Alive,
     AssignJob,
@@ -246,14 +247,19 @@ class Controller:
         if name and name not in self.node_names:
             self.node_names.add(name)
             self.source.report_worker_node(message.node)  # once per node: its first rank to answer
+        self.source.rank_ready(message.rank, message.node)
         self.nodes[message.rank] = message.node
         if self.recorder is not None:
             self.recorder.add_node(message.rank, message.node)
-        return [RankReady(message.rank, message.ok, message.problems)]
+        architecture = target_architecture(message.node) if self.source.matches_architecture else None
+        return [RankReady(message.rank, message.ok, message.problems, architecture)]
 
     def on_heartbeat(self, message: Heartbeat) -> list[Event]:
         if self.recorder is not None and message.samples:
             self.recorder.add_samples(message.rank, message.report.panda_id, message.samples)
+        if self.recorder is not None and message.report.gpu is not None:
+            self.recorder.add_gpu_samples(message.rank, message.report.panda_id,
+                                          [(message.report.time, message.report.gpu)])
         if message.debug_tail:
             self.debug_tails[message.report.panda_id] = message.debug_tail
         return [ReportReceived(message.rank, message.report, message.job_metrics)]
@@ -281,7 +287,7 @@ class Controller:
 
     def execute(self, action: Action) -> None:
         if isinstance(action, Fetch):
-            self.in_background(self.fetcher, self.calls.fetch, action.n)
+            self.in_background(self.fetcher, self.calls.fetch, action.n, action.architecture)
         elif isinstance(action, Assign):
             log.info("job %d -> rank %d", action.job.panda_id, self.rank_label(action.rank),
                      extra={"PandaID": action.job.panda_id})

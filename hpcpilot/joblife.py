@@ -17,7 +17,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +27,12 @@ from hpcpilot.catalogs import CATALOG_FILES
 from hpcpilot.cgroups import PayloadCgroup, oom_diag
 from hpcpilot.config import SiteConfig, resolve_path
 from hpcpilot.errors import ErrorCode, PilotError, transform_exit_error
+from hpcpilot.gpu.model import Gpu
 from hpcpilot.jobreport import COMMAND_NOT_FOUND, apply_job_report, not_found_line, tail_of_newest_text_file
 from hpcpilot.jobsteps import STEPS_LOG, failure_diag, job_steps
 from hpcpilot.jobsteps import payload_command as steps_command
 from hpcpilot.monitor import diskscan, prmon
+from hpcpilot.monitor.gpu import NvmlMonitor, gpu_job_metrics
 from hpcpilot.monitor.leakfit import fit_leak, job_metrics_fields
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.monitor.sampler import PayloadSampler
@@ -91,6 +93,7 @@ class JobContext:
     cpu_model: str = ""
     base_dir: Path = field(default_factory=Path.cwd)
     gpu_env: Mapping[str, str] = field(default_factory=dict)  # the rank's GPU variables (hpcpilot.gpu.binding)
+    gpus: tuple[Gpu, ...] = ()  # the GPUs the rank's payloads see (hpcpilot.gpu.visible): measured, in jobMetrics
 
 
 def run_job(spec: JobSpec, limits: Limits, ctx: JobContext, control: JobControl) -> JobRecord:
@@ -117,11 +120,14 @@ def run_job(spec: JobSpec, limits: Limits, ctx: JobContext, control: JobControl)
     return record
 
 
-def job_metrics(times: list[float], memory: list[float], final: bool, n_events: int = 0) -> str:
-    """jobMetrics ``key=value`` pairs (at most 500 characters): the memory-leak fit, and nEvents."""
+def job_metrics(times: list[float], memory: list[float], final: bool, n_events: int = 0,
+                gpus: Sequence[Gpu] = ()) -> str:
+    """jobMetrics ``key=value`` pairs (at most 500 characters): the memory-leak fit, nEvents, and the payload's
+    GPUs (``GPU_name``, ``nGPU``, as pilot3 writes them)."""
     fields = job_metrics_fields(fit_leak(times, memory, final=final))
     if n_events:
         fields["nEvents"] = str(n_events)
+    fields.update(gpu_job_metrics(gpus))
     text = " ".join(f"{key}={value}" for key, value in fields.items())
     return text[:MAX_JOB_METRICS].rsplit(" ", 1)[0] if len(text) > MAX_JOB_METRICS else text
 
@@ -274,7 +280,8 @@ class _JobLife:
         self.record.cpu_seconds = payload.cpu_seconds or 0.0
         self.record.cpu_consumption_time = round(self.record.cpu_seconds)
         self.after_payload(payload)
-        self.record.job_metrics = job_metrics(*self.memory_series, final=True, n_events=self.record.n_events)
+        self.record.job_metrics = job_metrics(*self.memory_series, final=True, n_events=self.record.n_events,
+                                              gpus=self.ctx.gpus)
 
     def link_stdout(self) -> None:
         link = self.ctx.pilot_dir / f"payload.{self.spec.panda_id}.stdout"
@@ -290,7 +297,8 @@ class _JobLife:
         sampler = PayloadSampler(
             root, self.spec.panda_id, self.workdir, self.workdir / PAYLOAD_STDOUT,
             [f.lfn for f in self.spec.outputs], self.cfg.monitor,
-            cgroup.memory if cgroup is not None else None, self.workdir / PRMON_TEXT)
+            cgroup.memory if cgroup is not None else None, self.workdir / PRMON_TEXT,
+            gpu=NvmlMonitor.open(self.ctx.gpus) if self.ctx.gpus else None)
         interval = self.cfg.monitor.report_interval
         next_report = time.monotonic()
         times: list[float] = []
@@ -304,7 +312,7 @@ class _JobLife:
                     times.append(report.tree.time)
                     memory.append(report.tree.pss + report.tree.swap)
                 self.ctx.emit(Heartbeat(self.ctx.rank, report, (report.tree,) if live else (), self.debug_tail(),
-                                        job_metrics(times, memory, final=False)))
+                                        job_metrics(times, memory, final=False, gpus=self.ctx.gpus)))
                 next_report = time.monotonic() + interval
             if self.control.kill_event.wait(min(poll, max(0.0, next_report - time.monotonic()))):
                 self.record.fail(self.control.kill_code, self.control.kill_diag)
@@ -312,7 +320,8 @@ class _JobLife:
                 break
             poll = min(poll * 2, 0.2)
         self.settle_signal(payload)
-        prmon.write_summary(self.workdir / PRMON_SUMMARY, sampler.stats)
+        prmon.write_summary(self.workdir / PRMON_SUMMARY, sampler.prmon_summary())
+        sampler.close_gpu()
         self.apply_memory_summary(sampler.summary())
         self.memory_series = (times, memory)
 

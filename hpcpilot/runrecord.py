@@ -7,6 +7,7 @@ Layout (all times epoch seconds, memory kB, CPU seconds, I/O bytes)::
                                         cpuSeconds: CPU s unrounded, memoryLimitKB: the job's limit)
     /ranks/<rank>/node                  attrs: one per node-info key (JSON for non-scalars), info (all, JSON)
     /ranks/<rank>/jobs/<panda_id>/samples        compound rows, one per TreeSample
+    /ranks/<rank>/jobs/<panda_id>/gpu_samples    compound rows, one per GpuSample (payloads with GPUs only)
     /ranks/<rank>/jobs/<panda_id>/event_ranges   JSON strings, one per event-range update
 
 ``samples`` is one compound dataset rather than one dataset per column so that a row is
@@ -43,6 +44,7 @@ import h5py
 import numpy as np
 
 from hpcpilot import __version__
+from hpcpilot.monitor.gpu import GpuSample
 from hpcpilot.monitor.samples import TreeSample
 from hpcpilot.records import EventRangeUpdate
 from hpcpilot.states import EventRangeStatus
@@ -68,6 +70,16 @@ SAMPLE_FIELDS: tuple[tuple[str, str, str], ...] = (
 )
 SAMPLE_DTYPE = np.dtype([(name, kind) for name, kind, _ in SAMPLE_FIELDS])
 SAMPLE_UNITS: dict[str, str] = {name: unit for name, _, unit in SAMPLE_FIELDS}
+# a payload's GPU use (hpcpilot.monitor.gpu, prmon's GPU columns), only for payloads with GPUs
+GPU_SAMPLE_FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("time", "<f8", "epoch s"),
+    ("ngpus", "<i8", "count"),
+    ("gpusmpct", "<i8", "%"),
+    ("gpumempct", "<i8", "%"),
+    ("gpufbmem", "<i8", "kB"),
+    ("max_gpu_kb", "<i8", "kB"),
+)
+GPU_SAMPLE_DTYPE = np.dtype([(name, kind) for name, kind, _ in GPU_SAMPLE_FIELDS])
 # key of a job's row in /jobs beyond the record's own (records.CPU_SECONDS_KEY is the other): the memory limit
 # the job ran under, kB, as limits_for_job gives it
 MEMORY_LIMIT_KEY = "memoryLimitKB"
@@ -198,6 +210,22 @@ class RunRecorder:
                         dtype=SAMPLE_DTYPE)
         with self._lock:
             self._append(self._samples(rank, panda_id), rows)
+            self._open().flush()
+
+    def add_gpu_samples(self, rank: int, panda_id: int, samples: Sequence[tuple[float, GpuSample]]) -> None:
+        """Append (time, GpuSample) rows of one job's payload (rare: only payloads with GPUs have them)."""
+        if not samples:
+            return
+        rows = np.array([(when, *(getattr(s, name) for name, _, _ in GPU_SAMPLE_FIELDS[1:])) for when, s in samples],
+                        dtype=GPU_SAMPLE_DTYPE)
+        with self._lock:
+            group = self._job_group(rank, panda_id)
+            if "gpu_samples" not in group:
+                dataset = group.create_dataset("gpu_samples", shape=(0,), maxshape=(None,), dtype=GPU_SAMPLE_DTYPE,
+                                               chunks=(SAMPLES_CHUNK_ROWS,))
+                dataset.attrs["description"] = "GPU use of one job's payload (prmon's GPU columns)"
+                dataset.attrs["units"] = json.dumps({name: unit for name, _, unit in GPU_SAMPLE_FIELDS})
+            self._append(group["gpu_samples"], rows)
             self._open().flush()
 
     def add_job(self, record: Mapping[str, Any], memory_limit_kb: int | None = None) -> None:

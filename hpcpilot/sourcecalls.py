@@ -41,13 +41,14 @@ class SourceCalls:
             records.append(record)
         return JobsFetched((), tuple(records))
 
-    def fetch(self, n: int) -> JobsFetched:
-        """Lease jobs (fetch thread); it always answers, whatever the source raised."""
+    def fetch(self, n: int, architecture: str | None = None) -> JobsFetched:
+        """Lease jobs (fetch thread) for ranks of ``architecture``; it always answers, whatever the source raised."""
         try:
-            outcome = self.source.fetch_jobs(n)
+            outcome = self.source.fetch_jobs(n, architecture)
         except Exception as exc:  # a source bug must not end every rank: it is a failed request
             log.error("cannot fetch jobs: %s: %s", type(exc).__name__, exc)
-            return JobsFetched((), (), True, f"{type(exc).__name__}: {exc}"[:300], asked=n)
+            return JobsFetched((), (), True, f"{type(exc).__name__}: {exc}"[:300], asked=n,
+                               architecture=architecture)
         jobs, rejected = [], []
         wires = outcome.leased
         for wire in wires:
@@ -65,7 +66,8 @@ class SourceCalls:
         if unavailable:
             log.warning("job source unavailable; asking again later")
         reason = outcome.error if unavailable else ""
-        return JobsFetched(tuple(jobs), tuple(rejected), unavailable, reason, outcome.hopeless, asked=n)
+        return JobsFetched(tuple(jobs), tuple(rejected), unavailable, reason, outcome.hopeless, asked=n,
+                           architecture=architecture)
 
     def fetch_ranges(self, job: JobSpec, n: int) -> RangesFetched:
         """Lease ranges (fetch thread); a range that does not parse is failed fatal, never dealt."""

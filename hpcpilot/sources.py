@@ -90,9 +90,13 @@ class JobSource(Protocol):
     """Whether the source decides which clone of a job set goes on (one range per clone); if not, every
     clone goes on (``Controller.ask_clone``)."""
 
-    def fetch_jobs(self, n: int) -> FetchOutcome:
-        """Lease up to ``n`` job definitions (getJob dicts).  Nothing leased and not ``unavailable``: no more
-        jobs."""
+    matches_architecture: bool
+    """Whether the source hands out jobs for the ranks' GPUs (``fetch_jobs``' ``architecture``): rank 0 then
+    fetches per architecture and gives each job to a rank of the architecture it was fetched for."""
+
+    def fetch_jobs(self, n: int, architecture: str | None = None) -> FetchOutcome:
+        """Lease up to ``n`` job definitions (getJob dicts) for ranks of ``architecture`` (a PanDA
+        ``target_architecture``; None: any).  Nothing leased and not ``unavailable``: no more jobs."""
 
     def abandon(self) -> list[Mapping[str, Any]]:
         """Job definitions already handed to this pilot that it will not start (the pilot is stopping).
@@ -115,6 +119,10 @@ class JobSource(Protocol):
     def report_worker_node(self, node: Mapping[str, Any]) -> None:
         """Tell the source about one node of the allocation (once per node, from its first rank's Ready):
         a PanDA server gets its worker-node map; it must not block rank 0's loop."""
+
+    def rank_ready(self, rank: int, node: Mapping[str, Any]) -> None:
+        """Tell the source a rank is ready, with its node info (every rank's Ready): a PanDA server is asked for
+        jobs that the ranks' GPUs fit (``target_architecture``); Harvester reports name the node a job ran on."""
 
     def poll(self, now: float) -> list[Command]:
         """Housekeeping (send queued updates, heartbeat files); returns commands received since the last poll."""

@@ -36,6 +36,7 @@ from hpcpilot.errors import ErrorCode, signal_error
 from hpcpilot.gpu.local import LocalRank
 from hpcpilot.gpu.model import NODE_GPUS_KEY, RANK_GPUS_KEY
 from hpcpilot.gpu.rank import SINGLE, rank_gpus
+from hpcpilot.gpu.visible import visible_gpus
 from hpcpilot.monitor import diskscan
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.node import node_info
@@ -321,7 +322,7 @@ class Worker:
         self.start_guard()
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put,
-                         gpu_env=self.gpus.env)
+                         gpu_env=self.gpus.env, gpus=tuple(visible_gpus(self.node) or ()))
         holder: list[Any] = []
         panda_id = job.panda_id
         link = None

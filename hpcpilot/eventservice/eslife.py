@@ -98,7 +98,7 @@ class _EsRankLife(_JobLife):
         env = {**os.environ, **self.payload_env_extra(), "PILOT_JOB_WORKDIR": str(self.workdir)}
         ranges = RangeContext(self.payload_spec, self.cfg, self.ctx.rank, self.workdir, self.rank_dir, env,
                               self.link, self.control, self.ctx.emit, container=self.container,
-                              mounts=(self.workdir, *self.container_mounts()))
+                              mounts=(self.workdir, *self.container_mounts()), gpus=self.ctx.gpus)
         self.check_container()  # 1325/1360 fail this rank's part before it takes a range
         self.link.start()
         try:
@@ -109,4 +109,4 @@ class _EsRankLife(_JobLife):
             self.record.n_events = ranges.finished
             for attr, value in ranges.peaks.items():
                 setattr(self.record, attr, value)
-            self.record.job_metrics = job_metrics(*ranges.samples, final=True)
+            self.record.job_metrics = job_metrics(*ranges.samples, final=True, gpus=self.ctx.gpus)

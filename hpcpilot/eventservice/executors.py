@@ -42,7 +42,9 @@ from hpcpilot.eventservice.channel import (
     range_message,
 )
 from hpcpilot.eventservice.link import NoMoreRanges, RangeLink
+from hpcpilot.gpu.model import Gpu
 from hpcpilot.joblife import JobControl
+from hpcpilot.monitor.gpu import NvmlMonitor
 from hpcpilot.monitor.sampler import PayloadSampler
 from hpcpilot.payload import Payload
 from hpcpilot.protocol import Heartbeat, Message
@@ -85,6 +87,7 @@ class RangeContext:
     peaks: dict[str, int] = field(default_factory=dict)
     container: container.ContainerPlan | None = None  # the job's container (hpcpilot.container), None: bare node
     mounts: tuple[Path, ...] = ()  # bound into the container besides the rank's directory: the job's directory
+    gpus: tuple[Gpu, ...] = ()  # the GPUs the rank's payloads see: measured (hpcpilot.monitor.gpu)
 
     def start(self, command: str, env: dict[str, str], more: tuple[Path, ...] = ()) -> tuple[Payload, int]:
         """Start ``command`` in the rank's directory (in the job's container if it has one, with ``more`` bound
@@ -360,7 +363,8 @@ class _Sampling:
         self.ctx = ctx
         root = payload.monitor_pid(ctx.control.kill_event.is_set)  # a podman payload: its container's first
         self.sampler = PayloadSampler(root, ctx.spec.panda_id, ctx.rank_dir, ctx.rank_dir / "payload.stdout", [],
-                                      ctx.config.monitor, None, ctx.rank_dir / "memory_monitor_output.txt")
+                                      ctx.config.monitor, None, ctx.rank_dir / "memory_monitor_output.txt",
+                                      gpu=NvmlMonitor.open(ctx.gpus) if ctx.gpus else None)
         self.next_at = time.monotonic()
 
     def maybe_sample(self) -> None:
@@ -381,6 +385,7 @@ class _Sampling:
 
     def close(self) -> None:
         self.sampler.close()
+        self.sampler.close_gpu()
 
 
 def choose_executor(spec: JobSpec, config: SiteConfig) -> NoopExecutor | CommandExecutor | ProtocolExecutor:

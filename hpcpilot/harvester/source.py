@@ -47,7 +47,7 @@ from hpcpilot.harvester.catalog import place_inputs
 from hpcpilot.harvester.feed import FeedList, RangeStock, scan_feed
 from hpcpilot.harvester.files import EventStatusFile, Request, take_aside, write_json_atomically
 from hpcpilot.harvester.layout import AccessPoint, FoundJob
-from hpcpilot.harvester.reports import output_entries, worker_attributes, write_job_report
+from hpcpilot.harvester.reports import node_maps, output_entries, worker_attributes, write_job_report
 from hpcpilot.panda.auth import install_log_redaction, register_secret
 from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, show_value
 from hpcpilot.sources import Command, FetchOutcome, OutputBundle
@@ -72,8 +72,10 @@ class HarvesterSource:
     (``Controller.ask_clone`` says why)."""
 
     def __init__(self, access_point: Path, config: HarvesterConfig | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, site: str = "", queue: str = "") -> None:
         self.cfg = config if config is not None else HarvesterConfig()
+        self.site, self.site_queue = site, queue  # the worker-node map's site and panda_queue
+        self.rank_nodes: dict[int, Mapping[str, Any]] = {}  # rank -> its node info (Ready), for the job reports
         self.ap = AccessPoint(access_point, self.cfg)
         self.dir = self.ap.dir
         self.clock = clock
@@ -101,7 +103,10 @@ class HarvesterSource:
 
     # ---- JobSource: jobs ----------------------------------------------------------------
 
-    def fetch_jobs(self, n: int) -> FetchOutcome:
+    matches_architecture = False
+    """The access point holds what Harvester put there, for any rank."""
+
+    def fetch_jobs(self, n: int, architecture: str | None = None) -> FetchOutcome:
         if n <= 0:
             return FetchOutcome()
         if self.job_request.answered():
@@ -135,8 +140,12 @@ class HarvesterSource:
         return FETCH_AWAITING_FEED
 
     def report_worker_node(self, node: Mapping[str, Any]) -> None:
-        """Harvester has no worker-node endpoint; pilot3 merges the map into a job report's metadata, which
-        this source does not write yet (issue 25)."""
+        """Harvester has no worker-node endpoint: the maps go into each job's report instead (``rank_ready``)."""
+
+    def rank_ready(self, rank: int, node: Mapping[str, Any]) -> None:
+        """Keep the rank's node info: a job's final jobReport.json carries its node's maps, as pilot3's does."""
+        with self.lock:
+            self.rank_nodes[rank] = node
 
     def abandon(self) -> list[Mapping[str, Any]]:
         """Jobs read from the access point and never started: the pilot is stopping."""
@@ -285,7 +294,9 @@ class HarvesterSource:
         job_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomically(job_dir / self.cfg.attributes_file, worker_attributes(record))
         if final:
-            write_job_report(job_dir / self.cfg.job_report_file, record)
+            node = self.rank_nodes.get(record.rank)
+            maps = node_maps(node, self.site, self.site_queue) if node else None
+            write_job_report(job_dir / self.cfg.job_report_file, record, maps)
             status = self._status_file(record.panda_id)
             status.queue({str(record.panda_id): output_entries(record, self.log_files.get(record.panda_id))})
             status.flush()  # after the job's range statuses: Harvester may finish the job on seeing its log

@@ -27,6 +27,8 @@ class Limits:
     workdir_mb: float
     output_mb: float
     free_space_mb: float
+    gpu_memory_kb: int = 0
+    """GPU memory the payload may hold on any one of its GPUs ([gpu] memory_limit_mb)."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Verdict:
 
 
 def limits_for_job(min_ram_count_mb: int, core_count: int, looping_check: bool,
-                   cfg: MonitorConfig) -> Limits:
+                   cfg: MonitorConfig, gpu_memory_mb: int = 0) -> Limits:
     """The limits of one job from its definition and the site's monitor config.
 
     Memory follows pilot3's fallback rule: the job's minRamCount (the server sends the
@@ -56,6 +58,7 @@ def limits_for_job(min_ram_count_mb: int, core_count: int, looping_check: bool,
         workdir_mb=workdir_mb,
         output_mb=float(cfg.max_output_file_mb),
         free_space_mb=float(cfg.free_space_running_mb),
+        gpu_memory_kb=max(gpu_memory_mb, 0) * 1024,
     )
 
 
@@ -103,6 +106,16 @@ def _memory(report: MonitorReport, limits: Limits) -> Verdict | None:
     return None
 
 
+def _gpu_memory(report: MonitorReport, limits: Limits) -> Verdict | None:
+    """The site's GPU memory limit, per GPU: PAYLOADEXCEEDMAXMEM, pilot3's code for a payload over its memory
+    (PanDA has none for GPU memory; the diagnostic says which memory)."""
+    gpu = report.gpu
+    if limits.gpu_memory_kb > 0 and gpu is not None and gpu.max_gpu_kb > limits.gpu_memory_kb:
+        return Verdict(ErrorCode.PAYLOADEXCEEDMAXMEM, f"payload uses {gpu.max_gpu_kb // 1024} MB of GPU memory on "
+                       f"GPU {gpu.max_gpu}, over the site's limit of {limits.gpu_memory_kb // 1024} MB")
+    return None
+
+
 def idle_seconds(report: MonitorReport, payload_start: float) -> float:
     """Time since the newest activity; activity before the payload started does not count."""
     last = payload_start if report.last_activity is None else max(report.last_activity, payload_start)
@@ -121,7 +134,7 @@ def _looping(report: MonitorReport, limits: Limits, payload_start: float) -> Ver
 
 def check_report(report: MonitorReport, limits: Limits, payload_start: float) -> Verdict | None:
     """The first failed check, in pilot3's order of severity for the node, or None."""
-    for check in (_free_space, _stdout, _workdir, _output, _memory):
+    for check in (_free_space, _stdout, _workdir, _output, _memory, _gpu_memory):
         verdict = check(report, limits)
         if verdict is not None:
             return verdict

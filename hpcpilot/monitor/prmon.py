@@ -14,6 +14,9 @@ fit of the very same samples in jobMetrics and in the run record by about a perc
 short job sampled every half second, and by more at shorter intervals.  PanDA's readers
 convert every field with ``float()``, so they read it as is.
 
+With GPUs (``hpcpilot.monitor.gpu``), rows end with prmon's GPU columns ``ngpus gpusmpct gpumempct gpufbmem``
+and the summary has their Max and Avg and ``HW.gpu``, as prmon's nvidiamon writes them.
+
 The reader finds columns by header name, so it reads any prmon version (network and GPU
 columns are ignored) and the older ATLAS MemoryMonitor files with upper-case names.
 """
@@ -27,6 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hpcpilot.monitor.gpu import GPU_COLUMNS, GpuSample
 from hpcpilot.monitor.metrics import SeriesStats
 from hpcpilot.monitor.samples import TreeSample
 
@@ -37,6 +41,12 @@ PRMON_COLUMNS = ("Time", "nprocs", "nthreads", "wtime", "stime", "utime", "pss",
 _ALIASES = {"time": "Time", "rbytes": "read_bytes", "wbytes": "write_bytes", "readbytes": "read_bytes",
             "writebytes": "write_bytes"}
 _KNOWN = {name.lower(): name for name in PRMON_COLUMNS}
+
+
+def format_gpu(sample: GpuSample | None) -> str:
+    """The GPU columns of a row (a tab first); zeros for a sample NVML could not take."""
+    values = (0, 0, 0, 0) if sample is None else (sample.ngpus, sample.gpusmpct, sample.gpumempct, sample.gpufbmem)
+    return "".join(f"\t{value}" for value in values)
 
 
 def format_row(sample: TreeSample, start: float) -> str:
@@ -52,22 +62,25 @@ def format_row(sample: TreeSample, start: float) -> str:
 
 
 class PrmonWriter:
-    """Appends samples to a prmon text file, header first.
+    """Appends samples to a prmon text file, header first; with ``gpu``, prmon's GPU columns after the others
+    (only for a payload that has GPUs, as prmon writes them only where nvidiamon runs).
 
     The file is opened per row: a row every few seconds makes that cost nothing, and no
     handle is left open when a job ends without closing its writer.
     """
 
-    def __init__(self, path: str | os.PathLike[str], start: float) -> None:
+    def __init__(self, path: str | os.PathLike[str], start: float, gpu: bool = False) -> None:
         self.path = Path(path)
         self.start = start
+        self.gpu = gpu
 
-    def append(self, sample: TreeSample) -> None:
+    def append(self, sample: TreeSample, gpu: GpuSample | None = None) -> None:
         """Write one row (and the header if the file is new), flushed to the kernel."""
         with open(self.path, "a", encoding="ascii") as handle:
             if handle.tell() == 0:
-                handle.write("\t".join(PRMON_COLUMNS) + "\n")
-            handle.write(format_row(sample, self.start))
+                handle.write("\t".join(PRMON_COLUMNS + (GPU_COLUMNS if self.gpu else ())) + "\n")
+            row = format_row(sample, self.start)
+            handle.write(row[:-1] + format_gpu(gpu) + "\n" if self.gpu else row)
             handle.flush()
 
 

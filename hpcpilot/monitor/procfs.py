@@ -241,6 +241,7 @@ class TreeReader:
         self._foreign: dict[int, int] = {}
         self._rollups: dict[int, _Rollup] = {}
         self._files = _KeptFiles(keep_open)
+        self.last_pids: tuple[int, ...] = ()
 
     def close(self) -> None:
         """Release the kept descriptors (reading again later reopens them)."""
@@ -254,6 +255,7 @@ class TreeReader:
         """One sample of the whole tree."""
         stamp = time.time() if now is None else now
         members = self._members()
+        self.last_pids = tuple(members)  # the GPU monitor's tree, without a second walk
         procs = [proc for pid, stat in members.items()
                  if (proc := self._read_process(pid, stat)) is not None]
         if len(self._rollups) > len(members):

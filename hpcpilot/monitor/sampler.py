@@ -22,6 +22,7 @@ from typing import Any
 from hpcpilot.cgroups import CgroupMemory
 from hpcpilot.config import MonitorConfig
 from hpcpilot.monitor import diskscan
+from hpcpilot.monitor.gpu import GpuSample, GpuStats, NvmlMonitor
 from hpcpilot.monitor.metrics import SeriesStats
 from hpcpilot.monitor.prmon import PrmonWriter
 from hpcpilot.monitor.procfs import TreeReader
@@ -68,6 +69,7 @@ class PayloadSampler:
         prmon_path: Path,
         procfs: str = "/proc",
         start: float | None = None,
+        gpu: NvmlMonitor | None = None,
     ) -> None:
         self.pid = pid
         self.panda_id = panda_id
@@ -90,6 +92,8 @@ class PayloadSampler:
         self._max_output_mb = 0.0
         self._free_space_mb = math.inf
         self._last_activity: float | None = None
+        self._gpu = gpu  # None: no GPU to measure (a CPU rank, or no NVML): nothing is asked
+        self._gpu_stats = GpuStats()
 
     @property
     def stats(self) -> SeriesStats:
@@ -111,17 +115,37 @@ class PayloadSampler:
             self._check_disk(now)
         if payload_running and _due(self._looping_at, now, self.cfg.looping_check_interval):
             self._scan_activity(now)
+        gpu = None
         if tree.nprocs:
+            gpu = self._sample_gpu()
             self._stats.add(tree)
-            self._write_row(tree)
+            self._write_row(tree, gpu)
         if not payload_running:
             self.close()
         return MonitorReport(
             panda_id=self.panda_id, time=now, tree=tree, cgroup=self._read_cgroup(),
             stdout_kb=self._stdout_kb, workdir_mb=self._workdir_mb, max_output_mb=self._max_output_mb,
             free_space_mb=self._free_space_mb, last_activity=self._last_activity,
-            payload_running=payload_running,
+            payload_running=payload_running, gpu=gpu,
         )
+
+    def _sample_gpu(self) -> GpuSample | None:
+        """The tree's GPU use (its pids from the tree read just now), or None without a GPU monitor."""
+        if self._gpu is None:
+            return None
+        sample = self._gpu.sample(self._reader.last_pids)
+        self._gpu_stats.add(sample)
+        return sample
+
+    def prmon_summary(self) -> dict[str, Any]:
+        """The prmon JSON summary: Max and Avg of the tree and, with GPUs, of the GPU columns and ``HW.gpu``."""
+        summary = self._stats.to_prmon_summary()
+        if self._gpu is not None:
+            gpu = self._gpu_stats.summary()
+            summary["Max"].update(gpu["Max"])
+            summary["Avg"].update(gpu["Avg"])
+            summary["HW"] = {"gpu": self._gpu.hardware()}
+        return summary
 
     def summary(self) -> dict[str, Any]:
         """prmon-shaped summary ({"Max": ..., "Avg": ...}) plus the final workdir size in MB."""
@@ -130,8 +154,14 @@ class PayloadSampler:
         return summary
 
     def close(self) -> None:
-        """Release the descriptors kept open on the payload's /proc files."""
+        """Release the descriptors kept open on the payload's /proc files (and NVML, after the summary)."""
         self._reader.close()
+
+    def close_gpu(self) -> None:
+        """Let NVML go, once the summary (which names the GPUs) is written."""
+        if self._gpu is not None:
+            self._gpu.close()
+            self._gpu = None
 
     def _check_disk(self, now: float) -> None:
         """Refresh stdout size, workdir size, largest output and free space."""
@@ -170,12 +200,13 @@ class PayloadSampler:
             log.debug("job %s: cgroup memory unreadable: %s", self.panda_id, exc)
             return None
 
-    def _write_row(self, tree: TreeSample) -> None:
+    def _write_row(self, tree: TreeSample, gpu: GpuSample | None) -> None:
         """Append to the prmon file; a full disk must not stop the monitoring."""
         if self._writer is None:
-            self._writer = PrmonWriter(self._prmon_path, self.start if self.start is not None else tree.time)
+            self._writer = PrmonWriter(self._prmon_path, self.start if self.start is not None else tree.time,
+                                       gpu=self._gpu is not None)
         try:
-            self._writer.append(tree)
+            self._writer.append(tree, gpu)
         except OSError as exc:
             log.warning("job %s: cannot append to %s: %s", self.panda_id, self._prmon_path, exc)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from hpcpilot.cgroups import CgroupMemory
+from hpcpilot.monitor.gpu import GpuSample
 
 
 class TreeSample(NamedTuple):
@@ -59,3 +60,5 @@ class MonitorReport:
     free_space_mb: float
     last_activity: float | None
     payload_running: bool
+    gpu: GpuSample | None = None
+    """The payload's GPU use (hpcpilot.monitor.gpu); None where it has no GPU or none is measured."""

@@ -112,8 +112,10 @@ def _session(connections: int) -> requests.Session:
     return session
 
 
-def get_job_fields(site: SiteSection, n: int, node_info: Mapping[str, Any]) -> dict[str, Any]:
-    """The getJob request (legacy names, panda-wire B.3)."""
+def get_job_fields(site: SiteSection, n: int, node_info: Mapping[str, Any],
+                   target: str | None = None) -> dict[str, Any]:
+    """The getJob request (legacy names, panda-wire B.3); ``target`` is the ranks' ``target_architecture``, given
+    only for a server that takes it (1.0)."""
     fields: dict[str, Any] = {
         "siteName": site.queue,
         "computingElement": site.queue,
@@ -129,6 +131,8 @@ def get_job_fields(site: SiteSection, n: int, node_info: Mapping[str, Any]) -> d
     for key, env in (("harvester_id", "HARVESTER_ID"), ("worker_id", "HARVESTER_WORKER_ID")):
         if os.environ.get(env):
             fields[key] = os.environ[env]
+    if target is not None:
+        fields[wire.TARGET_ARCHITECTURE] = target
     return fields
 
 
@@ -163,6 +167,7 @@ class PandaClient:
         self._stop = threading.Event()
         self._trouble = ""
         self._told_range_500 = False
+        self._takes_target: bool | None = None  # None: not yet known (see is_release_1_0)
         logger.info("PanDA client for %s (api %s; %s)", self.base, panda.api, self.credentials.describe())
 
     # ------------------------------------------------------------------------------ public calls
@@ -174,10 +179,14 @@ class PandaClient:
         with self._lock:
             return self._resolved.get(method, "v1")
 
-    def acquire_jobs(self, n: int, node_info: Mapping[str, Any],
-                     deadline: float | None = None) -> tuple[int, list[dict[str, Any]]]:
-        """Ask for up to ``n`` jobs.  Returns (StatusCode, jobs); 20 = the server said "no jobs"."""
-        reply = self._call(wire.GET_JOB, get_job_fields(self.site, n, node_info), deadline, repeatable=True)
+    def acquire_jobs(self, n: int, node_info: Mapping[str, Any], deadline: float | None = None,
+                     target: str | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """Ask for up to ``n`` jobs.  Returns (StatusCode, jobs); 20 = the server said "no jobs".  ``target`` (a
+        ``target_architecture`` JSON string) goes only to a server that takes it (``is_release_1_0``)."""
+        if target is not None and not self.is_release_1_0(deadline):
+            target = None
+        fields = get_job_fields(self.site, n, node_info, target)
+        reply = self._call(wire.GET_JOB, fields, deadline, repeatable=True)
         answer = _parse(reply, wire.GET_JOB, replies.parse_jobs, ambiguous=False)
         if answer.status == wire.STATUS_TIMEOUT:
             raise ServerUnavailable(f"getJob: the server timed out (StatusCode 10) {answer.message}".strip())
@@ -278,19 +287,59 @@ class PandaClient:
     def update_worker_node(self, fields: Mapping[str, Any], deadline: float | None = None) -> str:
         """Send the worker-node map of one node (v1 only; B.10); returns the server's message.  A server
         without the endpoint (404) or one that refuses it raises ``RequestRejected``."""
+        return self._post_map(wire.UPDATE_WORKER_NODE, wire.UPDATE_WORKER_NODE_PATH, fields, deadline)
+
+    def update_worker_node_gpu(self, fields: Mapping[str, Any], deadline: float | None = None) -> str:
+        """Send one GPU model of a node's GPU map (v1 only; 0.8.1 and 1.0.4 have it); as ``update_worker_node``."""
+        return self._post_map(wire.UPDATE_WORKER_NODE_GPU, wire.UPDATE_WORKER_NODE_GPU_PATH, fields, deadline)
+
+    def is_release_1_0(self, deadline: float | None = None) -> bool:
+        """Whether this server is panda-server >= 1.0, which takes acquire_jobs' ``target_architecture`` (0.8.1
+        refuses it) and stores the GPU map (0.8.1's update_worker_node_gpu answers "Another pilot was updating the
+        worker node GPU at the same time" to every call: its row look-up was left out of the code).  v1 has no
+        version call.  What tells them apart is the legacy API, which 1.0 removed: one legacy
+        ``getStatus`` of no job, asked once -- HTTP 403 "forbidden" is 1.0; any answer is a server with the legacy
+        API (<= 0.8.1), which is sent nothing new.  ``panda.api = legacy`` never sends it.  No answer (the server
+        is down) raises what the look-up raised -- the fetch then fails as its own call would -- and the
+        question is asked again next time."""
+        if self.panda.api == "legacy":
+            return False
+        with self._lock:
+            known = self._takes_target
+        if known is not None:
+            return known
+        end = time.monotonic() + (self.panda.call_deadline if deadline is None else deadline)
+        request = _Request("POST", wire.LEGACY_PREFIX + wire.GET_JOB_STATUS, wire.encode_legacy({"ids": ""}),
+                           {"Content-Type": "application/x-www-form-urlencoded"})
+        try:
+            self._request(wire.GET_JOB_STATUS, request, end, "legacy", repeatable=True)
+            takes = False
+        except NoLegacyApi:
+            takes = True
+        except RequestRejected:  # the legacy API is there and refused an empty look-up: an older server
+            takes = False
+        with self._lock:
+            self._takes_target = takes
+        logger.info("%s: %s", self.base, "no legacy API: panda-server >= 1.0, sent target_architecture and GPU maps"
+                    if takes else "legacy API present: panda-server < 1.0, sent neither target_architecture nor "
+                    "GPU maps")
+        return takes
+
+    def _post_map(self, name: str, path: str, fields: Mapping[str, Any], deadline: float | None) -> str:
+        """POST one worker-node or GPU map (v1 JSON); the server's message, or ``RequestRejected``."""
         end = time.monotonic() + (self.panda.call_deadline if deadline is None else deadline)
         body, headers = wire.encode_v1(dict(fields))
-        request = _Request("POST", wire.UPDATE_WORKER_NODE_PATH, body, headers)
+        request = _Request("POST", path, body, headers)
         try:
-            reply = self._request(wire.UPDATE_WORKER_NODE, request, end, "v1", repeatable=True)
+            reply = self._request(name, request, end, "v1", repeatable=True)
         except EndpointMissing:
-            raise RequestRejected(f"{wire.UPDATE_WORKER_NODE}: not offered by {self.base} (HTTP 404)") from None
+            raise RequestRejected(f"{name}: not offered by {self.base} (HTTP 404)") from None
         try:
             answer = replies.decode_body(reply.content)
         except wire.WireError as exc:
-            raise ServerUnavailable(f"{wire.UPDATE_WORKER_NODE}: not acknowledged: {exc}") from None
+            raise ServerUnavailable(f"{name}: not acknowledged: {exc}") from None
         if answer.get("success") is not True:
-            raise RequestRejected(f"{wire.UPDATE_WORKER_NODE}: {wire.snippet(str(answer.get('message') or '-'))}")
+            raise RequestRejected(f"{name}: {wire.snippet(str(answer.get('message') or '-'))}")
         return str(answer.get("message") or "")
 
     def close(self) -> None:
@@ -318,6 +367,7 @@ class PandaClient:
                 with self._lock:
                     self._resolved[method] = "legacy"
                 logger.info("%s: no v1 endpoint on %s, using the legacy API from now on", method, self.base)
+        fields = {k: v for k, v in fields.items() if k != wire.TARGET_ARCHITECTURE}  # v1 (1.0) only
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if self.legacy_accept_json:
             headers["Accept"] = "application/json"

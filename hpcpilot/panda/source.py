@@ -37,6 +37,7 @@ from hpcpilot.panda.auth import register_secret
 from hpcpilot.panda.client import PandaClient
 from hpcpilot.panda.commands import Backchannel
 from hpcpilot.panda.failures import PandaError, ServerUnusable
+from hpcpilot.panda.gpumap import gpu_map_fields
 from hpcpilot.panda.recovery import Replay
 from hpcpilot.panda.senders import Outlet, Senders
 from hpcpilot.panda.tally import DeliveryTally
@@ -111,8 +112,12 @@ class PandaSource:
         """A PanDA server hands out only what was leased, and leased jobs are all started: none."""
         return []
 
-    def fetch_jobs(self, n: int) -> FetchOutcome:
-        """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs; journaled before they are returned.
+    matches_architecture = True
+    """acquire_jobs takes the ranks' ``target_architecture`` (on panda-server >= 1.0; see PandaClient)."""
+
+    def fetch_jobs(self, n: int, architecture: str | None = None) -> FetchOutcome:
+        """Lease up to ``n`` (at most panda.jobs_per_fetch) jobs for ranks of ``architecture`` (their
+        ``target_architecture``, sent where the server takes it); journaled before they are returned.
         Nothing leased with a negative status is a failed request (the outcome's ``error`` says why)."""
         if n <= 0:
             return FetchOutcome()
@@ -120,7 +125,7 @@ class PandaSource:
             return self._fetch_failed(FETCH_REPLAYING, REPLAYING)
         try:
             status, jobs = self.client.acquire_jobs(min(n, max(1, self.panda.jobs_per_fetch)), self.node,
-                                                    deadline=self.fetch_deadline)
+                                                    deadline=self.fetch_deadline, target=architecture)
         except ServerUnusable as exc:
             return self._fetch_failed(FETCH_UNUSABLE, str(exc))
         except PandaError as exc:
@@ -202,7 +207,8 @@ class PandaSource:
         self.senders.wake(job.panda_id)
 
     def report_worker_node(self, node: Mapping[str, Any]) -> None:
-        """Send one node's worker-node map (v1 ``update_worker_node``, 0.8.1 and 1.0) from a short-lived thread,
+        """Send one node's worker-node map (v1 ``update_worker_node``, 0.8.1 and 1.0) and, on a GPU node, its GPU
+        map (``update_worker_node_gpu``, one call per GPU model) from a short-lived thread,
         so rank 0's loop never waits for it.  Best effort: the map serves brokerage, no job depends on it, so a
         failure is one INFO line and is not retried.  Not sent with ``panda.api = legacy`` (no such method)."""
         name = str(node.get("node") or "")
@@ -211,15 +217,41 @@ class PandaSource:
                 return
             self._nodes_reported.add(name)
         fields = worker_node_fields(node, self.config.site.name, self.config.site.queue)
-        threading.Thread(target=self._send_worker_node, args=(fields,), name="panda-worker-node", daemon=True).start()
+        gpu_maps = gpu_map_fields(node, self.config.site.name)
+        threading.Thread(target=self._send_worker_node, args=(fields, gpu_maps), name="panda-worker-node",
+                         daemon=True).start()
 
-    def _send_worker_node(self, fields: Mapping[str, Any]) -> None:
+    def _send_worker_node(self, fields: Mapping[str, Any], gpu_maps: Sequence[Mapping[str, Any]] = ()) -> None:
+        """The worker-node map, then the GPU map (one call per GPU model), as pilot3 sends them: the GPU rows
+        name the host of the worker-node row."""
         try:
             said = self.client.update_worker_node(fields, deadline=self.fetch_deadline)
         except PandaError as exc:
             logger.info("worker-node map of %s not sent: %s", fields.get("host_name"), exc)
+        else:
+            logger.info("worker-node map of %s sent (%s)", fields.get("host_name"), said or "ok")
+        if not gpu_maps:
             return
-        logger.info("worker-node map of %s sent (%s)", fields.get("host_name"), said or "ok")
+        try:
+            release_1_0 = self.client.is_release_1_0(self.fetch_deadline)
+        except PandaError as exc:
+            logger.info("GPU map of %s not sent: %s", fields.get("host_name"), exc)
+            return
+        if not release_1_0:
+            logger.info("GPU map of %s not sent: the server is older than panda-server 1.0, whose "
+                        "update_worker_node_gpu stores nothing", fields.get("host_name"))
+            return
+        for gpu_map in gpu_maps:
+            try:
+                said = self.client.update_worker_node_gpu(gpu_map, deadline=self.fetch_deadline)
+            except PandaError as exc:
+                logger.info("GPU map of %s (%s) not sent: %s", gpu_map.get("host_name"), gpu_map.get("model"), exc)
+                continue
+            logger.info("GPU map of %s sent: %d x %s (%s)", gpu_map.get("host_name"), gpu_map.get("count"),
+                        gpu_map.get("model"), said or "ok")
+
+    def rank_ready(self, rank: int, node: Mapping[str, Any]) -> None:
+        """Nothing to keep: a rank's architecture comes with each fetch for it (``fetch_jobs``)."""
 
     def poll(self, now: float) -> list[Command]:
         """Commands received since the last poll, plus 'lostheartbeat' per running job when no job

@@ -36,10 +36,27 @@ LOOKUPS = (GET_JOB_STATUS, GET_EVENTS_STATUS)
 UPDATE_WORKER_NODE = "update_worker_node"
 """The worker-node map (v1 only, panda-server 0.8.1 and 1.0; B.10): not one of the legacy methods above."""
 UPDATE_WORKER_NODE_PATH = "/api/v1/pilot/update_worker_node"
-WORKER_NODE_FIELDS = frozenset({"site", "host_name", "cpu_model", "panda_queue", "n_logical_cpus", "n_sockets",
-                                "cores_per_socket", "threads_per_core", "cpu_architecture", "cpu_architecture_level",
-                                "clock_speed", "total_memory", "total_local_disk"})
-"""What update_worker_node accepts on 0.8.1 and 1.0.4 (v1 refuses any other field)."""
+WORKER_NODE_TYPES: dict[str, type] = {
+    "site": str, "host_name": str, "cpu_model": str, "panda_queue": str, "n_logical_cpus": int, "n_sockets": int,
+    "cores_per_socket": int, "threads_per_core": int, "cpu_architecture": str, "cpu_architecture_level": str,
+    "clock_speed": float, "total_memory": int, "total_local_disk": int}
+"""What update_worker_node accepts on 0.8.1 and 1.0.4, with the type its signature declares: v1 refuses any other
+field and a value not of that type (``isinstance``: an int ``clock_speed`` is refused, "must be of type float")."""
+WORKER_NODE_FIELDS = frozenset(WORKER_NODE_TYPES)
+UPDATE_WORKER_NODE_GPU = "update_worker_node_gpu"
+"""The GPU map of a node: one call per GPU model of the node (the server keys a row on site, host, vendor, model)."""
+UPDATE_WORKER_NODE_GPU_PATH = "/api/v1/pilot/update_worker_node_gpu"
+WORKER_NODE_GPU_TYPES: dict[str, type] = {
+    "site": str, "host_name": str, "vendor": str, "model": str, "count": int, "vram": int, "architecture": str,
+    "framework": str, "framework_version": str, "driver_version": str}
+"""What update_worker_node_gpu takes (pilot_api.py of 0.8.1 and 1.0.4 alike; ``site, host_name, vendor, model,
+count`` required), typed as for update_worker_node."""
+WORKER_NODE_GPU_FIELDS = frozenset(WORKER_NODE_GPU_TYPES)
+WORKER_NODE_GPU_REQUIRED = ("site", "host_name", "vendor", "model", "count")
+TARGET_ARCHITECTURE = "target_architecture"
+"""acquire_jobs' GPU matching field: 1.0 only (0.8.1 refuses it as an unexpected keyword argument, A.7)."""
+TARGET_GPU_KEYS = ("vendor", "model", "vram", "architecture", "framework_version", "driver_version")
+"""What the server's ``hardware_matching.match_gpu_spec`` reads of each GPU of a target architecture."""
 
 LEGACY_PREFIX = "/server/panda/"
 V1_PATHS: dict[str, str] = {
@@ -81,6 +98,7 @@ LEGACY_TO_V1: dict[str, str] = {
     "jobType": "job_type",
     "viaTopic": "via_topic",
     "remaining_time": "remaining_time",
+    TARGET_ARCHITECTURE: TARGET_ARCHITECTURE,  # 1.0 only: sent only to a server known to take it
     # updateJob / update_job
     "jobId": "job_id",
     "state": "job_status",
@@ -145,7 +163,7 @@ V1_ACCEPTS: dict[str, frozenset[str]] = {
     GET_JOB: frozenset({"site_name", "timeout", "memory", "disk_space", "prod_source_label", "node",
                         "computing_element", "prod_user_id", "get_proxy_key", "task_id", "n_jobs",
                         "background", "resource_type", "harvester_id", "worker_id", "scheduler_id",
-                        "job_type", "via_topic", "remaining_time"}),
+                        "job_type", "via_topic", "remaining_time", TARGET_ARCHITECTURE}),
     UPDATE_JOB: frozenset({"job_id", "job_status", "job_output_report", "node", "cpu_consumption_time",
                            "cpu_consumption_unit", "scheduler_id", "pilot_id", "site_name", "pilot_log",
                            "meta_data", "cpu_conversion_factor", "trans_exit_code", "pilot_error_code",

@@ -25,11 +25,15 @@ def worker_node_fields(node: Mapping[str, Any], site: str, queue: str) -> dict[s
         "cpu_model": str(node.get("cpu_model") or "unknown"),
         "panda_queue": queue or None,
         "n_logical_cpus": _positive(node.get("cores")),
-        "clock_speed": _positive(node.get("cpu")),
+        "clock_speed": _float(_positive(node.get("cpu"))),  # the server takes a float only (isinstance)
         "total_memory": _positive(node.get("mem")),
         "cpu_architecture": platform.machine() or None,
     }
     return {k: v for k, v in fields.items() if k in WORKER_NODE_FIELDS and v not in (None, "")}
+
+
+def _float(value: int | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def _positive(value: Any) -> int | None:

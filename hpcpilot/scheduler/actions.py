@@ -18,6 +18,8 @@ from hpcpilot.records import JobRecord, JobSpec
 @dataclass(frozen=True)
 class Fetch:
     n: int
+    architecture: str | None = None
+    """Jobs for ranks of this architecture (their GPUs, ``RankReady.architecture``); None: any rank."""
 
 
 @dataclass(frozen=True)

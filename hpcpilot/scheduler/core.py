@@ -13,7 +13,7 @@ event-service jobs' range ledgers).
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -76,6 +76,8 @@ class Scheduler:
         self.es_jobs = EsJobs(config, policy)
         self.gate = FetchGate(policy)
         self.pending: deque[JobSpec] = deque()
+        self.job_arch: dict[int, str | None] = {}  # PandaID -> the architecture a queued job was fetched for
+        self.queued_for: Counter[str | None] = Counter()  # queued jobs per architecture
         self.done = DoneRecords()
         self.stopping: tuple[int, str] | None = None
         self.finished = False
@@ -101,6 +103,8 @@ class Scheduler:
 
     def _on_rank_ready(self, event: RankReady) -> list[Action]:
         self.ranks.answered.add(event.rank)
+        self.ranks.set_group(event.rank, event.architecture)
+        self.gate.groups.add(event.architecture)
         if not event.ok:  # it will never get work: let it leave (it waits for a word from rank 0)
             self.ranks.gone(event.rank, RankState.STOPPED)
             return [SendNoMoreWork(event.rank)]
@@ -159,6 +163,8 @@ class Scheduler:
         busy = bool(self.jobs or self.es_jobs.books or self.pending)
         self.gate.answered(event, self.now, busy)
         self.pending.extend(event.jobs)
+        self.job_arch.update((job.panda_id, event.architecture) for job in event.jobs)
+        self.queued_for[event.architecture] += len(event.jobs)
         actions: list[Action] = []
         for record in event.rejected:
             self.done.append(record)
@@ -322,7 +328,13 @@ class Scheduler:
 
     # -- handing out work ---------------------------------------------------------------
 
+    def _mixed(self) -> bool:
+        """Ranks of more than one architecture: each job goes to a rank of the one it was fetched for."""
+        return len(self.gate.groups) > 1
+
     def _assign(self) -> list[Action]:
+        if self._mixed():
+            return self._assign_by_architecture()
         actions: list[Action] = []
         while self.ranks.idle and self.stopping is None:
             book = self.es_jobs.wanting_ranks()
@@ -339,30 +351,76 @@ class Scheduler:
             actions.append(self._start(self.ranks.next_idle(), job))
         may_lease, staging = self._may_lease(), self.es_jobs.staging()
         if may_lease and not staging:
-            actions += self.gate.requests(len(self.ranks.idle) - len(self.pending), self.now)
-        # When stopping, idle ranks leave at once: a fetch under way (a server outage) must not keep them.
+            architecture = next(iter(self.gate.groups), None)
+            actions += self.gate.requests(len(self.ranks.idle) - len(self.pending), self.now, architecture)
+        return actions + self._release_if_done(may_lease, staging)
+
+    def _release_if_done(self, may_lease: bool, staging: bool) -> list[Action]:
+        """When stopping, idle ranks leave at once: a fetch under way (a server outage) must not keep them."""
         if self.stopping is not None or (not self.pending and not self.gate.in_flight and not may_lease
                                          and not staging):
-            actions += self._release_idle()
+            return self._release_idle()
+        return []
+
+    def _assign_by_architecture(self) -> list[Action]:
+        """``_assign`` for ranks of several architectures: an event-service job takes any idle rank; a normal
+        job only a rank of the architecture it was fetched for, oldest job first; then a fetch per architecture
+        for its idle ranks that no queued job of theirs covers.  O(architectures) a pass; the queue is walked
+        only when one of its jobs has an idle rank to go to."""
+        actions: list[Action] = []
+        while self.ranks.idle and self.stopping is None and (book := self.es_jobs.wanting_ranks()) is not None:
+            actions.append(self._join_es(self.ranks.next_idle(), book))
+        idle = self.ranks.idle_in
+        if self.stopping is None and not self.es_jobs.staging() and any(
+                idle.get(arch) for arch, n in self.queued_for.items() if n > 0):
+            actions += self._deal_by_architecture()
+        may_lease, staging = self._may_lease(), self.es_jobs.staging()
+        if may_lease and not staging:
+            for architecture, ranks in list(idle.items()):
+                if not ranks:
+                    continue
+                actions += self.gate.requests(len(ranks) - self.queued_for[architecture], self.now, architecture)
+                if architecture in self.gate.exhausted and not self.queued_for[architecture]:
+                    actions += [self._release(rank) for rank in list(ranks)]  # no job will come for them
+        return actions + self._release_if_done(may_lease, staging)
+
+    def _deal_by_architecture(self) -> list[Action]:
+        """One walk of the queue: each job to the longest idle rank of its architecture, if there is one."""
+        actions: list[Action] = []
+        left: deque[JobSpec] = deque()
+        while self.pending:
+            job = self.pending.popleft()
+            architecture = self.job_arch.get(job.panda_id)
+            if not self.ranks.idle_in.get(architecture):
+                left.append(job)
+            elif not self.policy.can_finish(job, self.now):
+                record = self._not_started(job, ErrorCode.REACHEDMAXTIME, self.policy.cannot_finish_diag(job, self.now))
+                actions.append(Report(record, final=True))
+            else:
+                actions.append(self._start(self.ranks.next_idle_in(architecture), job))
+        self.pending = left
         return actions
 
     def _release_idle(self) -> list[Action]:
         """No work will come for the idle ranks: each is told so and waited for (its acknowledgement)."""
-        actions: list[Action] = []
-        while self.ranks.idle:
-            rank = self.ranks.next_idle()
-            self.ranks.set_state(rank, RankState.STOPPING)
-            self.ranks.heard_from(rank, self.now)  # the wait for its acknowledgement starts now
-            actions.append(SendNoMoreWork(rank))
-        return actions
+        return [self._release(self.ranks.next_idle()) for _ in range(len(self.ranks.idle))]
+
+    def _release(self, rank: int) -> SendNoMoreWork:
+        """Tell one rank (out of the idle ones) that no work will come, and wait for its acknowledgement."""
+        self.ranks.take_idle(rank)
+        self.ranks.set_state(rank, RankState.STOPPING)
+        self.ranks.heard_from(rank, self.now)  # the wait for its acknowledgement starts now
+        return SendNoMoreWork(rank)
 
     def _may_lease(self) -> bool:
         return self.gate.may_lease(winding_down=self.stopping is not None or self._walltime_reached())
 
     def _start(self, rank: int, job: JobSpec) -> Assign:
+        self._unqueue(job)
         if job.event_service:  # the first rank stages the inputs in; others join once it runs
             return self._join_es(rank, self.es_jobs.start(job, rank, self.now), stage_in=True)
-        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor)
+        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor,
+                                self.config.gpu.memory_limit_mb)
         record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr, rank=rank, core_count=job.core_count)
         self.jobs[job.panda_id] = new = RunningJob(job, rank, limits, record, assigned_at=self.now,
                                                    last_heartbeat=self.now)
@@ -390,8 +448,14 @@ class Scheduler:
             records.append(self._not_started(self.pending.popleft(), code, f"not started: {diag}"))
         return records
 
+    def _unqueue(self, job: JobSpec) -> None:
+        """The job leaves the queue (started, or never will be): its architecture's count goes down."""
+        if job.panda_id in self.job_arch:
+            self.queued_for[self.job_arch.pop(job.panda_id)] -= 1
+
     def _not_started(self, job: JobSpec, code: int, diag: str) -> JobRecord:
         """The final record of a leased job that will never run."""
+        self._unqueue(job)
         record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
         record.fail(code, diag)
         self.done.append(record)

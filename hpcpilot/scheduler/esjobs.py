@@ -43,7 +43,8 @@ class EsJobs:
 
     def start(self, job: JobSpec, leader: int, now: float) -> EsBook:
         """A new event-service job: its first rank (the leader) stages its inputs in."""
-        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor)
+        limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor,
+                                self.config.gpu.memory_limit_mb)
         book = EsBook(job, self.config.eventservice, leader=leader, limits=limits, last_heartbeat=now)
         self.books[job.panda_id] = book
         return book

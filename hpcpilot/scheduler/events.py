@@ -20,6 +20,8 @@ class RankReady:
     rank: int
     ok: bool
     problems: tuple[str, ...] = ()
+    architecture: str | None = None
+    """The rank's GPUs as a job source matches jobs to them (PanDA's ``target_architecture``); None: not matched."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class JobsFetched:
     """The failure will not heal by asking again (a server certificate that does not verify)."""
     asked: int | None = None
     """The ``n`` of the Fetch this answers (None: not said, the oldest request under way is taken as answered)."""
+    architecture: str | None = None
+    """The architecture the Fetch asked for: its jobs go to ranks of that architecture only."""
 
 
 @dataclass(frozen=True)

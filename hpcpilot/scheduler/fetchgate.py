@@ -9,6 +9,7 @@ will not heal, or when the credentials would end before another job could.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from hpcpilot.credentials import CredentialGuard
@@ -33,10 +34,16 @@ class FetchGate:
     """Why the pilot stopped asking its job source for work ('' = it did not give up)."""
     credentials: CredentialGuard | None = None
     """The proxy and token lifetimes rank 0 leases by (hpcpilot.credentials); None = no credentials to watch."""
+    groups: set[str | None] = field(default_factory=set)
+    """The ranks' architectures (one group per set of GPUs; {None} where jobs are not matched to GPUs)."""
+    exhausted: set[str | None] = field(default_factory=set)
+    """Architectures the source had no job for: not asked again; the source is empty when every group is."""
+    asked_for: Counter[str | None] = field(default_factory=Counter)
+    """Jobs asked for and not yet answered, per architecture."""
 
     def answered(self, event: JobsFetched, now: float, busy: bool) -> None:
         """Take in the source's answer; ``busy``: something runs or waits, so failures do not end leasing."""
-        self._take_off(event.asked)
+        self.asked_for[event.architecture] -= self._take_off(event.asked)
         self.leased += len(event.jobs) + len(event.rejected)
         if event.unavailable:
             self.retry_at = now + self.policy.fetch_retry
@@ -47,14 +54,18 @@ class FetchGate:
         else:
             self.failures, self.outage_open = 0, 0
             if not event.jobs and not event.rejected:
-                self.source_empty = True
+                self.exhausted.add(event.architecture)
+                self.source_empty = self.groups <= self.exhausted
 
-    def _take_off(self, asked: int | None) -> None:
-        """Take the answered request off those under way (the oldest when the answer does not say its size)."""
+    def _take_off(self, asked: int | None) -> int:
+        """Take the answered request off those under way (the oldest when the answer does not say its size);
+        the number of jobs it had asked for (0: none was under way)."""
         if asked is not None and asked in self.in_flight:
             self.in_flight.remove(asked)  # a handful at most: O(fetches_in_flight)
-        elif self.in_flight:
-            self.in_flight.pop(0)
+            return asked
+        if self.in_flight:
+            return self.in_flight.pop(0)
+        return 0
 
     def _count_failure(self) -> None:
         """One outage counts once per request sent into it, not once per request that was already under way."""
@@ -86,14 +97,15 @@ class FetchGate:
             self.gave_up = self.gave_up or f"credentials: {verdict.text()}"
         return verdict is not None
 
-    def requests(self, wanted: int, now: float) -> list[Fetch]:
-        """Fetches for ``wanted`` ranks that no queued job covers (less what requests under way cover), each
-        up to ``jobs_per_fetch`` and up to ``fetches_in_flight`` at once; while the source is failing, one
-        at a time, so an outage is probed by one request rather than met with a burst."""
-        if now < self.retry_at:
+    def requests(self, wanted: int, now: float, architecture: str | None = None) -> list[Fetch]:
+        """Fetches for ``wanted`` ranks of ``architecture`` that no queued job covers (less what requests under
+        way for them cover), each up to ``jobs_per_fetch`` and up to ``fetches_in_flight`` at once (all
+        architectures together); while the source is failing, one at a time, so an outage is probed by one
+        request rather than met with a burst."""
+        if now < self.retry_at or architecture in self.exhausted:
             return []
         room = 1 if self.failures else self.policy.fetches_in_flight
-        wanted -= sum(self.in_flight)
+        wanted -= max(self.asked_for[architecture], 0)
         actions: list[Fetch] = []
         while wanted > 0 and len(self.in_flight) < room:
             n = min(wanted, self.policy.jobs_per_fetch)
@@ -102,6 +114,7 @@ class FetchGate:
             if n <= 0:
                 break
             self.in_flight.append(n)
+            self.asked_for[architecture] += n
             wanted -= n
-            actions.append(Fetch(n))
+            actions.append(Fetch(n, architecture))
         return actions

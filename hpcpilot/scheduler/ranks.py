@@ -7,13 +7,14 @@ the registry keeps, beside each rank's slot, what the decisions ask for directly
 * ``idle``: idle ranks, first come first served (an OrderedDict, so a lost one leaves in O(1));
 * ``alive``: ranks believed alive, least recently heard first, so finding the silent ones costs O(1)
   per message and O(lost) per pass;
-* ``answered``: ranks that answered their start-up check (or were given up).
+* ``answered``: ranks that answered their start-up check (or were given up);
+* ``idle_in``: the idle ranks of each group (their GPUs' architecture, ``set_group``), same order as ``idle``.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 
 from hpcpilot.states import RankState
@@ -39,6 +40,8 @@ class RankRegistry:
         self.idle: OrderedDict[int, None] = OrderedDict()
         self.alive: OrderedDict[int, float] = OrderedDict()
         self.answered: set[int] = set()
+        self.group_of: dict[int, Hashable] = {}
+        self.idle_in: dict[Hashable, OrderedDict[int, None]] = {}
 
     # -- a mapping of rank number -> slot, for readers --------------------------------
 
@@ -80,7 +83,7 @@ class RankRegistry:
         """The rank will send nothing more that counts (stopped) or is given up (lost)."""
         self.set_state(number, state)
         self.alive.pop(number, None)
-        self.idle.pop(number, None)
+        self.take_idle(number)
 
     def make_idle(self, number: int) -> None:
         """The rank asks for work (a stopped or lost one is not taken back)."""
@@ -90,9 +93,29 @@ class RankRegistry:
         self.set_state(number, RankState.IDLE)
         slot.panda_id = None
         self.idle.setdefault(number, None)
+        self.idle_in.setdefault(self.group_of.get(number), OrderedDict()).setdefault(number, None)
+
+    def set_group(self, number: int, group: Hashable) -> None:
+        """The rank's group (the architecture of its GPUs): set at its Ready, before it is ever idle."""
+        self.group_of[number] = group
 
     def next_idle(self) -> int:
-        return self.idle.popitem(last=False)[0]
+        number = self.idle.popitem(last=False)[0]
+        self.idle_in[self.group_of.get(number)].pop(number, None)
+        return number
+
+    def next_idle_in(self, group: Hashable) -> int:
+        """The longest idle rank of a group (which must have one)."""
+        number = self.idle_in[group].popitem(last=False)[0]
+        self.idle.pop(number, None)
+        return number
+
+    def take_idle(self, number: int) -> None:
+        """The rank is no longer idle (given work, told to leave, or gone)."""
+        self.idle.pop(number, None)
+        group = self.idle_in.get(self.group_of.get(number))
+        if group is not None:
+            group.pop(number, None)
 
     def bind(self, number: int, panda_id: int) -> None:
         """The rank works on this job now."""

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from hpcpilot.panda import wire
+from hpcpilot_serve.hardware import TASK_ARCHITECTURE_KEY, job_fits
 from hpcpilot_serve.reply import Reply
 from hpcpilot_serve.state import as_int
 
@@ -23,16 +24,25 @@ ONE_SHOT_COMMANDS = frozenset({"debug", "debugoff"})
 
 
 def get_job(db: sqlite3.Connection, fields: Mapping[str, Any]) -> Reply:
-    """Hand out the next activated jobs: one bare job dict, or a ``jobs`` list when ``nJobs`` was asked."""
+    """Hand out the next activated jobs: one bare job dict, or a ``jobs`` list when ``nJobs`` was asked; with a
+    ``target_architecture`` (1.0) only jobs whose task's GPU spec the target's GPUs meet (``hardware``)."""
     n_jobs = as_int(fields.get("nJobs"))
-    rows = db.execute("SELECT panda_id, definition FROM jobs WHERE status='activated' "
-                      "ORDER BY panda_id LIMIT ?", (max(1, n_jobs or 1),)).fetchall()
+    target = fields.get(wire.TARGET_ARCHITECTURE)
+    rows = []
+    for panda_id, definition in db.execute("SELECT panda_id, definition FROM jobs WHERE status='activated' "
+                                           "ORDER BY panda_id"):
+        job = json.loads(definition)
+        if job_fits(job, target):
+            job.pop(TASK_ARCHITECTURE_KEY, None)  # the task's, not the job's: the pilot never sees it
+            rows.append((panda_id, job))
+            if len(rows) >= max(1, n_jobs or 1):
+                break
     if not rows:
         return Reply({"StatusCode": wire.STATUS_NO_JOBS, "errorDialog": "no jobs in PanDA"})
     jobs = []
-    for panda_id, definition in rows:
+    for panda_id, job in rows:
         db.execute("UPDATE jobs SET status='sent', updated=? WHERE panda_id=?", (time.time(), panda_id))
-        jobs.append({"StatusCode": 0, **json.loads(definition)})
+        jobs.append({"StatusCode": 0, **job})
     if n_jobs is None:
         return Reply(jobs[0])
     return Reply({"StatusCode": 0, "jobs": jobs})
@@ -88,3 +98,14 @@ def upsert_worker_node(db: sqlite3.Connection, fields: Mapping[str, Any]) -> str
                "(host_name) DO UPDATE SET fields=excluded.fields, updates=updates+1",
                (str(fields["host_name"]), json.dumps(dict(fields))))
     return "Updated worker node." if known else "Inserted new worker node."
+
+
+def upsert_worker_node_gpu(db: sqlite3.Connection, fields: Mapping[str, Any]) -> str:
+    """One row per (site, host, vendor, model), as 1.0.4's worker_node_gpus; the server's message."""
+    key = tuple(str(fields[k]) for k in ("site", "host_name", "vendor", "model"))
+    known = db.execute("SELECT 1 FROM worker_node_gpus WHERE site=? AND host_name=? AND vendor=? AND model=?",
+                       key).fetchone()
+    db.execute("INSERT INTO worker_node_gpus (site, host_name, vendor, model, fields, updates) VALUES "
+               "(?, ?, ?, ?, ?, 1) ON CONFLICT (site, host_name, vendor, model) DO UPDATE SET "
+               "fields=excluded.fields, updates=updates+1", (*key, json.dumps(dict(fields))))
+    return "Updated existing worker node GPU." if known else "Inserted new worker node GPU."

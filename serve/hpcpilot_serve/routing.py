@@ -54,6 +54,8 @@ class Handler(V1Endpoints, LegacyEndpoints):
             self._legacy(path[len(wire.LEGACY_PREFIX):], body)
         elif path == wire.UPDATE_WORKER_NODE_PATH and "v1" in self.app.apis:
             self._worker_node(body)
+        elif path == wire.UPDATE_WORKER_NODE_GPU_PATH and "v1" in self.app.apis:
+            self._worker_node_gpu(body)
         elif path in wire.V1_METHOD_BY_PATH and "v1" in self.app.apis:
             self._v1(wire.V1_METHOD_BY_PATH[path], body)
         else:

@@ -43,7 +43,7 @@ from typing import Any
 
 from hpcpilot.panda import wire
 from hpcpilot_serve.faults import Fault, FaultBox
-from hpcpilot_serve.jobs import get_job, get_status, update_job, upsert_worker_node
+from hpcpilot_serve.jobs import get_job, get_status, update_job, upsert_worker_node, upsert_worker_node_gpu
 from hpcpilot_serve.listener import Listener, RequestConcurrency
 from hpcpilot_serve.loading import load_jobs, load_ranges
 from hpcpilot_serve.ranges import get_event_ranges, get_events_status, update_event_ranges
@@ -202,6 +202,11 @@ class PandaTestServer:
         """Keep one row per host, as the server's worker-node map does; the server's message."""
         with self._lock:
             return upsert_worker_node(self._db, fields)
+
+    def upsert_worker_node_gpu(self, fields: Mapping[str, Any]) -> str:
+        """Keep one row per (site, host, vendor, model), as the server's GPU map does; the server's message."""
+        with self._lock:
+            return upsert_worker_node_gpu(self._db, fields)
 
     def record(self, api: str, method: str, fields: Mapping[str, Any], http_status: int, auth: str) -> None:
         """Log one request as received and answered (``requests()``, ``/admin/requests``)."""

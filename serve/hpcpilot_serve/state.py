@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS requests (
     fields TEXT NOT NULL, http_status INTEGER NOT NULL, auth TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS worker_nodes (
     host_name TEXT PRIMARY KEY, fields TEXT NOT NULL, updates INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS worker_node_gpus (
+    site TEXT NOT NULL, host_name TEXT NOT NULL, vendor TEXT NOT NULL, model TEXT NOT NULL, fields TEXT NOT NULL,
+    updates INTEGER NOT NULL, PRIMARY KEY (site, host_name, vendor, model));
 """
 
 _FINAL_NUMBERS = ("pilotErrorCode", "transExitCode", "exeErrorCode", "nEvents")
@@ -106,7 +109,10 @@ def dump(db: sqlite3.Connection) -> dict[str, Any]:
     n_requests = db.execute("SELECT count(*) FROM requests").fetchone()[0]
     nodes = [{**json.loads(fields), "updates": updates}
              for fields, updates in db.execute("SELECT fields, updates FROM worker_nodes ORDER BY host_name")]
-    return {"jobs": jobs, "event_ranges": ranges, "requests": n_requests, "worker_nodes": nodes}
+    gpus = [{**json.loads(fields), "updates": updates} for fields, updates in db.execute(
+        "SELECT fields, updates FROM worker_node_gpus ORDER BY site, host_name, vendor, model")]
+    return {"jobs": jobs, "event_ranges": ranges, "requests": n_requests, "worker_nodes": nodes,
+            "worker_node_gpus": gpus}
 
 
 def dump_state(path: Path) -> dict[str, Any]:

@@ -54,26 +54,68 @@ class V1Endpoints(HandlerBase):
             self.app.record("v1", method, fields, 401, self._auth())
             self._send(401, b"invalid token")
             return
+        target: Any = None
+        if method == wire.GET_JOB and wire.TARGET_ARCHITECTURE in fields:
+            target, refusal = self._target_of(fields[wire.TARGET_ARCHITECTURE])
+            if refusal:
+                self.app.record("v1", method, fields, 200, self._auth())
+                self._v1_reply({"success": False, "data": None, "message": refusal})
+                return
         bad = [k for k in _INT_ARGUMENTS if k in fields and not isinstance(fields[k], int)]
         if bad:
             self.app.record("v1", method, fields, 200, self._auth())
             self._v1_reply(_type_error(bad[0], type(fields[bad[0]]).__name__))
             return
-        self._serve("v1", method, fields, wire.from_v1(method, fields))
+        legacy = wire.from_v1(method, fields)
+        legacy[wire.TARGET_ARCHITECTURE] = target  # parsed (None: none sent), for the job selection
+        self._serve("v1", method, fields, legacy)
 
     def _worker_node(self, body: bytes) -> None:
-        """v1 update_worker_node: inserts or refreshes a node of the worker-node map; unknown fields are refused
-        as v1 refuses them, the three required ones must be there (0.8.1 and 1.0.4 take the same fields)."""
+        """v1 update_worker_node: inserts or refreshes a node of the worker-node map (1.0.4); unknown fields, missing
+        required ones and values of the wrong type are refused as v1 refuses them (0.8.1 and 1.0.4 take the same
+        fields); 0.8.1 answers success and stores nothing (read in its code and seen on it)."""
         fields = json.loads(body) if body else {}
-        unknown = sorted(set(fields) - wire.WORKER_NODE_FIELDS)
-        missing = [k for k in ("site", "host_name", "cpu_model") if k not in fields]
         self.app.record("v1", wire.UPDATE_WORKER_NODE, fields, 200, self._auth())
-        if unknown or missing:
-            why = f"got an unexpected keyword argument '{unknown[0]}'" if unknown else \
-                f"missing a required argument: '{missing[0]}'"
-            self._v1_reply({"success": False, "data": None, "message": f"Argument error: {why}"})
+        refusal = _map_refusal(fields, wire.WORKER_NODE_TYPES, ("site", "host_name", "cpu_model"))
+        if refusal:
+            self._v1_reply({"success": False, "data": None, "message": refusal})
+            return
+        if self.app.release == "0.8":  # its row look-up is missing from its code: a success that stores nothing
+            self._v1_reply({"success": True, "data": None,
+                            "message": "Another pilot was updating the worker node at the same time."})
             return
         self._v1_reply({"success": True, "data": None, "message": self.app.upsert_worker_node(fields)})
+
+    def _target_of(self, target: Any) -> tuple[dict[str, Any] | None, str]:
+        """acquire_jobs' ``target_architecture`` as 1.0.4 reads it (a dict or a JSON string; empty = none), and
+        why it is refused ('' = taken): 0.8.1 has no such argument; 1.0.4 refuses what is not a JSON object."""
+        if self.app.release == "0.8":
+            return None, f"Argument error: got an unexpected keyword argument '{wire.TARGET_ARCHITECTURE}'"
+        if not target:
+            return None, ""
+        if isinstance(target, str):
+            try:
+                target = json.loads(target)
+            except ValueError as exc:
+                return None, f"failed to parse target_architecture with {exc}"
+        if not isinstance(target, dict):
+            return None, "target_architecture must be a JSON object"
+        return target, ""
+
+    def _worker_node_gpu(self, body: bytes) -> None:
+        """v1 update_worker_node_gpu: 1.0.4 upserts one row per (site, host, vendor, model); 0.8.1 takes the same
+        fields and answers every call with its lock message (its row look-up is missing from its code)."""
+        fields = json.loads(body) if body else {}
+        self.app.record("v1", wire.UPDATE_WORKER_NODE_GPU, fields, 200, self._auth())
+        refusal = _map_refusal(fields, wire.WORKER_NODE_GPU_TYPES, wire.WORKER_NODE_GPU_REQUIRED)
+        if refusal:
+            self._v1_reply({"success": False, "data": None, "message": refusal})
+            return
+        if self.app.release == "0.8":
+            self._v1_reply({"success": False, "data": None,
+                            "message": "Another pilot was updating the worker node GPU at the same time."})
+            return
+        self._v1_reply({"success": True, "data": None, "message": self.app.upsert_worker_node_gpu(fields)})
 
     def _v1_lookup(self, method: str) -> None:
         """The v1 look-ups, GET only, with their arguments cast as the server casts them (A.5)."""
@@ -100,6 +142,21 @@ class V1Endpoints(HandlerBase):
         if method == wire.UPDATE_EVENT_RANGES and self.app.v1_event_update_bug:
             return 500, v1_event_update_bug_body(fields.get("version")), "text/plain"  # A.5: committed, then 500
         return 200, json.dumps(_v1_envelope(method, reply)).encode(), "application/json"
+
+
+def _map_refusal(fields: Mapping[str, Any], types: Mapping[str, type], required: tuple[str, ...]) -> str:
+    """Why a worker-node or GPU map is refused ('' = taken), in the server's words: an unknown or missing
+    argument, or a value not of its declared type (``isinstance``, so an int where a float is declared)."""
+    unknown = sorted(set(fields) - set(types))
+    if unknown:
+        return f"Argument error: got an unexpected keyword argument '{unknown[0]}'"
+    missing = [k for k in required if k not in fields]
+    if missing:
+        return f"Argument error: missing a required argument: '{missing[0]}'"
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, types[name]):
+            return f"Type error: '{name}' must be of type {types[name].__name__}, got {type(value).__name__}."
+    return ""
 
 
 def _v1_envelope(method: str, reply: Reply) -> dict[str, Any]:

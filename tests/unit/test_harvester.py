@@ -250,3 +250,32 @@ def test_outputs_declared_in_place_are_not_copied(tmp_path: Path) -> None:
     assert empty.value.code == ErrorCode.ZEROFILESIZE
     copied = staging.stage_out([(tmp_path / "out.root", "out.root")], tmp_path / "outputs", _config("pilot"))
     assert copied["out.root"]["surl"] == str(tmp_path / "outputs" / "out.root")
+
+
+def test_a_jobs_report_carries_its_nodes_maps_as_pilot3s_does(tmp_path: Path) -> None:
+    """``worker_node`` and ``worker_node_gpus`` in jobReport.json, where panda-server's Adder reads them (there is
+    no GPU here: the rank's node info is written as its inventory would write it)."""
+    from hpcpilot.gpu.model import NODE_GPUS_KEY, RANK_GPUS_KEY, Gpu, NodeGpus, RankGpus
+
+    ap = _top(tmp_path / "ap", make_job(12, "true"), make_job(13, "true"))
+    source = HarvesterSource(ap, HarvesterConfig(feed_timeout=30.0), Clock(), site="PERLMUTTER", queue="NERSC_Q")
+    gpus = NodeGpus(tuple(Gpu("NVIDIA", i, "NVIDIA A100-SXM4-40GB", 40960, architecture="Ampere",
+                              framework="CUDA", framework_version="12.9", driver_version="575.51.03")
+                          for i in range(4)), "nvml")
+    node = {"node": "nid001", "cpu_model": "AMD EPYC 7763", "cores": 128, "mem": 257000, "cpu": 2450,
+            NODE_GPUS_KEY: gpus.to_dict(), RANK_GPUS_KEY: RankGpus(("1",), {}, "auto").to_dict()}
+    source.rank_ready(3, node)
+    source.fetch_jobs(4)
+    source.update_job(JobRecord(12, state=JobState.FINISHED, rank=3,
+                                meta_data=json.dumps({"exitCode": 0, "files": {}})), final=True)
+    report = json.loads((ap / "12" / "jobReport.json").read_text()) if (ap / "12").is_dir() else \
+        json.loads((ap / "jobReport.json").read_text())
+    assert report["exitCode"] == 0  # the payload's own report, with the maps merged in
+    assert report["worker_node"] == {"site": "PERLMUTTER", "host_name": "nid001", "cpu_model": "AMD EPYC 7763",
+                                     "panda_queue": "NERSC_Q", "n_logical_cpus": 128, "clock_speed": 2450,
+                                     "total_memory": 257000, "cpu_architecture": report["worker_node"]
+                                     ["cpu_architecture"]}
+    assert report["worker_node_gpus"] == {"site": "PERLMUTTER", "host_name": "nid001", "vendor": "NVIDIA",
+                                          "model": "NVIDIA A100-SXM4-40GB", "count": 4, "vram": 40960,
+                                          "architecture": "Ampere", "framework": "CUDA",
+                                          "framework_version": "12.9", "driver_version": "575.51.03"}

@@ -276,7 +276,7 @@ class _ParallelSource(QuietSource):
     def __init__(self) -> None:
         self.barrier = threading.Barrier(3, timeout=30)  # a guard against a hang, not a timing
 
-    def fetch_jobs(self, n: int) -> FetchOutcome:
+    def fetch_jobs(self, n: int, architecture: str | None = None) -> FetchOutcome:
         self.barrier.wait()  # breaks (and the test fails) unless three calls run side by side
         return FetchOutcome()
 
