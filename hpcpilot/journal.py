@@ -26,10 +26,10 @@ a job lease leaves when its final update is acknowledged or refused.  The restar
 is owed is known without reading the outbox.  A file SQLite cannot read is moved aside (one
 warning naming what is lost) and a fresh journal started: a damaged journal never stops a restart.
 
-Group commit (issue 26): a write that nothing outside the pilot acts on (a range update queued, an
-acknowledgement, a failed attempt noted) is applied at once in the open transaction, visible to every
+Group commit (issue 26): a write that nothing outside the pilot acts on (a range update or a heartbeat
+queued, an acknowledgement, a failed attempt noted) is applied at once in the open transaction, visible to every
 reader of this connection, but committed with the next write that must be durable: a lease (the rank it
-is handed to acts on it), a job update (as before), or the sender taking the entry to send it
+is handed to acts on it), a final job update (as before), or the sender taking the entry to send it
 (``next_pending`` commits first when the entry it returns is not yet committed).  ``group()`` holds one
 transaction over several calls (one loop pass: its leases, reports and acknowledgements) and commits it
 once.  So a SIGKILL at any instant loses nothing anyone was told of: what was handed out or sent was
@@ -388,15 +388,17 @@ class Journal:
         """Queue an updateJob.  A heartbeat replaces the job's newest queued heartbeat if that one is
         still the last thing queued for the job and has the same state (only the newest numbers matter,
         but the server must see every state: starting, then running, then the final one); a final update
-        marks the job's lease reported.  Returns the outbox sequence number."""
+        marks the job's lease reported and is committed at once (lost, a restart would report the job
+        failed); a heartbeat rides the next commit.  Returns the outbox sequence number."""
         body = json.dumps(strip_secrets(fields))
-        with self._tx() as db:
+        with self._tx(durable=final) as db:
             last = db.execute("SELECT seq, final, body FROM outbox WHERE kind=? AND panda_id=? ORDER BY seq DESC "
                               "LIMIT 1", (JOB, panda_id)).fetchone()
             if (not final and last is not None and not last[1]
                     and json.loads(last[2]).get("state") == fields.get("state")):
                 db.execute("UPDATE outbox SET body=?, rev=rev+1, created=? WHERE seq=?",
                            (body, time.time(), last[0]))
+                self._uncommitted.add(int(last[0]))
                 return int(last[0])
             cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created, shard) "
                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (JOB, panda_id, int(final), body, self.run,
@@ -405,6 +407,7 @@ class Journal:
                 db.execute("UPDATE leases SET state='reported' WHERE kind=? AND key=?", (JOB, str(panda_id)))
             seq = int(cursor.lastrowid or 0)
             self._tally.add(seq, JOB, panda_id, final, 0)  # under the lock: the sender may ack it at once
+            self._uncommitted.add(seq)
             return seq
 
     def enqueue_range_update(self, panda_id: int, payload: Sequence[Mapping[str, Any]], version: int,
