@@ -50,6 +50,7 @@ under cProfile, timed by the CPU time of its main thread, and prints the loop's 
 functions with the most own time as shares of the loop's CPU.
 
     .venv/bin/python -m bench.bench_es_throughput [--quick] [--ranges N] [--per-request 8 32 128] [--profile]
+        [--ranks 8]
 """
 
 from __future__ import annotations
@@ -717,7 +718,7 @@ def print_results(n: int, batched: Sequence[Batched], singles: Sequence[Timed], 
     pilots = [b.pilot for b in batched]
     print_table(
         "hpcpilot runs in detail",
-        ["wall = mpiexec launch to exit (start-up of 8 ranks included); steady = first to last outcome recorded;",
+        ["wall = mpiexec launch to exit (start-up of every rank included); steady = first to last outcome recorded;",
          "  tail = last outcome recorded -> final report written (status report, log tarball, final update)",
          "gap = mean time between two reports of one rank: with a null payload about one request's round trip",
          "rank 0 busy = its CPU inside the job window / the window; us/range = CPU inside the job window per",
@@ -775,6 +776,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="10,000 ranges, k 32 and 128, short idle window")
     parser.add_argument("--profile", action="store_true", help="one more run with rank 0 under cProfile (k=32)")
     parser.add_argument("--skip-idle", action="store_true", help="no server-outage idle measurement")
+    parser.add_argument("--ranks", type=int, default=RANKS, help="mpiexec -n for every runner (default 8)")
     parser.add_argument("--no-bytecode-cache", action="store_true", help="keep PYTHONDONTWRITEBYTECODE as set")
     parser.add_argument("--pool", type=int, nargs=2, metavar=("N", "K"), help=argparse.SUPPRESS)  # pool's rank 0
     parser.add_argument("--bare", type=int, nargs=2, metavar=("N", "K"), help=argparse.SUPPRESS)  # bare run
@@ -788,6 +790,8 @@ def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == PROFILE_FLAG:  # one rank of a profiled pilot run
         raise SystemExit(profiled_pilot(sys.argv[2], sys.argv[3:]))
     args = parse_args()
+    global RANKS  # one launch size for every runner of this run
+    RANKS = args.ranks
     if args.pool is not None:
         pool_main(*args.pool)
         return

@@ -15,10 +15,14 @@ the rewrite's cost is amortized as in a long run.  Baseline in the same run: the
 summary.json rewritten after every final report.  Target: 10,000 / 100 <= 1.5 for the new behaviour.
 
 (b) Journal: ``--ranges`` event ranges (1M; ``--quick`` 100k) leased 100 at a time (one
-getEventRanges), reported in one updateEventRanges and acknowledged, as the sender does; the file
-size (database + WAL) at the end, per range, and ranges/s with full durability
-(``synchronous=FULL``) against the same SQL with ``PRAGMA synchronous=OFF``.  Target: <= 10 MB in
-all at 1M.  Not a test: nothing is asserted.
+getEventRanges), reported in one updateEventRanges and acknowledged, as the sender does, one
+transaction per loop pass (``Journal.group``); the file size (database + WAL) at the end, per range.
+Then the rate, ranges/s with full durability (``synchronous=FULL``) against the same calls with
+``PRAGMA synchronous=OFF``, at each ``--batchings`` (ranges per lease and per report: 10, 100, 1000,
+the sizes the pilot's leases take, ``eventservice.lease_size``) and three ways of calling: ``calls``
+(one thread, one journal call each), ``group`` (one transaction per pass) and ``threads`` (the fetch,
+loop and sender threads of rank 0, sharing commits); best of ``--reps``, FULL and OFF alternating.
+Targets: <= 10 MB in all at 1M; FULL / OFF >= 0.8 (issue 26).  Not a test: nothing is asserted.
 
 (c) Senders: 256 (``--quick`` 64) leased jobs' final updates queued at once through a real
 ``PandaSource`` against ``hpcpilot serve --fault slow --fault-delay 0.05`` (every call answered after
@@ -27,6 +31,7 @@ outbox drained, for each ``--senders`` count (``panda.senders``) in the same run
 one update per round trip, the old behaviour) is the baseline of the ratio.
 
     .venv/bin/python -m bench.bench_rank0_io [--quick] [--jobs 100 1000 10000] [--ranges N] [--reps 3]
+        [--batchings 10 100 1000]
         [--skip cpu|journal|senders ...] [--senders 1 4 16] [--delay 0.05]
 """
 
@@ -36,9 +41,11 @@ import argparse
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -63,6 +70,7 @@ NODE = {"node": "bench01", "cpu": 2400, "mem": 4000, "disk": 10000}
 RANGES_PER_CALL = 100
 TARGET_RATIO = 1.5
 TARGET_JOURNAL_MB_AT_1M = 10.0
+TARGET_JOURNAL_RATIO = 0.8
 
 
 # ---- (a) CPU per final report ---------------------------------------------------------------
@@ -188,34 +196,113 @@ def range_dicts(panda_id: int, first: int, n: int) -> list[dict[str, Any]]:
             for i in range(first, first + n)]
 
 
-def churn(path: Path, n_ranges: int, durable: bool) -> tuple[float, int]:
+def _report(ids: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"eventRangeID": rid, "eventStatus": "finished"} for rid in ids]
+
+
+def churn_calls(journal: Journal, n_ranges: int, per_call: int) -> None:
+    """One thread, one journal call each, as before issue 26: lease (durable), report, take, acknowledge."""
+    for first in range(0, n_ranges, per_call):
+        ranges = range_dicts(1, first, per_call)
+        journal.record_range_leases(1, ranges)
+        ids = [r["eventRangeID"] for r in ranges]
+        journal.enqueue_range_update(1, _report(ids), 0, ids)
+        journal.acknowledge(journal.next_pending())
+
+
+def churn_group(journal: Journal, n_ranges: int, per_call: int) -> None:
+    """One thread, one transaction per loop pass (``Journal.group``): the pass's lease, its report and the
+    acknowledgement of the previous pass's update; the update is then taken for sending (committed)."""
+    sending = None
+    for first in range(0, n_ranges, per_call):
+        ranges = range_dicts(1, first, per_call)
+        ids = [r["eventRangeID"] for r in ranges]
+        with journal.group():
+            if sending is not None:
+                journal.acknowledge(sending)
+            journal.record_range_leases(1, ranges)
+            journal.enqueue_range_update(1, _report(ids), 0, ids)
+        sending = journal.next_pending()
+    journal.acknowledge(sending)
+
+
+def churn_threads(journal: Journal, n_ranges: int, per_call: int) -> None:
+    """Rank 0's three journal users on their own threads, as the pilot runs them: the fetch thread leases
+    (durable before it hands them on), the loop thread reports what it got, one sender takes each update
+    and acknowledges it.  Commits are shared: a lease's commit carries the reports and acknowledgements
+    written since the last one."""
+    leased: queue.Queue[list[str] | None] = queue.Queue(maxsize=4)
+    reported: queue.Queue[int | None] = queue.Queue()
+
+    def fetch() -> None:
+        for first in range(0, n_ranges, per_call):
+            ranges = range_dicts(1, first, per_call)
+            journal.record_range_leases(1, ranges)
+            leased.put([r["eventRangeID"] for r in ranges])
+        leased.put(None)
+
+    def send() -> None:
+        while reported.get() is not None:
+            journal.acknowledge(journal.next_pending())
+
+    threads = [threading.Thread(target=fetch), threading.Thread(target=send)]
+    for thread in threads:
+        thread.start()
+    while (ids := leased.get()) is not None:
+        journal.enqueue_range_update(1, _report(ids), 0, ids)
+        reported.put(1)
+    reported.put(None)
+    for thread in threads:
+        thread.join()
+
+
+CHURNS: dict[str, Callable[[Journal, int, int], None]] = {
+    "calls": churn_calls, "group": churn_group, "threads": churn_threads}
+
+
+def churn(path: Path, n_ranges: int, durable: bool, mode: str = "group",
+          per_call: int = RANGES_PER_CALL) -> tuple[float, int]:
     """(ranges/s, bytes of database + WAL) after ``n_ranges`` leased, reported and acknowledged."""
     journal = Journal(path)
     if not durable:
         journal._db.execute("PRAGMA synchronous=OFF")
     start = time.perf_counter()
-    for first in range(0, n_ranges, RANGES_PER_CALL):
-        ranges = range_dicts(1, first, RANGES_PER_CALL)
-        journal.record_range_leases(1, ranges)
-        ids = [r["eventRangeID"] for r in ranges]
-        journal.enqueue_range_update(1, [{"eventRangeID": rid, "eventStatus": "finished"} for rid in ids], 0, ids)
-        journal.acknowledge(journal.next_pending())
+    CHURNS[mode](journal, n_ranges, per_call)
+    journal.commit()
     elapsed = time.perf_counter() - start
+    assert journal.pending_count() == 0 and not journal.in_flight("range")
     size = sum(os.path.getsize(f"{path}{suffix}") for suffix in ("", "-wal") if os.path.exists(f"{path}{suffix}"))
     journal.close()
     return n_ranges / elapsed, size
 
 
-def journal_table(tmp: Path, n_ranges: int) -> None:
+def journal_table(tmp: Path, n_ranges: int, batchings: Sequence[int], reps: int) -> None:
+    """The size at ``n_ranges`` (one group per pass, 100 a call), then each way of calling at each batching:
+    FULL against OFF, alternating, best of ``reps``."""
     rows = []
     for durable in (True, False):
         rate, size = churn(tmp / f"journal-{'full' if durable else 'off'}.sqlite", n_ranges, durable)
         rows.append(["FULL (as the pilot runs)" if durable else "OFF (same SQL, no fsync)", n_ranges,
                      size / 1e6, size / n_ranges, rate])
-    print_table("(b) journal: ranges leased 100 per call, reported and acknowledged",
+    print_table("(b) journal size: ranges leased 100 per call, reported and acknowledged, one group per pass",
                 [f"target: <= {TARGET_JOURNAL_MB_AT_1M:.0f} MB in all at 1,000,000 ranges; "
                  f"durability cost = OFF / FULL ranges/s = {rows[1][4] / rows[0][4]:.2f}"],
                 ["synchronous", "ranges", "file MB", "B/range", "ranges/s"], rows)
+    rows = []
+    for per_call in batchings:
+        n = min(n_ranges, 2000 * per_call)  # 2,000 passes at most: each row a few seconds
+        for mode in CHURNS:
+            best = {True: 0.0, False: 0.0}
+            for rep in range(reps):
+                for durable in (True, False):
+                    path = tmp / f"rate-{mode}-{per_call}-{rep}-{durable}.sqlite"
+                    best[durable] = max(best[durable], churn(path, n, durable, mode, per_call)[0])
+            rows.append([per_call, mode, n, best[True], best[False], best[True] / best[False]])
+    print_table("(b) journal rate: FULL against OFF (same calls, same batching), best of each",
+                [f"best of {reps} alternating runs; calls: one thread, a commit per durable call; group: one "
+                 "transaction per pass; threads: fetch, loop and sender threads sharing commits",
+                 f"target: FULL / OFF >= {TARGET_JOURNAL_RATIO} at every batching"],
+                ["ranges/call", "how", "ranges", "FULL/s", "OFF/s", "FULL / OFF"], rows)
 
 
 # ---- (c) senders: final updates per second with several updates in flight --------------------
@@ -265,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one round, a short baseline window, 100,000 ranges")
     parser.add_argument("--jobs", type=int, nargs="+", default=[100, 1000, 10000], help="jobs ended (N)")
     parser.add_argument("--ranges", type=int, help="ranges through the journal (default 1M, --quick 100k)")
+    parser.add_argument("--batchings", type=int, nargs="+", default=[10, 100, 1000],
+                        help="(b) ranges per lease and per report")
     parser.add_argument("--gap", type=float, default=0.01, help="simulated seconds between final reports")
     parser.add_argument("--interval", type=float, default=5.0, help="monitor.status_interval (s)")
     parser.add_argument("--reps", type=int, help="rounds of (a), medians printed (default 3, --quick 1)")
@@ -282,7 +371,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parts.append(lambda: cpu_table(Path(tmp), sorted(args.jobs), (new_window, old_window),
                                            (args.gap, args.interval), args.reps or (1 if args.quick else 3)))
         if "journal" not in args.skip:
-            parts.append(lambda: journal_table(Path(tmp), args.ranges or (100_000 if args.quick else 1_000_000)))
+            parts.append(lambda: journal_table(Path(tmp), args.ranges or (100_000 if args.quick else 1_000_000),
+                                               args.batchings, args.reps or (1 if args.quick else 3)))
         if "senders" not in args.skip:
             parts.append(lambda: senders_table(Path(tmp), args.senders, 64 if args.quick else 256, args.delay,
                                                args.reps or (1 if args.quick else 3)))

@@ -26,6 +26,17 @@ a job lease leaves when its final update is acknowledged or refused.  The restar
 is owed is known without reading the outbox.  A file SQLite cannot read is moved aside (one
 warning naming what is lost) and a fresh journal started: a damaged journal never stops a restart.
 
+Group commit (issue 26): a write that nothing outside the pilot acts on (a range update or a heartbeat
+queued, an acknowledgement, a failed attempt noted) is applied at once in the open transaction, visible to every
+reader of this connection, but committed with the next write that must be durable: a lease (the rank it
+is handed to acts on it), a final job update (as before), or the sender taking the entry to send it
+(``next_pending`` commits first when the entry it returns is not yet committed).  ``group()`` holds one
+transaction over several calls (one loop pass: its leases, reports and acknowledgements) and commits it
+once.  So a SIGKILL at any instant loses nothing anyone was told of: what was handed out or sent was
+committed (and, FULL, fsync'd) before, and what may be lost -- an acknowledgement, a range update not yet
+sent -- is what a restart replays or asks the server about anyway.  A lazy transaction is committed at the
+latest ``COMMIT_WITHIN`` seconds after it began (a waiting thread, no polling).
+
 Senders (issue 14): each outbox entry carries its ``shard`` (PandaID modulo the sender count the
 journal was opened with); each sender thread takes the oldest entry of its own shard
 (``next_pending(shard)``, a search of ``outbox_shard``), so one job's updates go out strictly in
@@ -77,6 +88,8 @@ NEXT_IN_SHARD_QUERY = ("SELECT seq, rev, kind, panda_id, final, body, run, attem
 IN_FLIGHT_QUERY = ("SELECT kind, key, panda_id, body, run FROM leases INDEXED BY leases_open "
                    "WHERE kind=? AND state='leased' AND run < ? ORDER BY created, key")
 """The restart query; INDEXED BY makes SQLite refuse it rather than fall back to a scan of every lease."""
+COMMIT_WITHIN = 0.2
+"""Seconds after which a transaction holding only lazy writes is committed even if no durable write comes."""
 NO_RUN = 1 << 62  # ``run < NO_RUN`` holds for every run: one query text for both forms of ``in_flight``
 
 
@@ -189,6 +202,13 @@ class Journal:
         self._lock = threading.RLock()
         self._tally = _OutboxTally()
         self.lost: str | None = None
+        self._in_tx = False  # a transaction is open: lazy writes applied, not yet committed
+        self._tx_number = 0  # counts transactions begun: the committer commits only the one it was woken for
+        self._group_depth = 0
+        self._uncommitted: set[int] = set()  # outbox seqs written in the open transaction
+        self._wake_committer = threading.Condition(self._lock)
+        self._committer: threading.Thread | None = None
+        self._closed = False
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -254,15 +274,83 @@ class Journal:
         return line
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write: applied in the open transaction (begun if none), as a savepoint so that an error undoes it
+        alone; committed now if ``durable`` (and no ``group`` is open), else with the next commit."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
+            self._db.execute("SAVEPOINT w")
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("ROLLBACK TO w")
+                self._db.execute("RELEASE w")
                 raise
+            self._db.execute("RELEASE w")
+            if durable and not self._group_depth:
+                self._commit()
+
+    def _begin(self) -> None:
+        if self._in_tx:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._in_tx = True
+        self._tx_number += 1
+        self._start_committer()
+        self._wake_committer.notify()
+
+    def _commit(self) -> None:
+        """Commit the open transaction (one fsync for every write in it).  If the commit fails, nothing of
+        it was written: the transaction is rolled back, the tally reloaded and the error raised."""
+        if not self._in_tx:
+            return
+        self._in_tx = False
+        self._uncommitted.clear()
+        try:
             self._db.execute("COMMIT")
+        except sqlite3.Error:
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            self._load_tally()
+            raise
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction for every write in the block (one loop pass), committed once at its end; the
+        calling thread holds the journal meanwhile.  Nothing written in it may be acted on before it ends."""
+        with self._lock:
+            self._group_depth += 1
+            try:
+                yield
+            finally:
+                self._group_depth -= 1
+            if not self._group_depth:
+                self._commit()
+
+    def _start_committer(self) -> None:
+        if self._committer is None:
+            self._committer = threading.Thread(target=self._commit_lazy_writes, name="journal-commit", daemon=True)
+            self._committer.start()
+
+    def _commit_lazy_writes(self) -> None:
+        """Thread: commit a transaction still open ``COMMIT_WITHIN`` seconds after it began."""
+        with self._lock:
+            while not self._closed:
+                if not self._in_tx:
+                    self._wake_committer.wait()
+                    continue
+                number = self._tx_number
+                self._wake_committer.wait(COMMIT_WITHIN)
+                if self._in_tx and number == self._tx_number and not self._group_depth and not self._closed:
+                    try:
+                        self._commit()
+                    except sqlite3.Error as exc:  # the next durable write meets it again
+                        logger.warning("journal %s: commit failed: %s", self.path, exc)
+
+    def _entry_committed(self, seq: int) -> None:
+        """Before an entry leaves the journal to be sent: commit it if it is still in the open transaction."""
+        if seq in self._uncommitted and not self._group_depth:
+            self._commit()
 
     # ------------------------------------------------------------------------------------ leases
 
@@ -300,15 +388,17 @@ class Journal:
         """Queue an updateJob.  A heartbeat replaces the job's newest queued heartbeat if that one is
         still the last thing queued for the job and has the same state (only the newest numbers matter,
         but the server must see every state: starting, then running, then the final one); a final update
-        marks the job's lease reported.  Returns the outbox sequence number."""
+        marks the job's lease reported and is committed at once (lost, a restart would report the job
+        failed); a heartbeat rides the next commit.  Returns the outbox sequence number."""
         body = json.dumps(strip_secrets(fields))
-        with self._tx() as db:
+        with self._tx(durable=final) as db:
             last = db.execute("SELECT seq, final, body FROM outbox WHERE kind=? AND panda_id=? ORDER BY seq DESC "
                               "LIMIT 1", (JOB, panda_id)).fetchone()
             if (not final and last is not None and not last[1]
                     and json.loads(last[2]).get("state") == fields.get("state")):
                 db.execute("UPDATE outbox SET body=?, rev=rev+1, created=? WHERE seq=?",
                            (body, time.time(), last[0]))
+                self._uncommitted.add(int(last[0]))
                 return int(last[0])
             cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created, shard) "
                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (JOB, panda_id, int(final), body, self.run,
@@ -317,6 +407,7 @@ class Journal:
                 db.execute("UPDATE leases SET state='reported' WHERE kind=? AND key=?", (JOB, str(panda_id)))
             seq = int(cursor.lastrowid or 0)
             self._tally.add(seq, JOB, panda_id, final, 0)  # under the lock: the sender may ack it at once
+            self._uncommitted.add(seq)
             return seq
 
     def enqueue_range_update(self, panda_id: int, payload: Sequence[Mapping[str, Any]], version: int,
@@ -324,13 +415,14 @@ class Journal:
         """Queue an updateEventRanges call; its ranges' leases leave the journal in the same transaction
         (from now on the outbox entry stands for them, replayed after a restart until acknowledged)."""
         body = {"payload": list(payload), "version": int(version)}
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created, shard) "
                                 "VALUES (?, ?, 1, ?, ?, ?, ?)", (RANGES, panda_id, json.dumps(body), self.run,
                                                                  time.time(), self.shard_of(panda_id)))
             db.executemany("DELETE FROM leases WHERE kind=? AND key=?", [(RANGE, rid) for rid in range_ids])
             seq = int(cursor.lastrowid or 0)
             self._tally.add(seq, RANGES, panda_id, True, count_ranges(body))
+            self._uncommitted.add(seq)
             return seq
 
     def shard_of(self, panda_id: int) -> int:
@@ -341,14 +433,18 @@ class Journal:
         """The oldest queued update (of the jobs of ``shard``, if given) whose seq is not in ``skip``
         (updates parked until their job's status look-up), or None."""
         if shard is None:
-            entries = [e for e in self.pending(limit=len(skip) + 1) if e.seq not in skip]
+            with self._lock:
+                entries = [e for e in self.pending(limit=len(skip) + 1) if e.seq not in skip]
+                if entries:
+                    self._entry_committed(entries[0].seq)
             return entries[0] if entries else None
         with self._lock:
             rows = self._db.execute(NEXT_IN_SHARD_QUERY, (shard, len(skip) + 1)).fetchall()
-        for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows:
-            if seq not in skip:
-                return OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts,
-                                   bool(uncertain))
+            for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows:
+                if seq not in skip:
+                    self._entry_committed(seq)
+                    return OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts,
+                                       bool(uncertain))
         return None
 
     def uncertain_range_updates(self, panda_id: int) -> list[OutboxEntry]:
@@ -357,6 +453,8 @@ class Journal:
             rows = self._db.execute("SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain "
                                     "FROM outbox WHERE kind=? AND panda_id=? AND uncertain=1 ORDER BY seq",
                                     (RANGES, panda_id)).fetchall()
+            if any(row[0] in self._uncommitted for row in rows):
+                self._entry_committed(next(row[0] for row in rows if row[0] in self._uncommitted))
         return [OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
                 for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows]
 
@@ -386,8 +484,9 @@ class Journal:
 
     def acknowledge(self, entry: OutboxEntry) -> bool:
         """Remove an update the server acknowledged.  False if it was replaced meanwhile by a newer
-        heartbeat (which then stays queued)."""
-        with self._tx() as db:
+        heartbeat (which then stays queued).  Committed with the next commit: lost, the update is sent again
+        after a restart, checked with the server first."""
+        with self._tx(durable=False) as db:
             cursor = db.execute("DELETE FROM outbox WHERE seq=? AND rev=?", (entry.seq, entry.rev))
             if cursor.rowcount != 1:
                 return False
@@ -408,13 +507,14 @@ class Journal:
             return self._tally.owed()
 
     def note_failure(self, entry: OutboxEntry, error: str) -> None:
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("UPDATE outbox SET attempts=attempts+1, last_error=? WHERE seq=?",
                        (error[:500], entry.seq))
 
     def mark_uncertain(self, entry: OutboxEntry, error: str) -> None:
-        """The server may have committed this update: it is checked with the server before it is sent again."""
-        with self._tx() as db:
+        """The server may have committed this update: it is checked with the server before it is sent again
+        (lost with an uncommitted transaction, a restart marks it uncertain again: ``mark_run_uncertain``)."""
+        with self._tx(durable=False) as db:
             db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, uncertain=1 WHERE seq=?",
                        (error[:500], entry.seq))
 
@@ -426,16 +526,18 @@ class Journal:
     def narrow(self, entry: OutboxEntry, body: Mapping[str, Any]) -> OutboxEntry:
         """Replace an update's body by what the server still lacks (checked, so no longer uncertain)."""
         text = json.dumps(dict(body))
-        with self._tx() as db:
+        with self._tx(durable=False) as db:
             db.execute("UPDATE outbox SET body=?, uncertain=0 WHERE seq=?", (text, entry.seq))
+            self._uncommitted.add(entry.seq)
             if entry.seq in self._tally.entries and entry.kind == RANGES:
                 self._tally.resize(entry.seq, count_ranges(body))
         return OutboxEntry(entry.seq, entry.rev, entry.kind, entry.panda_id, entry.final, json.loads(text),
                            entry.run, entry.attempts, False)
 
     def reject(self, entry: OutboxEntry, reason: str) -> None:
-        """Move an update the server refused out of the outbox (kept in ``rejected``)."""
-        with self._tx() as db:
+        """Move an update the server refused out of the outbox (kept in ``rejected``; lost with an uncommitted
+        transaction, the update is checked with the server again after a restart)."""
+        with self._tx(durable=False) as db:
             db.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (entry.seq, entry.kind, entry.panda_id, int(entry.final), json.dumps(entry.body),
                         reason[:500], time.time()))
@@ -449,8 +551,17 @@ class Journal:
             return [tuple(r) for r in self._db.execute(  # type: ignore[misc]
                 "SELECT seq, kind, panda_id, reason FROM rejected ORDER BY seq").fetchall()]
 
+    def commit(self) -> None:
+        """Commit what lazy writes the open transaction holds (the pilot's end, a bench's last pass)."""
+        with self._lock:
+            if not self._group_depth:
+                self._commit()
+
     def close(self) -> None:
         with self._lock:
+            self._commit()
+            self._closed = True
+            self._wake_committer.notify()
             with suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()

@@ -11,6 +11,7 @@ from typing import Any
 from hpcpilot.errors import ErrorCode, JobDefinitionError
 from hpcpilot.records.fields import (
     INT_BOUNDS,
+    NULL_VALUES,
     check_encodable,
     checked_text,
     parse_int,
@@ -41,8 +42,16 @@ class EventRange:
         """Parse one range; raise JobDefinitionError (and nothing else, for any input) if it is unusable.
 
         Its ID, file and scope are substituted into range commands and its extra keys sent to the
-        payload as JSON, so they get the same checks as a job definition's fields.
+        payload as JSON, so they get the same checks as a job definition's fields.  A range as servers
+        send it (the six keys, ASCII text, numbers as ints) takes a short path with the same outcome
+        (issue 26: 1.5 us against 5.4 here; tests/unit/test_range_parse.py compares the two).
         """
+        plain = _plain_range(wire)
+        return cls._from_checked_wire(wire) if plain is None else cls(*plain, _NO_EXTRA)
+
+    @classmethod
+    def _from_checked_wire(cls, wire: Mapping[str, Any]) -> EventRange:
+        """The general path of ``from_wire``: every field checked as a job definition's are."""
         if not isinstance(wire, Mapping):
             raise JobDefinitionError(ErrorCode.NOTDEFINED, f"event range is not an object: {show_value(wire)}")
         range_id = range_id_of(wire)
@@ -68,6 +77,34 @@ class EventRange:
     @property
     def n_events(self) -> int:
         return self.last_event - self.start_event + 1
+
+
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+_BOUNDS = INT_BOUNDS["startEvent"], INT_BOUNDS["lastEvent"]
+
+
+def _plain_range(wire: Any) -> tuple[str, int, int, str, str, str] | None:
+    """The fields of a range with exactly the six keys, ASCII text without NUL, a non-null ID and
+    int events in bounds, start <= last: what the general path would return for it; None for any
+    other input (the general path decides)."""
+    if type(wire) is not dict or len(wire) != 6:
+        return None
+    try:
+        fields = (wire["eventRangeID"], wire["startEvent"], wire["lastEvent"], wire["LFN"], wire["GUID"],
+                  wire["scope"])
+    except KeyError:
+        return None
+    range_id, start, last, lfn, guid, scope = fields
+    if not (type(range_id) is str and type(lfn) is str and type(guid) is str and type(scope) is str
+            and type(start) is int and type(last) is int):
+        return None
+    text = range_id + lfn + guid + scope
+    (low_start, high_start), (low_last, high_last) = _BOUNDS
+    if (not text.isascii() or "\0" in text or range_id.strip() in NULL_VALUES or start > last
+            or not low_start <= start <= high_start or not low_last <= last <= high_last):
+        return None
+    return (range_id, start, last, "" if lfn.strip() in NULL_VALUES else lfn,
+            "" if guid.strip() in NULL_VALUES else guid, "" if scope.strip() in NULL_VALUES else scope)
 
 
 @dataclass(frozen=True, slots=True)
