@@ -13,7 +13,7 @@ event-service jobs' range ledgers).
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -61,6 +61,7 @@ from hpcpilot.scheduler.events import (
 from hpcpilot.scheduler.fetchgate import FetchGate
 from hpcpilot.scheduler.jobs import JobTimers, RunningJob, merge_report
 from hpcpilot.scheduler.policy import KILL_COMMANDS, SchedulerPolicy
+from hpcpilot.scheduler.queue import JobQueue
 from hpcpilot.scheduler.ranks import GONE, RankRegistry
 from hpcpilot.states import JobState, RankState
 
@@ -75,9 +76,7 @@ class Scheduler:
         self.timers = JobTimers(policy, self.jobs)
         self.es_jobs = EsJobs(config, policy)
         self.gate = FetchGate(policy)
-        self.pending: deque[JobSpec] = deque()
-        self.job_arch: dict[int, str | None] = {}  # PandaID -> the architecture a queued job was fetched for
-        self.queued_for: Counter[str | None] = Counter()  # queued jobs per architecture
+        self.pending = JobQueue()
         self.done = DoneRecords()
         self.stopping: tuple[int, str] | None = None
         self.finished = False
@@ -162,9 +161,7 @@ class Scheduler:
     def _on_jobs_fetched(self, event: JobsFetched) -> list[Action]:
         busy = bool(self.jobs or self.es_jobs.books or self.pending)
         self.gate.answered(event, self.now, busy)
-        self.pending.extend(event.jobs)
-        self.job_arch.update((job.panda_id, event.architecture) for job in event.jobs)
-        self.queued_for[event.architecture] += len(event.jobs)
+        self.pending.extend(event.jobs, event.architecture)
         actions: list[Action] = []
         for record in event.rejected:
             self.done.append(record)
@@ -372,33 +369,33 @@ class Scheduler:
             actions.append(self._join_es(self.ranks.next_idle(), book))
         idle = self.ranks.idle_in
         if self.stopping is None and not self.es_jobs.staging() and any(
-                idle.get(arch) for arch, n in self.queued_for.items() if n > 0):
+                idle.get(arch) for arch in self.pending.architectures()):
             actions += self._deal_by_architecture()
         may_lease, staging = self._may_lease(), self.es_jobs.staging()
         if may_lease and not staging:
             for architecture, ranks in list(idle.items()):
                 if not ranks:
                     continue
-                actions += self.gate.requests(len(ranks) - self.queued_for[architecture], self.now, architecture)
-                if architecture in self.gate.exhausted and not self.queued_for[architecture]:
+                queued = self.pending.queued_for(architecture)
+                actions += self.gate.requests(len(ranks) - queued, self.now, architecture)
+                if architecture in self.gate.exhausted and not queued:
                     actions += [self._release(rank) for rank in list(ranks)]  # no job will come for them
         return actions + self._release_if_done(may_lease, staging)
 
     def _deal_by_architecture(self) -> list[Action]:
         """One walk of the queue: each job to the longest idle rank of its architecture, if there is one."""
+        idle = Counter({arch: len(ranks) for arch, ranks in self.ranks.idle_in.items()})
         actions: list[Action] = []
-        left: deque[JobSpec] = deque()
-        while self.pending:
-            job = self.pending.popleft()
-            architecture = self.job_arch.get(job.panda_id)
-            if not self.ranks.idle_in.get(architecture):
-                left.append(job)
-            elif not self.policy.can_finish(job, self.now):
+
+        def take(job: JobSpec, architecture: str | None) -> bool:  # a job that cannot finish is taken to be failed
+            return not self.policy.can_finish(job, self.now) or _claim(idle, architecture)
+
+        for job, architecture in self.pending.take_where(take):
+            if not self.policy.can_finish(job, self.now):
                 record = self._not_started(job, ErrorCode.REACHEDMAXTIME, self.policy.cannot_finish_diag(job, self.now))
                 actions.append(Report(record, final=True))
             else:
                 actions.append(self._start(self.ranks.next_idle_in(architecture), job))
-        self.pending = left
         return actions
 
     def _release_idle(self) -> list[Action]:
@@ -416,7 +413,6 @@ class Scheduler:
         return self.gate.may_lease(winding_down=self.stopping is not None or self._walltime_reached())
 
     def _start(self, rank: int, job: JobSpec) -> Assign:
-        self._unqueue(job)
         if job.event_service:  # the first rank stages the inputs in; others join once it runs
             return self._join_es(rank, self.es_jobs.start(job, rank, self.now), stage_in=True)
         limits = limits_for_job(job.min_ram_count, job.core_count, job.looping_check, self.config.monitor,
@@ -448,14 +444,8 @@ class Scheduler:
             records.append(self._not_started(self.pending.popleft(), code, f"not started: {diag}"))
         return records
 
-    def _unqueue(self, job: JobSpec) -> None:
-        """The job leaves the queue (started, or never will be): its architecture's count goes down."""
-        if job.panda_id in self.job_arch:
-            self.queued_for[self.job_arch.pop(job.panda_id)] -= 1
-
     def _not_started(self, job: JobSpec, code: int, diag: str) -> JobRecord:
         """The final record of a leased job that will never run."""
-        self._unqueue(job)
         record = JobRecord(job.panda_id, attempt_nr=job.attempt_nr)
         record.fail(code, diag)
         self.done.append(record)
@@ -518,3 +508,11 @@ HANDLERS: dict[type, Callable[[Scheduler, Any], list[Action]]] = {
     EsJobClosed: Scheduler._on_es_job_closed,
 }
 """Each event type and the one handler that takes it: the scheduler's transitions, as a table."""
+
+
+def _claim(idle: Counter[str | None], architecture: str | None) -> bool:
+    """Claim one of the idle ranks counted for ``architecture``; False when none is left."""
+    if idle[architecture] <= 0:
+        return False
+    idle[architecture] -= 1
+    return True

@@ -129,3 +129,41 @@ def test_done_records_count_their_failures_as_a_recount_does() -> None:
         if rng.random() < 0.1:
             assert done.failed() == sum(r.state == JobState.FAILED for r in done)
     assert done.failed() == sum(r.state == JobState.FAILED for r in done)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_job_queue_counts_per_architecture_as_a_recount_does_and_keeps_the_order_of_what_stays(seed: int) -> None:
+    from hpcpilot.records import JobSpec
+    from hpcpilot.scheduler.queue import JobQueue
+    from tests.pilotrun import make_job
+
+    rng = random.Random(seed)
+    queue, model, next_id = JobQueue(), [], 1
+    for _ in range(200):
+        if rng.random() < 0.5 or not model:
+            architecture = rng.choice([None, "a100", "cpu"])
+            jobs = [JobSpec.from_wire(make_job(next_id + i, "true")) for i in range(rng.randint(1, 3))]
+            next_id += len(jobs)
+            queue.extend(jobs, architecture)
+            model += [(job.panda_id, architecture) for job in jobs]
+        elif rng.random() < 0.5:
+            assert queue.popleft().panda_id == model.pop(0)[0]
+        else:
+            wanted = rng.choice([None, "a100", "cpu"])
+            budget = rng.randint(0, 2)
+            taken_ids = [pid for pid, arch in model if arch == wanted][:budget]
+            claimed = Counter({wanted: budget})
+
+            def take(job: JobSpec, architecture: str | None, claimed: Counter = claimed) -> bool:
+                if claimed[architecture] <= 0:
+                    return False
+                claimed[architecture] -= 1
+                return True
+
+            taken = [(job.panda_id, arch) for job, arch in queue.take_where(take)]
+            assert taken == [(pid, wanted) for pid in taken_ids]
+            model = [entry for entry in model if entry[0] not in taken_ids]
+        recount = Counter(arch for _, arch in model)
+        assert [job.panda_id for job in queue] == [pid for pid, _ in model]
+        assert all(queue.queued_for(arch) == recount[arch] for arch in (None, "a100", "cpu"))
+        assert sorted(queue.architectures(), key=str) == sorted((a for a in recount if recount[a]), key=str)
