@@ -70,12 +70,12 @@ node_names() { local m; m="$(multi_nodes)"; echo "${m:-$HOST}"; }
 daemons() {
     local n
     if [ -z "$(multi_nodes)" ]; then echo "slurmd slurmctld munged"; return 0; fi
-    for n in $(multi_nodes); do printf 'slurmd-%s ' "$n"; done
+    for n in $(multi_nodes); do printf 'unshare-%s ' "$n"; done
     echo "slurmctld munged"
 }
 
 # pid of a daemon we started (pid file RUN/$1.pid), if it is still alive and still that program
-# (slurmd-NODE is a slurmd); empty otherwise
+# (unshare-NODE is the unshare that holds NODE's slurmd); empty otherwise
 live_pid() {
     local pidfile="$RUN/$1.pid" pid comm
     [ -s "$pidfile" ] || return 0
@@ -179,7 +179,7 @@ AuthInfo=socket=$DIR/munge/munge.socket.2
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd-%n.pid
+SlurmdPidFile=$RUN/ns/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
@@ -202,16 +202,24 @@ EOF
     multi_nodes | tr -s ' ' '\n' | sed '/^$/d' > "$DIR/etc/nodes"
 }
 
-# One node's slurmd, through the agent.  `ip netns exec` (the nodes tier's agent) gives the node a fresh
-# /sys with nothing mounted on /sys/fs/cgroup, and slurmd 22.05 does not start without a cgroup hierarchy
-# there even with proctrack/linuxproc: then, and only then, a tmpfs and the named systemd hierarchy are
-# mounted there, inside the node's own mount namespace.
+# One node's slurmd, through the agent, in a PID namespace of its own (with its own /proc): a node's
+# jobs see only that node's processes, as on a real machine, where the nodes sharing one pid space would
+# let a batch shell "find" a rank on another node.  slurmd runs in the foreground as the namespace's
+# first process under `unshare --kill-child`, whose host pid is the pid file here (slurmd's own, with its
+# in-namespace pid, goes to RUN/ns); stopping unshare stops slurmd, and with it every process of the node.
+# `ip netns exec` (the nodes tier's agent) gives the node a fresh /sys with nothing mounted on
+# /sys/fs/cgroup, and slurmd 22.05 does not start without a cgroup hierarchy there even with
+# proctrack/linuxproc: then, and only then, a tmpfs and the named systemd hierarchy are mounted there,
+# in the node's own mount namespace.
 start_node_slurmd() {
-    local n="$1" fix
+    local n="$1" fix launch i
     fix="grep -qs ' /sys/fs/cgroup ' /proc/mounts || { mount -t tmpfs cgroup-root /sys/fs/cgroup"
     fix="$fix && mkdir -p /sys/fs/cgroup/systemd && mount -t cgroup -o none,name=systemd cgroup /sys/fs/cgroup/systemd; }"
-    $AGENT "$n" "$fix && exec slurmd -N $n -f $CONF" \
+    launch="unshare --pid --fork --mount-proc --kill-child=TERM slurmd -D -N $n -f $CONF"
+    $AGENT "$n" "$fix && { $launch </dev/null >>$DIR/log/slurmd-$n.out 2>&1 & echo \$! > $RUN/unshare-$n.pid; }" \
         || die "slurmd of node $n failed to start (see $DIR/log/slurmd-$n.log)"
+    for i in $(seq 1 20); do [ -s "$RUN/ns/slurmd-$n.pid" ] && break; sleep 0.25; done
+    [ -n "$(live_pid "unshare-$n")" ] || die "slurmd of node $n failed to start (see $DIR/log/slurmd-$n.log and .out)"
 }
 
 start_munge() {
@@ -256,7 +264,7 @@ do_start() {
     do_stop quiet
     # a one-node start on a directory that held several nodes: forget them (stopped just above)
     [ -n "$NODES" ] || rm -f "$DIR/etc/nodes"
-    mkdir -p "$DIR/etc" "$RUN" "$DIR/state" "$DIR/spool" "$DIR/log"
+    mkdir -p "$DIR/etc" "$RUN" "$RUN/ns" "$DIR/state" "$DIR/spool" "$DIR/log"
     chmod 0755 "$DIR"
     install_if_missing
     write_config
