@@ -64,13 +64,14 @@ def bytecode_note(bytecode_cache: bool) -> str:
     return f"bytecode: environment as is (PYTHONDONTWRITEBYTECODE={os.environ.get('PYTHONDONTWRITEBYTECODE', '')!r})"
 
 
-def mpi_argv(ranks: int, argv: Sequence[str]) -> list[str]:
-    """``mpiexec -n ranks argv...`` with the venv's MPICH Hydra launcher."""
-    return [str(MPIEXEC), "-n", str(ranks), *argv]
+def mpi_argv(ranks: int, argv: Sequence[str], hosts: Sequence[str] = ()) -> list[str]:
+    """``mpiexec [hosts...] -n ranks argv...`` with the venv's MPICH Hydra launcher; ``hosts`` are the options
+    that place the ranks on other nodes (``Cluster.mpich_args`` of tests/nodes/netns.py), none for this host."""
+    return [str(MPIEXEC), *hosts, "-n", str(ranks), *argv]
 
 
 def pilot_argv(ranks: int, access_point: Path, run_dir: Path, settings: Sequence[str] = (),
-               log_dir: bool = True) -> list[str]:
+               log_dir: bool = True, hosts: Sequence[str] = ()) -> list[str]:
     """The pilot as a site runs it: laptop.toml, a Harvester access point, stage dirs inside ``run_dir``.
 
     Unlike the tests' FAST settings nothing is shortened except what ``settings`` overrides.
@@ -82,7 +83,7 @@ def pilot_argv(ranks: int, access_point: Path, run_dir: Path, settings: Sequence
         argv += ["--log-dir", str(run_dir / "logs")]
     for setting in settings:
         argv += ["--set", setting]
-    return mpi_argv(ranks, argv)
+    return mpi_argv(ranks, argv, hosts)
 
 
 def run_true(_index: int) -> int:

@@ -14,7 +14,11 @@ PYTHONPATH) runs too, alternating with the other two, so a change is measured ag
 the same run.
 
     .venv/bin/python -m bench.bench_startup [--reps 9] [--ranks 8] [--quick] [--no-bytecode-cache]
-                                            [--before COMMIT]
+                                            [--before COMMIT] [--nodes N]
+
+With ``--nodes N`` (root) the ranks are spread over N nodes made on this machine by tests/nodes/netns.py
+(``mpiexec -hosts ... -ppn ranks/N -launcher ssh -launcher-exec AGENT``), pilot and baseline alike: e.g.
+``--nodes 3 --ranks 6``, the issue-24 figure.  The import profile is left out there.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +56,13 @@ HEAVY = ("mpi4py.MPI", "numpy", "h5py", "requests", "ssl", "sqlite3", "http.serv
 IMPORT_LINE = re.compile(r"^\[(\d+)\]\s*import time:\s*(\d+)\s*\|\s*(\d+)\s*\|( *)(\S+)")
 
 
-def time_pilot(tmp: Path, name: str, ranks: int, env: dict[str, str]) -> tuple[float, float]:
+def time_pilot(tmp: Path, name: str, ranks: int, env: dict[str, str], hosts: Sequence[str] = ()
+               ) -> tuple[float, float]:
     """Wall seconds of one pilot run over an empty access point, and of its controller loop (from
     summary.json: the collective start-up phase and the wind-down); raises unless it ended cleanly."""
     run_dir = tmp / name
     access_point = make_access_point(run_dir / "access_point", [])
-    with launch(pilot_argv(ranks, access_point, run_dir, log_dir=False), run_dir, env) as run:
+    with launch(pilot_argv(ranks, access_point, run_dir, log_dir=False, hosts=hosts), run_dir, env) as run:
         code = run.wait(timeout=300)
     problem = check_pilot_run(run, code, jobs=0)
     if problem:
@@ -65,9 +71,9 @@ def time_pilot(tmp: Path, name: str, ranks: int, env: dict[str, str]) -> tuple[f
     return run.wall, summary_span(run)
 
 
-def time_baseline(tmp: Path, name: str, ranks: int, env: dict[str, str]) -> float:
+def time_baseline(tmp: Path, name: str, ranks: int, env: dict[str, str], hosts: Sequence[str] = ()) -> float:
     """Wall seconds of ``mpiexec -n ranks python -c 'from mpi4py import MPI'``."""
-    with launch(mpi_argv(ranks, BASELINE), tmp / name, env) as run:
+    with launch(mpi_argv(ranks, BASELINE, hosts), tmp / name, env) as run:
         code = run.wait(timeout=300)
     if code != 0:
         raise RuntimeError(f"baseline {name}: exit status {code}: {run.output()[-400:]}")
@@ -88,32 +94,33 @@ def drop_before(tmp: Path, commit: str) -> None:
                    check=False)
 
 
-def measure(tmp: Path, reps: int, ranks: int, env: dict[str, str], old_env: dict[str, str] | None = None
-            ) -> tuple[list[float], list[float], list[float], list[float]]:
+def measure(tmp: Path, reps: int, ranks: int, env: dict[str, str], old_env: dict[str, str] | None = None,
+            hosts: Sequence[str] = ()) -> tuple[list[float], list[float], list[float], list[float]]:
     """``reps`` alternating runs of each after one discarded warm-up of each (fills the .pyc cache);
     the last list is the ``--before`` pilot's wall times (empty without it)."""
-    time_baseline(tmp, "warmup-baseline", ranks, env)
-    time_pilot(tmp, "warmup-pilot", ranks, env)
+    time_baseline(tmp, "warmup-baseline", ranks, env, hosts)
+    time_pilot(tmp, "warmup-pilot", ranks, env, hosts)
     if old_env is not None:
-        time_pilot(tmp, "warmup-before", ranks, old_env)
+        time_pilot(tmp, "warmup-before", ranks, old_env, hosts)
     pilot, loop, baseline, before = [], [], [], []
     for rep in range(reps):
-        baseline.append(time_baseline(tmp, f"baseline-{rep}", ranks, env))
+        baseline.append(time_baseline(tmp, f"baseline-{rep}", ranks, env, hosts))
         if old_env is not None:
-            before.append(time_pilot(tmp, f"before-{rep}", ranks, old_env)[0])
-        wall, span = time_pilot(tmp, f"pilot-{rep}", ranks, env)
+            before.append(time_pilot(tmp, f"before-{rep}", ranks, old_env, hosts)[0])
+        wall, span = time_pilot(tmp, f"pilot-{rep}", ranks, env, hosts)
         pilot.append(wall)
         loop.append(span)
     return pilot, loop, baseline, before
 
 
 def print_startup(pilot: list[float], loop: list[float], baseline: list[float], ranks: int,
-                  bytecode_cache: bool, before: list[float], before_commit: str = "") -> None:
+                  bytecode_cache: bool, before: list[float], before_commit: str = "", nodes: int = 0) -> None:
     ratio = median(pilot) / median(baseline)
     old = ([[f"hpcpilot run at {before_commit}", median(before), min(before), max(before), "",
              median(before) / median(baseline), "", ""]] if before else [])
     print_table(
-        f"Start-up: mpiexec -n {ranks}, launch to exit, median of {len(pilot)} alternating runs",
+        f"Start-up: mpiexec -n {ranks}{f' across {nodes} nodes' if nodes else ''}, launch to exit, "
+        f"median of {len(pilot)} alternating runs",
         ["pilot: hpcpilot run --site-config site_configs/laptop.toml, empty access point (HPCJobs.json = {}),",
          "       logs to stderr; every run exited 0 and wrote summary.json",
          "controller s = rank 0's controller loop (summary.json start to end): waiting for every rank's",
@@ -216,9 +223,14 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the run directories (logs, summaries)")
     parser.add_argument("--before", metavar="COMMIT", default="",
                         help="also run the pilot of this commit, alternating with the others")
+    parser.add_argument("--nodes", type=int, default=0,
+                        help="spread the ranks over this many nodes made on this machine (tests/nodes/netns.py; root)")
     args = parser.parse_args()
     reps = 3 if args.quick else args.reps
     cache = not args.no_bytecode_cache
+    if args.nodes:
+        across_nodes(args, reps, cache)
+        return
     with bench_dir("hpcpilot-bench-startup-", args.keep) as tmp:
         env = bench_env(tmp, cache)
         old_env = before_env(tmp, args.before, env) if args.before else None
@@ -229,6 +241,30 @@ def main() -> None:
                 drop_before(tmp, args.before)
         print_startup(pilot, loop, baseline, args.ranks, cache, before, args.before)
         profile_imports(tmp, env, cache)
+
+
+def across_nodes(args: argparse.Namespace, reps: int, cache: bool) -> None:
+    """The same measurement with the ranks spread over ``--nodes`` nodes (namespaces, a bridge, Hydra's ssh
+    launcher through the nodes' agent): what a multi-node allocation adds to start-up, pilot and baseline alike.
+    The run directories live on the nodes' shared directory: a node's /tmp is its own."""
+    from tests.nodes import netns
+
+    reason = netns.probe()
+    if reason:
+        sys.exit(f"bench_startup --nodes: {reason}")
+    if args.ranks % args.nodes:
+        sys.exit(f"bench_startup --nodes: {args.ranks} ranks do not spread evenly over {args.nodes} nodes")
+    with netns.make_nodes(args.nodes) as cluster:
+        tmp = cluster.shared
+        env = bench_env(tmp, cache)
+        hosts = cluster.mpich_args(args.ranks // args.nodes)
+        old_env = before_env(tmp, args.before, env) if args.before else None
+        try:
+            pilot, loop, baseline, before = measure(tmp, reps, args.ranks, env, old_env, hosts)
+        finally:
+            if args.before:
+                drop_before(tmp, args.before)
+        print_startup(pilot, loop, baseline, args.ranks, cache, before, args.before, args.nodes)
 
 
 if __name__ == "__main__":

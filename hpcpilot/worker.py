@@ -116,6 +116,10 @@ class Worker:
         self.running: _RunningJob | None = None
         self.leaving = False
         self.rank0_done = False  # Release received, or rank 0 gone: a stopped rank has nobody to wait for
+        # Rank 0 leads an orderly end: it sent Stop, or anything after this rank's signal.  Then a stopped rank
+        # waits for its Release however long rank 0's last words take (a rank that left would sit in
+        # MPI_Finalize, where the batch system's SIGTERM kills it and the launcher kills rank 0 with it).
+        self.rank0_answered = False
         self.stop_event = stop_event or threading.Event()
         self.node = node_info(jobs_dir)
         self.guard: RankGuard | None = None
@@ -159,6 +163,7 @@ class Worker:
                 next_alive = time.monotonic() + self.config.monitor.report_interval
             incoming = self.transport.receive()
             if incoming is not None:
+                self.heard_from_rank0()
                 self.handle(incoming[1])
                 busy = True
             if self.running is not None and not self.running.thread.is_alive():
@@ -223,6 +228,7 @@ class Worker:
             self.check_signal()
             incoming = self.transport.receive()
             if incoming is not None:
+                self.heard_from_rank0()
                 if isinstance(incoming[1], Release):
                     return
                 log.debug("%s after this rank stopped: dropped", type(incoming[1]).__name__)
@@ -231,10 +237,16 @@ class Worker:
             if CONTROLLER in self.transport.lost():
                 log.error("rank 0 died (MPI reports its process failed): this rank leaves")
                 return
-            if self.signalled_at is not None and time.monotonic() - self.signalled_at > self.silence_limit:
-                log.error("rank 0 did not end within %.0f s of the signal: this rank leaves", self.silence_limit)
+            if (self.signalled_at is not None and not self.rank0_answered
+                    and time.monotonic() - self.signalled_at > self.silence_limit):
+                log.error("rank 0 did not answer the signal within %.0f s: this rank leaves", self.silence_limit)
                 return
             backoff.wait(self.stop_event)
+
+    def heard_from_rank0(self) -> None:
+        """Any message from rank 0 after this rank's signal is its answer: it is alive and winding down."""
+        if self.signalled_at is not None:
+            self.rank0_answered = True
 
     def send(self, message: Message) -> None:
         self.transport.send(CONTROLLER, message)
@@ -269,7 +281,7 @@ class Worker:
         elif isinstance(message, KillJob | SetDebug | CloneVerdict):
             self.to_running_job(message)
         elif isinstance(message, Stop):  # also to a rank rank 0 believes lost: it must not outlive the pilot
-            self.leaving = True
+            self.leaving = self.rank0_answered = True
             if self.running is not None:
                 self.running.control.request_kill(message.error_code, message.diag)
         elif isinstance(message, NoMoreWork):

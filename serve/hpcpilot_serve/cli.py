@@ -40,7 +40,9 @@ HELP = "run a local PanDA-compatible test server on 127.0.0.1"
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The command's options, for ``hpcpilot-serve`` and ``hpcpilot serve`` alike."""
-    parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any free port)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1; e.g. the bridge of nodes made on this machine)")
     parser.add_argument("--state", type=Path, help="SQLite state file (kept across restarts)")
     parser.add_argument("--jobs", type=Path, nargs="*", default=[], help="job-definition files to load")
     parser.add_argument("--ranges-per-job", type=int, default=0, help="event ranges per event-service job")
@@ -111,7 +113,7 @@ def run_serve(args: argparse.Namespace) -> int:
     tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     try:
         server = PandaTestServer(args.state, args.port, release=args.release, apis=apis, tls=tls,
-                                 v1_event_update_bug=not args.no_v1_bug)
+                                 v1_event_update_bug=not args.no_v1_bug, host=args.host)
     except (OSError, sqlite3.Error) as exc:  # a state file that cannot be opened: one line
         print(f"hpcpilot serve: {args.state}: cannot open the state file ({exc})", file=sys.stderr)
         return 2
@@ -121,7 +123,7 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"hpcpilot serve: {exc}", file=sys.stderr)
         server.close()
         return 2
-    return _serve_until_stopped(server, args.port)
+    return _serve_until_stopped(server, args.host, args.port)
 
 
 def _print_dump(path: Path) -> int:
@@ -145,7 +147,7 @@ def _prepare(server: PandaTestServer, args: argparse.Namespace) -> None:
         logger.info("%s: %d job(s) loaded", path, len(added))
 
 
-def _serve_until_stopped(server: PandaTestServer, port: int) -> int:
+def _serve_until_stopped(server: PandaTestServer, host: str, port: int) -> int:
     """Listen until SIGINT or SIGTERM, then close the server (its state file stays)."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -153,7 +155,7 @@ def _serve_until_stopped(server: PandaTestServer, port: int) -> int:
         try:
             server.start()
         except OSError as exc:  # a busy port, a certificate that cannot be read: one line, not a traceback
-            print(f"hpcpilot serve: cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"hpcpilot serve: cannot serve on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
             return 2
         print(f"serving PanDA test server on {server.url}", flush=True)
         while not stop.wait(3600):

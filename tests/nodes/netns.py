@@ -15,7 +15,9 @@ directories, access points, the test server's files) goes under ``Cluster.shared
 Every name (namespaces, interfaces, hostnames, the host directory) carries a prefix unique to the call
 (pid and counter), so two test runs on one machine never collide; the /24 is picked under a lock.
 Cleanup always runs, also after a failed test or a KeyboardInterrupt: every process of every node is
-killed, then namespaces, veths, bridge, ``/etc/hosts`` lines (only ours) and mounts are removed.
+killed, then namespaces, veths, bridge, ``/etc/hosts`` lines (only ours) and mounts are removed.  What a
+run killed with SIGKILL left behind is removed by the next ``make_nodes`` (``sweep_stale``: only nodes whose
+maker, by pid and start time, is gone).
 Nothing here sends a packet anywhere but to the addresses it made.
 """
 
@@ -254,8 +256,17 @@ def _edit_hosts(cluster: Cluster, add: bool) -> None:
         HOSTS.write_text("\n".join(lines) + "\n")
 
 
+def _start_time(pid: int) -> str:
+    """A process's start time in clock ticks since boot ('' if it is gone): with the pid, who made the nodes."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def _create(cluster: Cluster, count: int) -> None:
     cluster.directory.mkdir(parents=True)
+    (cluster.directory / "owner").write_text(f"{os.getpid()} {_start_time(os.getpid())}\n")
     cluster.shared.mkdir()
     with _locked():
         cluster.network = pick_subnet()
@@ -303,6 +314,31 @@ def _umount(path: Path) -> None:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, text=True, timeout=30, check=True)
 
 
+def sweep_stale() -> list[str]:
+    """Remove the nodes of runs whose process is gone (a test run killed with SIGKILL cannot clean up): only
+    directories under BASE with an ``owner`` file whose pid and start time no longer match a live process."""
+    swept = []
+    for owner in sorted(BASE.glob("*/owner")):
+        try:
+            pid, started = owner.read_text().split()
+        except (OSError, ValueError):
+            continue
+        if _start_time(int(pid)) == started:
+            continue  # its maker is alive: its nodes are in use
+        prefix = owner.parent.name
+        names = _ip("netns", "list", check=False).stdout.split()
+        indices = sorted({int(m) for n in names if (m := n.removeprefix(f"{prefix}n")).isdigit() and m != n}
+                         | {int(d.name[1:]) for d in owner.parent.glob("n*") if d.name[1:].isdigit()})
+        stale = Cluster(prefix=prefix, network=ipaddress.ip_network("0.0.0.0/32"), bridge=f"{prefix}br",
+                        directory=owner.parent)
+        stale.nodes = [Node(f"{prefix}-n{i}", f"{prefix}n{i}", "", owner.parent / f"n{i}" / "tmp", f"{prefix}h{i}")
+                       for i in indices]
+        with contextlib.suppress(NodesError):
+            destroy(stale)
+        swept.append(prefix)
+    return swept
+
+
 def new_prefix() -> str:
     """A prefix unique to this call on this machine: the pid and a per-process counter (``hn<pid>x<k>``)."""
     return f"hn{os.getpid()}x{next(_counter)}"
@@ -316,6 +352,7 @@ def make_nodes(count: int, prefix: str | None = None) -> Iterator[Cluster]:
         raise ValueError(f"node count {count} is not between 1 and 250")
     if len(f"{prefix}h{count}") > 15 or len(f"{prefix}br") > 15:
         raise ValueError(f"prefix {prefix!r} makes interface names longer than 15 characters")
+    sweep_stale()
     cluster = Cluster(prefix=prefix, network=ipaddress.ip_network("0.0.0.0/32"), bridge=f"{prefix}br",
                       directory=BASE / prefix)
     try:
@@ -338,3 +375,36 @@ def probe() -> str | None:
         return f"a network namespace cannot be made here: {made.stderr.strip()}"
     _ip("netns", "del", name, check=False)
     return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tests.nodes.netns [--nodes N] [--ranks-per-node K] [-- COMMAND...]``: make the nodes, run
+    COMMAND (default: an interactive shell) with them described in its environment, then remove them."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m tests.nodes.netns", description=main.__doc__)
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--ranks-per-node", type=int, default=2)
+    parser.add_argument("command", nargs="*", help="what to run with the nodes (default: $SHELL)")
+    args = parser.parse_args(argv)
+    reason = probe()
+    if reason:
+        print(f"nodes: {reason}", file=sys.stderr)
+        return 2
+    with make_nodes(args.nodes) as cluster:
+        env = {**os.environ, "NODES_HOSTS": ",".join(cluster.hostnames), "NODES_AGENT": str(cluster.agent),
+               "NODES_SHARED": str(cluster.shared), "NODES_SERVER_ADDRESS": cluster.bridge_address,
+               "NODES_MPICH_ARGS": shlex.join(cluster.mpich_args(args.ranks_per_node)),
+               "NODES_OPENMPI_ARGS": shlex.join(cluster.openmpi_args(args.ranks_per_node))}
+        for key in sorted(k for k in env if k.startswith("NODES_")):
+            print(f"{key}={env[key]}", file=sys.stderr)
+        command = args.command or [os.environ.get("SHELL", "/bin/sh")]
+        try:
+            return subprocess.run(command, env=env, cwd=cluster.shared, check=False).returncode
+        except KeyboardInterrupt:
+            return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

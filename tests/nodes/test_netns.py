@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 
 from tests.nodes import netns
+from tests.pilotrun import REPO
 
 pytestmark = pytest.mark.nodes
 
 LISTEN = ("import socket, sys; s = socket.create_server((sys.argv[1], 0)); print(s.getsockname()[1], flush=True);"
           " c, peer = s.accept(); print(peer[0], flush=True)")
+KEEP_NODES = ("import time; from tests.nodes import netns; nodes = netns.make_nodes(2); cluster = nodes.__enter__();"
+              " print(cluster.prefix, flush=True); time.sleep(300)")
 CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)"
 
 
@@ -54,9 +57,26 @@ def test_cleanup_removes_everything_even_when_the_block_fails(nodes_possible: No
         assert made.nodes[0].pids()
         raise KeyError("a test failing inside the block")
     assert sleeper.wait(timeout=10) == -9
+    assert_gone(made.prefix)
+
+
+def test_the_nodes_of_a_run_killed_with_sigkill_are_swept_by_the_next(nodes_possible: None) -> None:
+    maker = subprocess.Popen([sys.executable, "-c", KEEP_NODES], stdout=subprocess.PIPE, text=True,
+                             cwd=REPO)
+    prefix = maker.stdout.readline().strip()
+    assert prefix in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert netns.sweep_stale() == []  # its maker lives: its nodes are left alone
+    maker.kill()
+    maker.wait()
+    assert prefix in netns.sweep_stale()
+    assert_gone(prefix)
+
+
+def assert_gone(prefix: str) -> None:
+    """Nothing named after ``prefix`` is left: namespaces, interfaces, hosts lines, mounts, directory."""
     namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert made.prefix not in namespaces and made.prefix not in links
-    assert made.prefix not in netns.HOSTS.read_text()
-    assert made.prefix not in Path("/proc/mounts").read_text()
-    assert not made.directory.exists()
+    assert prefix not in namespaces and prefix not in links
+    assert prefix not in netns.HOSTS.read_text()
+    assert prefix not in Path("/proc/mounts").read_text()
+    assert not (netns.BASE / prefix).exists()

@@ -4,21 +4,26 @@ run.h5 and the nodes' own files."""
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 from collections import defaultdict
 from typing import Any
 
 import pytest
 
+from hpcpilot.errors import ErrorCode
 from hpcpilot.panda import wire
 from hpcpilot.report.read import load_run
 from hpcpilot_serve.server import PandaTestServer
+from tests.mpi.test_mpi_eventservice import ES_PAYLOAD, assert_accounted, check_bundles, es_job
 from tests.nodes.conftest import NODES, RANKS_PER_NODE
 from tests.nodes.netns import Cluster
-from tests.pilotrun import FAST, LAPTOP, Mpi, default_sigint, make_job, wait_for
+from tests.pilotrun import FAST, LAPTOP, Mpi, default_sigint, make_job, processes_with, wait_for
 
 pytestmark = pytest.mark.nodes
 RANKS = NODES * RANKS_PER_NODE
+ES_ID = 24100
 SCRATCH = "/tmp/scratch"  # site.local_scratch: the node's own /tmp
 
 
@@ -109,3 +114,65 @@ def test_jobs_spread_over_every_node_each_named_by_its_node(cluster: Cluster, no
     # the worker-node map: once per node, every node
     assert [(n["host_name"], n["updates"]) for n in state["worker_nodes"]] == [(h, 1) for h in cluster.hostnames]
     assert nodes_emptied(cluster)
+
+
+def test_an_event_service_job_over_every_node_finishes_each_range_once(cluster: Cluster, node_mpi: Mpi,
+                                                                        panda_server: PandaTestServer) -> None:
+    panda_server.load_jobs([es_job(ES_ID, f"{ES_PAYLOAD} --ms-per-event 40")], ranges_per_job=80)
+    returncode, output = finish(start(cluster, node_mpi, panda_server, (
+        "eventservice.payload_mode=protocol", "eventservice.ranges_per_request=2", "eventservice.report_interval=1",
+        "eventservice.bundle_events=40")))
+    assert returncode == 0, output[-3000:]
+    state = panda_server.dump()
+    assert assert_accounted(state) == {"finished": 80}  # every range finished, each reported once
+    check_bundles(state["event_ranges"], cluster.shared / "out")  # the zips staged out from every node
+    assert [(j["status"], j["nEvents"]) for j in state["jobs"]] == [("finished", 80)]
+    # ranks of every node worked on it (run.h5: each rank's range updates and its node), in their own directories
+    # of the job's shared one (an event-service job meets on the shared workdir, not on node-local scratch)
+    run = load_run(cluster.shared / "work" / "run.h5")
+    worked = {rank for (rank, panda_id), series in run.series.items() if panda_id == ES_ID and series.event_updates}
+    assert {run.nodes[rank]["node"] for rank in worked} == set(cluster.hostnames), (worked, run.nodes)
+    assert sum(len(run.series[(rank, ES_ID)].event_updates) for rank in worked) == 80
+    job_dir = cluster.shared / "work" / "jobs" / f"PandaJob_{ES_ID}"
+    assert worked <= {int(p.name.removeprefix("rank")) for p in job_dir.glob("rank*")}
+    assert nodes_emptied(cluster)
+
+
+def test_the_warning_signal_then_sigterm_wind_every_node_down_in_order(cluster: Cluster, node_mpi: Mpi,
+                                                                      panda_server: PandaTestServer) -> None:
+    """Slurm's way: the warning (USR1) to the launcher, which passes it to every rank on every node; the jobs
+    are stopped (their payloads ignore TERM, so that takes kill_grace), rank 0 sends their final updates,
+    which the server answers late -- and SIGTERM comes while it waits.  The ranks whose jobs ended must still
+    be waiting for rank 0 then, not sitting in MPI_Finalize where TERM kills them and the launcher kills rank 0
+    with them: every final update is answered, summary.json written, the pilot ends 128+15 (MPICH; Open MPI's
+    mpirun ends every rank on TERM at once, see below)."""
+    ids = list(range(24201, 24206))  # one for each worker rank: every node runs one or two
+    payload = "trap '' TERM; sleep 77.{} & wait; wait"
+    panda_server.load_jobs([make_job(i, payload.format(i), ["never.txt"]) for i in ids])
+    proc = start(cluster, node_mpi, panda_server, ("monitor.kill_grace=3",))
+    try:
+        assert wait_for(lambda: {j["status"] for j in panda_server.dump()["jobs"]} == {"running"}, timeout=60)
+        # each final update is committed at once and answered 6 s late: rank 0's last words take their time
+        panda_server.set_fault("slow", delay=6, method=wire.UPDATE_JOB, after_commit=True)
+        proc.send_signal(signal.SIGUSR1)
+        # every job stopped and reported, the last answer still due: now the batch system's TERM
+        assert wait_for(lambda: {j["status"] for j in panda_server.dump()["jobs"]} == {"failed"}, timeout=60)
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        returncode, output = finish(proc)
+    # what the server committed: every job's final state, stopped by the warning (the first signal)
+    jobs = panda_server.dump()["jobs"]
+    assert {(j["PandaID"], j["status"], j["pilotErrorCode"], j["pilotErrorDiag"]) for j in jobs} == \
+        {(i, "failed", int(ErrorCode.SIGUSR1), "pilot received SIGUSR1") for i in ids}
+    assert not processes_with("77.242") and nodes_emptied(cluster)
+    if node_mpi.name == "openmpi":
+        # Open MPI 5's mpirun passes TERM on and ends every rank within about half a second (measured, also with
+        # a program that catches TERM): rank 0 cannot wait for the last answer, which stays in its journal
+        return
+    assert "BAD TERMINATION" not in output and returncode == 128 + signal.SIGTERM, (returncode, output[-3000:])
+    updates = final_updates(panda_server)  # each answered, once, from the job's node
+    assert sorted(updates) == ids and all(len(u) == 1 for u in updates.values()), updates
+    assert {u[0]["node"] for u in updates.values()} == set(cluster.hostnames)
+    summary = json.loads((cluster.shared / "work" / "summary.json").read_text())
+    assert summary["pilot"]["owed"] == 0 and summary["pilot"]["signal"] == "SIGUSR1", summary["pilot"]
+    assert {job["delivery"] for job in summary["jobs"]} == {"acknowledged"}

@@ -56,3 +56,14 @@ def test_serve_with_the_double_installed_is_its_command(tmp_path: Path, capsys: 
     assert cli.build_parser().parse_args(["serve", "--port", "0", "--state", "panda.db"]).func is run_serve
     assert main(["--dump", str(tmp_path / "none.db")]) == 2  # the hpcpilot-serve console script, same refusals
     assert capsys.readouterr().err == f"hpcpilot serve: no server state file {tmp_path / 'none.db'}\n"
+
+
+def test_serve_on_an_address_this_machine_lacks_refuses_in_one_line(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("hpcpilot_serve")
+    from hpcpilot_serve.cli import main
+
+    # --host: the nodes tier's server listens on its bridge; 203.0.113.0/24 (TEST-NET-3) is nobody's here
+    assert main(["--host", "203.0.113.77", "--port", "0", "--state", str(tmp_path / "s.db")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hpcpilot serve: cannot serve on 203.0.113.77:0: ") and err.count("\n") == 1, err
