@@ -3,7 +3,7 @@
 # default, or several (--nodes), each node's slurmd started on its host through an ssh-like agent.
 #
 #   slurm/cluster.sh start  [--dir DIR] [--install]   start munged, slurmctld and slurmd (no-op when running)
-#   slurm/cluster.sh start  --dir DIR --nodes H1,H2,... --agent CMD [--port P] [--install]
+#   slurm/cluster.sh start  --dir DIR --nodes H1,H2,... --agent CMD [--port P] [--slurmd-timeout S] [--install]
 #                                                     several nodes: `CMD Hi 'slurmd -N Hi ...'` for each
 #   slurm/cluster.sh stop   [--dir DIR]               stop what `start` started (no-op when stopped)
 #   slurm/cluster.sh status [--dir DIR]               exit 0 when running, 1 when not
@@ -24,10 +24,12 @@
 # drive real hosts that share DIR.  DIR must be seen by every node at the same path, so not /tmp (node-local
 # in the nodes tier).  Its own ports (SlurmctldPort P, default 6837; SlurmdPort P+1) and pid files, so it
 # runs beside the one-node cluster.  The node list is kept in DIR/etc/nodes for stop and status.
+# --slurmd-timeout: seconds before slurmctld declares a silent node DOWN (Slurm's default 300), for tests
+# that lose a node.
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 start|stop|status|env [--dir DIR] [--install] [--nodes H1,H2,... --agent CMD [--port P]]" >&2
+    echo "usage: $0 start|stop|status|env [--dir DIR] [--install] [--nodes H1,H2,... --agent CMD [--port P] [--slurmd-timeout S]]" >&2
     exit 2
 }
 
@@ -37,6 +39,7 @@ INSTALL=0
 NODES=""
 AGENT=""
 PORT=6837
+SLURMD_TIMEOUT=300
 while [ $# -gt 0 ]; do
     case "$1" in
         --dir) [ $# -ge 2 ] || usage; DIR="$2"; shift 2 ;;
@@ -45,6 +48,7 @@ while [ $# -gt 0 ]; do
         --nodes) [ $# -ge 2 ] || usage; NODES="$2"; shift 2 ;;
         --agent) [ $# -ge 2 ] || usage; AGENT="$2"; shift 2 ;;
         --port) [ $# -ge 2 ] || usage; PORT="$2"; shift 2 ;;
+        --slurmd-timeout) [ $# -ge 2 ] || usage; SLURMD_TIMEOUT="$2"; shift 2 ;;
         *) usage ;;
     esac
 done
@@ -194,6 +198,7 @@ SchedulerType=sched/backfill
 MpiDefault=none
 SlurmdParameters=config_overrides
 ReturnToService=2
+SlurmdTimeout=$SLURMD_TIMEOUT
 KillWait=30
 InactiveLimit=0
 MinJobAge=300
@@ -253,6 +258,7 @@ check_nodes_options() {
     [ -n "$AGENT" ] || die "--nodes needs --agent (a command that runs a command on a node, as ssh does)"
     case "$DIR" in /tmp|/tmp/*) die "--dir $DIR: several nodes need a directory every node sees, not under /tmp" ;; esac
     case "$PORT" in ''|*[!0-9]*) die "--port $PORT: not a port number" ;; esac
+    case "$SLURMD_TIMEOUT" in ''|*[!0-9]*) die "--slurmd-timeout $SLURMD_TIMEOUT: not a number of seconds" ;; esac
 }
 
 do_start() {

@@ -91,23 +91,31 @@ def test_a_lost_node_loses_no_job_and_reports_none_twice(cluster: Cluster, loss_
         assert json.loads(summary.read_text())["pilot"]["signal"] == "SIGTERM", output[-3000:]
     before = final_updates(panda_server)
     assert all(len(updates) == 1 for updates in before.values()), before
-    # the journal replay: everything owed is sent, and a second replay sends nothing more
-    first = _deliver(cluster, panda_server)
-    assert first.returncode == 0, first.stderr[-2000:]
-    after_first = len(panda_server.requests())
-    second = _deliver(cluster, panda_server)
-    assert second.returncode == 0, second.stderr[-2000:]
-    updates = final_updates(panda_server)
-    handed_out = _handed_out(panda_server)
-    assert set(SHORT) <= handed_out and handed_out & set(LONG), handed_out
-    assert sorted(updates) == sorted(handed_out), (sorted(updates), sorted(handed_out))
-    assert all(len(u) == 1 for u in updates.values()), {i: [f["state"] for f in u] for i, u in updates.items()}
-    assert all(updates[i][0]["state"] == "finished" for i in SHORT), {i: updates[i] for i in SHORT}
-    lost = {i: _code(updates[i][0]) for i in handed_out & set(LONG)}
-    assert all(u_code in LOST_CODES for u_code in lost.values()), lost
-    assert len(panda_server.requests()) - after_first <= 1, "the second replay sent updates"  # its worker map only
+    assert_replayed_once(cluster, panda_server)
     assert nodes_emptied(cluster)
 
 
 def _code(fields: dict[str, Any]) -> int:
     return int(fields.get("pilotErrorCode") or 0)
+
+
+def assert_replayed_once(cluster: Cluster, server: PandaTestServer) -> dict[int, int]:
+    """After the loss: ``hpcpilot deliver`` sends what the journal owes, a second one sends nothing, and then
+    every job the server handed out has exactly one final update (the short ones finished, the long ones
+    failed with a loss code); the long jobs' codes."""
+    first = _deliver(cluster, server)
+    assert first.returncode == 0, first.stderr[-2000:]
+    after_first = len(server.requests())
+    second = _deliver(cluster, server)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert len(server.requests()) - after_first <= 1, "the second replay sent updates"  # its worker map only
+    updates = final_updates(server)
+    handed_out = _handed_out(server)
+    assert set(SHORT) <= handed_out and handed_out & set(LONG), handed_out
+    assert sorted(updates) == sorted(handed_out), (sorted(updates), sorted(handed_out))
+    assert all(len(u) == 1 for u in updates.values()), {i: [f["state"] for f in u] for i, u in updates.items()}
+    assert all(updates[i][0]["state"] == "finished" for i in SHORT), {i: updates[i] for i in SHORT}
+    lost = {i: _code(updates[i][0]) for i in handed_out & set(LONG)}
+    assert all(code in LOST_CODES for code in lost.values()), lost
+    return lost
+

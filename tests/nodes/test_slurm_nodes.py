@@ -11,6 +11,7 @@ would cost a minute or more.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from hpcpilot.errors import ErrorCode
 from hpcpilot.slurm import render_sbatch
 from hpcpilot_serve.server import PandaTestServer
 from tests.nodes.netns import Cluster
+from tests.nodes.test_node_loss import LONG, SHORT, SLOW_LIVENESS, assert_replayed_once
 from tests.nodes.test_nodes_pilot import final_updates
 from tests.pilotrun import FAST, LAPTOP, make_job, wait_for
 from tests.slurm.conftest import CLUSTER, SlurmCluster
@@ -42,18 +44,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def slurm_nodes(cluster: Cluster) -> Iterator[SlurmCluster]:
+@contextlib.contextmanager
+def slurm_on(cluster: Cluster, *options: str) -> Iterator[SlurmCluster]:
     """slurm/cluster.sh started on the cluster's three nodes (its own directory, ports and pid files, so a
-    one-node cluster of the Slurm tier may run beside it), stopped after the test."""
+    one-node cluster of the Slurm tier may run beside it), stopped afterwards."""
     reason = slurm_skip_reason()
     if reason:
         pytest.skip(reason)
     directory = cluster.directory / "slurm"
     script = ["bash", str(CLUSTER)]
     started = subprocess.run([*script, "start", "--install", "--dir", str(directory), "--nodes",
-                              ",".join(cluster.hostnames), "--agent", str(cluster.agent), "--port", str(_free_port())],
-                             capture_output=True, text=True, timeout=900, check=False)
+                              ",".join(cluster.hostnames), "--agent", str(cluster.agent), "--port", str(_free_port()),
+                              *options], capture_output=True, text=True, timeout=900, check=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "HPCPILOT_"))}
     env["SLURM_CONF"] = str(directory / "etc" / "slurm.conf")
     # The nodes share one kernel, so UCX (under the pip MPICH) takes them for one machine and would reach a
@@ -69,8 +71,21 @@ def slurm_nodes(cluster: Cluster) -> Iterator[SlurmCluster]:
         subprocess.run([*script, "stop", "--dir", str(directory)], capture_output=True, timeout=120, check=False)
 
 
+@pytest.fixture
+def slurm_nodes(cluster: Cluster) -> Iterator[SlurmCluster]:
+    with slurm_on(cluster) as slurm:
+        yield slurm
+
+
+@pytest.fixture
+def slurm_nodes_quick_down(cluster: Cluster) -> Iterator[SlurmCluster]:
+    """The same, declaring a silent node DOWN after 10 s instead of Slurm's 300."""
+    with slurm_on(cluster, "--slurmd-timeout", "10") as slurm:
+        yield slurm
+
+
 def batch_script(cluster: Cluster, server: PandaTestServer, name: str, nodes: int, ranks_per_node: int,
-                 extra: list[str]) -> Path:
+                 extra: list[str], settings: tuple[str, ...] = ()) -> Path:
     """The pilot's sbatch script, rendered as ``hpcpilot render-sbatch`` renders it, into the shared directory."""
     shared = cluster.shared
     launcher = {"kind": "srun", "mpi": "pmi2", "nodes": nodes, "ranks_per_node": ranks_per_node, "time_minutes": 10,
@@ -78,7 +93,7 @@ def batch_script(cluster: Cluster, server: PandaTestServer, name: str, nodes: in
     config = load_config(LAPTOP, overrides={"launcher": launcher}, environ={"HPCPILOT": ""})
     args = ["--site-config", str(LAPTOP), "--server", server.url, "--queue", "TESTQ", "--workdir",
             str(shared / "work")]
-    for setting in [*FAST, f"stage.output_dir={shared / 'out'}"]:
+    for setting in [*FAST, f"stage.output_dir={shared / 'out'}", *settings]:
         args += ["--set", setting]
     script = shared / f"{name}.sbatch"
     script.write_text(render_sbatch(config, args, job_name=name, python=sys.executable))
@@ -173,3 +188,29 @@ def test_early_warning_reaches_rank_0_on_another_node(cluster: Cluster, slurm_no
 def _payloads_on(cluster: Cluster, index: int, marker: str) -> list[int]:
     node = cluster.nodes[index]
     return [pid for pid in _payloads(cluster, marker) if pid in node.pids()]
+
+
+def test_a_lost_node_under_srun_loses_no_job(cluster: Cluster, slurm_nodes_quick_down: SlurmCluster,
+                                             panda_server: PandaTestServer) -> None:
+    """Every process of the third node SIGKILLed (its slurmd too) under ``srun --mpi=pmi2``: rank 0 blocks in
+    MPI (README, "Losing a node"), Slurm ends the job once the node is declared down, and the journal replay
+    reports what the pilot could not -- each job the server handed out exactly once."""
+    slurm = slurm_nodes_quick_down
+    marker = f"lost-{uuid.uuid4().hex}"
+    panda_server.load_jobs([make_job(i, "sleep 0.5") for i in SHORT] +
+                           [make_job(i, f"sleep 120 # {marker}") for i in LONG])
+    script = batch_script(cluster, panda_server, "pilot-lost", nodes=3, ranks_per_node=2, extra=[],
+                          settings=SLOW_LIVENESS)
+    # --no-requeue: after a node failure Slurm requeues a batch job by default, to wait for 3 nodes again
+    job_id = submit(slurm, script, "--no-requeue")
+    busy = wait_for(lambda: _payloads_on(cluster, 2, marker) and len(final_updates(panda_server)) >= len(SHORT),
+                    timeout=120, interval=0.3)
+    if not busy:
+        slurm.run(["scancel", job_id])
+        pytest.fail(f"no long payload on the third node: {slurm.job(job_id)}\n{batch_output(cluster)}")
+    assert cluster.nodes[2].kill_all() > 0
+    info = slurm.wait(job_id, timeout=150)
+    assert info["JobState"] == "NODE_FAIL", f"{info}\n{batch_output(cluster)}"
+    assert_replayed_once(cluster, panda_server)
+    assert wait_for(lambda: not _payloads(cluster, marker), timeout=30), _payloads(cluster, marker)
+
