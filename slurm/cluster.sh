@@ -264,8 +264,8 @@ check_nodes_options() {
 do_start() {
     local n
     if running && [ -f "$CONF" ]; then say "already running (export SLURM_CONF=$CONF)"; return 0; fi
-    [ "$(id -u)" = 0 ] || die "starting the test cluster needs root"
     [ -z "$NODES" ] || check_nodes_options
+    [ "$(id -u)" = 0 ] || die "starting the test cluster needs root"
     # something half-started earlier: stop our leftovers, then start cleanly
     do_stop quiet
     # a one-node start on a directory that held several nodes: forget them (stopped just above)

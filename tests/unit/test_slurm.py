@@ -433,3 +433,17 @@ def test_cluster_status_of_a_fresh_dir_is_not_running(tmp_path: Path) -> None:
     done = subprocess.run([str(REPO / "slurm" / "cluster.sh"), "stop", "--dir", str(tmp_path / "c")],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0 and "not running" in done.stdout
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    (["--dir", "/var/tmp/hpcpilot-x"], "--nodes needs --agent"),
+    (["--dir", "/tmp/hpcpilot-x", "--agent", "ssh"], "not under /tmp"),
+    (["--dir", "/var/tmp/hpcpilot-x", "--agent", "ssh", "--port", "68x"], "not a port number"),
+    (["--dir", "/var/tmp/hpcpilot-x", "--agent", "ssh", "--slurmd-timeout", "soon"], "not a number of seconds"),
+])
+def test_cluster_script_refuses_bad_node_options_in_one_line(options: list[str], problem: str) -> None:
+    done = subprocess.run([str(REPO / "slurm" / "cluster.sh"), "start", "--nodes", "n1,n2", *options],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1 and problem in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not Path("/var/tmp/hpcpilot-x").exists()
+
