@@ -285,11 +285,22 @@ do_start() {
     say "running on $(node_names) (export SLURM_CONF=$CONF)"
 }
 
+# TERM to a daemon; for unshare-NODE to the slurmd it holds (unshare --fork ignores TERM itself, and
+# exits once slurmd has)
+term_daemon() {
+    local d="$1" pid="$2" child
+    if [ "${d%%-*}" = unshare ]; then
+        for child in $(cat "/proc/$pid/task/$pid/children" 2>/dev/null); do kill -TERM "$child" 2>/dev/null || true; done
+    else
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+}
+
 do_stop() {
     local d pid i stopped=""
     for d in $(daemons); do
         pid="$(live_pid "$d")"
-        if [ -n "$pid" ]; then kill -TERM "$pid" 2>/dev/null || true; stopped="$stopped $d"; fi
+        if [ -n "$pid" ]; then term_daemon "$d" "$pid"; stopped="$stopped $d"; fi
     done
     for d in $(daemons); do
         for i in $(seq 1 40); do [ -n "$(live_pid "$d")" ] || break; sleep 0.25; done
