@@ -322,15 +322,35 @@ def pilot_rank0_pids(job_id: str, exclude: Sequence[int] = (), proc: Path = Path
 
 
 def forward_warning(signum: int, step_pid: int, job_id: str, proc: Path = Path("/proc"),
-                    kill: Callable[[int, int], None] = os.kill) -> list[int]:
-    """Deliver the batch shell's early warning to the pilot; returns the pids signalled.
+                    kill: Callable[[int, int], None] = os.kill,
+                    elsewhere: Callable[[], list[str]] | None = None) -> list[str]:
+    """Deliver the batch shell's early warning to the pilot; where it went (``pid N``, ``HOST pid N``).
 
-    Only rank 0 (on the batch node) gets it when it can be found: rank 0 then stops every rank in order
-    and the payloads are ended by the pilot, not by the signal.  Signalling the srun step instead would
-    reach every process of the step, payloads included.  Without a rank 0 here (a single-rank pilot that
-    is itself ``step_pid``, an unusual task layout), ``step_pid`` gets the signal; srun relays it.
+    Only rank 0 gets it when it can be found: rank 0 then stops every rank in order and the payloads are
+    ended by the pilot, not by the signal.  Signalling the srun step instead would reach every process of
+    the step, payloads included.  Rank 0 is looked for on this node, then (``elsewhere``, see
+    hpcpilot/warningfanout.py) on the job's other nodes; only without a rank 0 anywhere (a single-rank
+    pilot that is itself ``step_pid``, an unusual task layout) does ``step_pid`` get the signal, and srun
+    relays it.
     """
-    targets = pilot_rank0_pids(job_id, exclude=[step_pid], proc=proc) or [step_pid]
+    targets = pilot_rank0_pids(job_id, exclude=[step_pid], proc=proc)
+    if not targets and elsewhere is not None:
+        remote = elsewhere()
+        if remote:
+            return remote
+    targets = targets or [step_pid]
+    for pid in targets:
+        try:
+            kill(pid, signum)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return [f"pid {pid}" for pid in targets]
+
+
+def signal_rank0_here(signum: int, job_id: str, proc: Path = Path("/proc"),
+                      kill: Callable[[int, int], None] = os.kill) -> list[int]:
+    """The helper's part on one node (``forward-warning SIG --here``): signal rank 0 if it is on this node."""
+    targets = pilot_rank0_pids(job_id, proc=proc)
     for pid in targets:
         try:
             kill(pid, signum)
@@ -406,23 +426,36 @@ def regenerate() -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    """``regenerate`` | ``forward-warning SIGNAL STEP_PID`` (used by the batch script's trap)."""
+    """``regenerate`` | ``forward-warning SIGNAL STEP_PID|--here`` (used by the batch script's trap)."""
     if argv == ["regenerate"]:
         for changed_path in regenerate():
             print(f"wrote {changed_path.relative_to(REPO_ROOT)}")
         return 0
-    if len(argv) == 3 and argv[0] == "forward-warning" and argv[2].isdigit():
-        try:
-            signum = signal.Signals["SIG" + signal_name(argv[1])]
-        except ConfigError as exc:
-            print(f"hpcpilot: {exc}", file=sys.stderr)
-            return 2
-        targets = forward_warning(signum, int(argv[2]), os.environ.get("SLURM_JOB_ID", ""))
-        pids = " ".join(map(str, targets))
-        print(f"hpcpilot: sent SIG{signal_name(argv[1])} to pid(s) {pids}", file=sys.stderr)
-        return 0
-    print("usage: python -m hpcpilot.slurm regenerate | forward-warning SIGNAL STEP_PID", file=sys.stderr)
+    if len(argv) == 3 and argv[0] == "forward-warning" and (argv[2].isdigit() or argv[2] == "--here"):
+        return _forward_warning_command(argv[1], argv[2])
+    print("usage: python -m hpcpilot.slurm regenerate | forward-warning SIGNAL STEP_PID|--here", file=sys.stderr)
     return 2
+
+
+def _forward_warning_command(name: str, where: str) -> int:
+    """``forward-warning SIGNAL STEP_PID`` (the batch shell's trap) or ``forward-warning SIGNAL --here``
+    (the helper srun runs on each node, see hpcpilot/warningfanout.py)."""
+    from hpcpilot import warningfanout
+
+    try:
+        sig = signal_name(name)
+    except ConfigError as exc:
+        print(f"hpcpilot: {exc}", file=sys.stderr)
+        return 2
+    signum = signal.Signals["SIG" + sig]
+    job_id = os.environ.get("SLURM_JOB_ID", "")
+    if where == "--here":
+        print(warningfanout.found_lines(signal_rank0_here(signum, job_id)), end="", flush=True)
+        return 0
+    targets = forward_warning(signum, int(where), job_id,
+                              elsewhere=lambda: warningfanout.signal_rank0_elsewhere(sig, os.environ))
+    print(f"hpcpilot: sent SIG{sig} to {', '.join(targets)}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

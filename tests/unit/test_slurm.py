@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from hpcpilot import slurm
+from hpcpilot import slurm, warningfanout
 from hpcpilot.config import documented_keys, load_config, replace
 from hpcpilot.errors import ConfigError
 from hpcpilot.slurm import (
@@ -342,21 +343,69 @@ def test_rank0_is_found_by_command_line_and_environment(fake_proc: Path) -> None
 def test_forward_warning_signals_rank0_only(fake_proc: Path) -> None:
     sent: list[tuple[int, int]] = []
     record = lambda p, s: sent.append((p, s))  # noqa: E731
-    assert slurm.forward_warning(10, 100, "12", proc=fake_proc, kill=record) == [101]
+    assert slurm.forward_warning(10, 100, "12", proc=fake_proc, kill=record) == ["pid 101"]
     assert sent == [(101, 10)]
 
 
 def test_forward_warning_falls_back_to_the_step(fake_proc: Path) -> None:
     sent: list[tuple[int, int]] = []
     record = lambda p, s: sent.append((p, s))  # noqa: E731
-    assert slurm.forward_warning(10, 100, "13", proc=fake_proc, kill=record) == [100]
+    assert slurm.forward_warning(10, 100, "13", proc=fake_proc, kill=record) == ["pid 100"]
     assert sent == [(100, 10)]
 
 
 def test_forward_warning_survives_a_vanished_process(fake_proc: Path) -> None:
     def gone(_pid: int, _sig: int) -> None:
         raise ProcessLookupError
-    assert slurm.forward_warning(10, 100, "12", proc=fake_proc, kill=gone) == [101]
+    assert slurm.forward_warning(10, 100, "12", proc=fake_proc, kill=gone) == ["pid 101"]
+
+
+def test_forward_warning_asks_the_other_nodes_before_the_step(fake_proc: Path) -> None:
+    sent: list[tuple[int, int]] = []
+    record = lambda p, s: sent.append((p, s))  # noqa: E731
+    # rank 0 of job 13 is on no process here: the other nodes are asked, and the step is left alone
+    assert slurm.forward_warning(10, 100, "13", proc=fake_proc, kill=record,
+                                 elsewhere=lambda: ["n2 pid 7"]) == ["n2 pid 7"]
+    assert sent == []
+    # nobody has it: the step after all
+    assert slurm.forward_warning(10, 100, "13", proc=fake_proc, kill=record, elsewhere=lambda: []) == ["pid 100"]
+    assert sent == [(100, 10)]
+    # found here: the other nodes are not asked
+    asked: list[bool] = []
+    slurm.forward_warning(10, 100, "12", proc=fake_proc, kill=record, elsewhere=lambda: asked.append(True) or [])
+    assert asked == []
+
+
+def test_the_helper_signals_rank0_on_its_own_node_only(fake_proc: Path) -> None:
+    sent: list[tuple[int, int]] = []
+    assert slurm.signal_rank0_here(10, "12", proc=fake_proc, kill=lambda p, s: sent.append((p, s))) == [101]
+    assert slurm.signal_rank0_here(10, "13", proc=fake_proc, kill=lambda p, s: sent.append((p, s))) == []
+    assert sent == [(101, 10)]
+
+
+def test_fanout_runs_one_helper_per_node_beside_the_step() -> None:
+    env = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "3", "SLURM_NTASKS_PER_NODE": "2"}
+    argv = warningfanout.fanout_argv("USR1", env, python="/v/bin/python3")
+    assert argv is not None
+    assert argv[:7] == ["srun", "--overlap", "--jobid=42", "--nodes=3", "--ntasks=3", "--ntasks-per-node=1",
+                        "--mpi=none"]
+    assert argv[-6:] == ["/v/bin/python3", "-m", "hpcpilot.slurm", "forward-warning", "USR1", "--here"]
+    assert warningfanout.fanout_argv("USR1", {**env, "SLURM_JOB_NUM_NODES": "1"}) is None  # only this node
+    assert warningfanout.fanout_argv("USR1", {"SLURM_JOB_NUM_NODES": "3"}) is None  # not in a job
+
+
+def test_fanout_reads_what_the_helpers_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = "rank0 n2 4242\nsrun: some noise\nrank0 n3 x\n"
+    calls: list[list[str]] = []
+    monkeypatch.setattr(slurm, "run_command", lambda argv, timeout: calls.append(list(argv)) or (0, out, ""))
+    env = {"SLURM_JOB_ID": "42", "SLURM_NNODES": "2"}
+    assert warningfanout.signal_rank0_elsewhere("USR1", env) == ["n2 pid 4242"]
+    assert calls and calls[0][0] == "srun"
+    # a helper step that fails or times out finds nothing (the caller falls back to the step)
+    monkeypatch.setattr(slurm, "run_command", lambda argv, timeout: (124, "", "timed out"))
+    assert warningfanout.signal_rank0_elsewhere("USR1", env) == []
+    assert warningfanout.parse_found(warningfanout.found_lines([7, 8])) == [
+        f"{socket.gethostname().split('.')[0]} pid 7", f"{socket.gethostname().split('.')[0]} pid 8"]
 
 
 def test_module_command_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -384,3 +433,17 @@ def test_cluster_status_of_a_fresh_dir_is_not_running(tmp_path: Path) -> None:
     done = subprocess.run([str(REPO / "slurm" / "cluster.sh"), "stop", "--dir", str(tmp_path / "c")],
                           capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0 and "not running" in done.stdout
+
+
+@pytest.mark.parametrize(("options", "problem"), [
+    (["--dir", "/var/tmp/hpcpilot-x"], "--nodes needs --agent"),
+    (["--dir", "/tmp/hpcpilot-x", "--agent", "ssh"], "not under /tmp"),
+    (["--dir", "/var/tmp/hpcpilot-x", "--agent", "ssh", "--port", "68x"], "not a port number"),
+    (["--dir", "/var/tmp/hpcpilot-x", "--agent", "ssh", "--slurmd-timeout", "soon"], "not a number of seconds"),
+])
+def test_cluster_script_refuses_bad_node_options_in_one_line(options: list[str], problem: str) -> None:
+    done = subprocess.run([str(REPO / "slurm" / "cluster.sh"), "start", "--nodes", "n1,n2", *options],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 1 and problem in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not Path("/var/tmp/hpcpilot-x").exists()
+
