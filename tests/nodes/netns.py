@@ -210,6 +210,9 @@ def _agent_script(cluster: Cluster) -> str:
 # Launch agent of the nodes {cluster.prefix} (tests/nodes/netns.py): ssh [options] HOST COMMAND...
 while [ $# -gt 0 ]; do case "$1" in -[bcDEeFIiJLlmOoPpQRSWw]) shift 2;; -*) shift;; *) break;; esac; done
 host=$1; shift
+# The nodes share one kernel, so UCX (the pip MPICH's netmod) takes them for one machine and would join them
+# through shared memory; on TCP only, as real nodes are joined (tests/nodes/test_slurm_nodes.py says the same).
+export UCX_TLS="${{UCX_TLS:-self,tcp}}"
 case "$host" in
 {cases}
   *) echo "agent: $host is not a node of {cluster.prefix}" >&2; exit 255;;
