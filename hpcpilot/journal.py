@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcpilot.walsync import WalSync
+
 logger = logging.getLogger(__name__)
 
 SECRET_KEYS = frozenset({"pilotSecrets", "secrets"})
@@ -209,6 +211,7 @@ class Journal:
         self._wake_committer = threading.Condition(self._lock)
         self._committer: threading.Thread | None = None
         self._closed = False
+        self._sync = WalSync(Path(f"{self.path}-wal"))
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -221,7 +224,7 @@ class Journal:
                                    timeout=30.0)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # the WAL fsync is WalSync's, after COMMIT
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             check = self._db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
@@ -276,7 +279,9 @@ class Journal:
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write: applied in the open transaction (begun if none), as a savepoint so that an error undoes it
-        alone; committed now if ``durable`` (and no ``group`` is open), else with the next commit."""
+        alone; committed now if ``durable`` (and no ``group`` is open), else with the next commit.  A durable
+        write returns once the WAL was fsync'd after its commit (the fsync outside the lock)."""
+        ticket = 0
         with self._lock:
             self._begin()
             self._db.execute("SAVEPOINT w")
@@ -288,7 +293,8 @@ class Journal:
                 raise
             self._db.execute("RELEASE w")
             if durable and not self._group_depth:
-                self._commit()
+                ticket = self._commit()
+        self._sync.wait(ticket)
 
     def _begin(self) -> None:
         if self._in_tx:
@@ -299,11 +305,12 @@ class Journal:
         self._start_committer()
         self._wake_committer.notify()
 
-    def _commit(self) -> None:
-        """Commit the open transaction (one fsync for every write in it).  If the commit fails, nothing of
+    def _commit(self) -> int:
+        """Commit the open transaction; its ticket (``WalSync``), or the last commit's if none was open: the
+        caller waits for it, outside the lock, to act on what it wrote.  If the commit fails, nothing of
         it was written: the transaction is rolled back, the tally reloaded and the error raised."""
         if not self._in_tx:
-            return
+            return self._sync.latest()
         self._in_tx = False
         self._uncommitted.clear()
         try:
@@ -313,11 +320,14 @@ class Journal:
                 self._db.execute("ROLLBACK")
             self._load_tally()
             raise
+        return self._sync.committed()
 
     @contextmanager
     def group(self) -> Iterator[None]:
         """One transaction for every write in the block (one loop pass), committed once at its end; the
-        calling thread holds the journal meanwhile.  Nothing written in it may be acted on before it ends."""
+        calling thread holds the journal meanwhile.  Nothing written in it may be acted on before it ends (it
+        ends once the WAL was fsync'd after the commit)."""
+        ticket = 0
         with self._lock:
             self._group_depth += 1
             try:
@@ -325,7 +335,8 @@ class Journal:
             finally:
                 self._group_depth -= 1
             if not self._group_depth:
-                self._commit()
+                ticket = self._commit()
+        self._sync.wait(ticket)
 
     def _start_committer(self) -> None:
         if self._committer is None:
@@ -342,15 +353,20 @@ class Journal:
                 number = self._tx_number
                 self._wake_committer.wait(COMMIT_WITHIN)
                 if self._in_tx and number == self._tx_number and not self._group_depth and not self._closed:
-                    try:
+                    try:  # not waited for: whoever acts on these writes waits for their fsync first
                         self._commit()
                     except sqlite3.Error as exc:  # the next durable write meets it again
                         logger.warning("journal %s: commit failed: %s", self.path, exc)
 
-    def _entry_committed(self, seq: int) -> None:
-        """Before an entry leaves the journal to be sent: commit it if it is still in the open transaction."""
-        if seq in self._uncommitted and not self._group_depth:
-            self._commit()
+    def _entry_committed(self, seq: int) -> int:
+        """Before an entry leaves the journal to be sent: commit it if it is still in the open transaction.
+        The ticket to wait for, outside the lock (the last commit's if the entry was committed earlier,
+        perhaps lazily and not yet fsync'd; 0 inside a ``group``, whose end commits)."""
+        if self._group_depth:
+            return 0
+        if seq in self._uncommitted:
+            return self._commit()
+        return self._sync.latest()
 
     # ------------------------------------------------------------------------------------ leases
 
@@ -432,20 +448,21 @@ class Journal:
     def next_pending(self, shard: int | None = None, skip: frozenset[int] = frozenset()) -> OutboxEntry | None:
         """The oldest queued update (of the jobs of ``shard``, if given) whose seq is not in ``skip``
         (updates parked until their job's status look-up), or None."""
-        if shard is None:
-            with self._lock:
-                entries = [e for e in self.pending(limit=len(skip) + 1) if e.seq not in skip]
-                if entries:
-                    self._entry_committed(entries[0].seq)
-            return entries[0] if entries else None
+        ticket, found = 0, None
         with self._lock:
-            rows = self._db.execute(NEXT_IN_SHARD_QUERY, (shard, len(skip) + 1)).fetchall()
-            for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows:
-                if seq not in skip:
-                    self._entry_committed(seq)
-                    return OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts,
-                                       bool(uncertain))
-        return None
+            if shard is None:
+                entries = [e for e in self.pending(limit=len(skip) + 1) if e.seq not in skip]
+                found = entries[0] if entries else None
+            else:
+                rows = self._db.execute(NEXT_IN_SHARD_QUERY, (shard, len(skip) + 1)).fetchall()
+                found = next((OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts,
+                                          bool(uncertain))
+                              for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows
+                              if seq not in skip), None)
+            if found is not None:
+                ticket = self._entry_committed(found.seq)
+        self._sync.wait(ticket)
+        return found
 
     def uncertain_range_updates(self, panda_id: int) -> list[OutboxEntry]:
         """A job's range updates whose fate is open, in send order: what one status look-up settles."""
@@ -453,8 +470,9 @@ class Journal:
             rows = self._db.execute("SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain "
                                     "FROM outbox WHERE kind=? AND panda_id=? AND uncertain=1 ORDER BY seq",
                                     (RANGES, panda_id)).fetchall()
-            if any(row[0] in self._uncommitted for row in rows):
-                self._entry_committed(next(row[0] for row in rows if row[0] in self._uncommitted))
+            open_seqs = [row[0] for row in rows if row[0] in self._uncommitted]
+            ticket = self._entry_committed((open_seqs or [row[0] for row in rows])[0]) if rows else 0
+        self._sync.wait(ticket)
         return [OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
                 for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows]
 
@@ -553,13 +571,16 @@ class Journal:
 
     def commit(self) -> None:
         """Commit what lazy writes the open transaction holds (the pilot's end, a bench's last pass)."""
+        ticket = 0
         with self._lock:
             if not self._group_depth:
-                self._commit()
+                ticket = self._commit()
+        self._sync.wait(ticket)
 
     def close(self) -> None:
         with self._lock:
-            self._commit()
+            ticket = self._commit()
+            self._sync.wait(ticket)
             self._closed = True
             self._wake_committer.notify()
             with suppress(sqlite3.Error):
