@@ -22,8 +22,9 @@ of the WAL after each durable commit, outside its lock: "new") and as it was bef
 SQLite's fsync inside COMMIT: "FULL") against the same calls with ``PRAGMA synchronous=OFF``, at each
 ``--batchings`` (ranges per lease and per report: 10, 100, 1000, the sizes the pilot's leases take,
 ``eventservice.lease_size``) and three ways of calling: ``calls`` (one thread, one journal call each),
-``group`` (one transaction per pass) and ``threads`` (the fetch, loop and sender threads of rank 0,
-sharing commits); best of ``--reps``, new, FULL and OFF in turn.
+``group`` (one transaction per pass), ``threads`` (a fetch, the loop and a sender thread of rank 0,
+sharing commits) and ``pilot`` (the same with the pilot's default 4 fetch and 4 sender threads); best of
+``--reps``, new, FULL and OFF in turn.
 Targets: <= 10 MB in all at 1M; new / OFF >= 0.8 (issue 26).  Not a test: nothing is asserted.
 
 (c) Senders: 256 (``--quick`` 64) leased jobs' final updates queued at once through a real
@@ -59,6 +60,7 @@ if __package__ in (None, ""):
 
 from bench._common import BIN, make_job, median, print_table
 from hpcpilot.config import SiteConfig, replace
+from hpcpilot.config.schema import PandaConfig
 from hpcpilot.controller import Controller
 from hpcpilot.journal import Journal
 from hpcpilot.panda.source import PandaSource
@@ -258,8 +260,50 @@ def churn_threads(journal: Journal, n_ranges: int, per_call: int) -> None:
         thread.join()
 
 
+PILOT_FETCHES = PandaConfig().fetches_in_flight
+PILOT_SENDERS = PandaConfig().senders
+
+
+def churn_pilot(journal: Journal, n_ranges: int, per_call: int) -> None:
+    """As ``churn_threads`` with the pilot's default thread counts: ``panda.fetches_in_flight`` fetch threads
+    (each leasing for its own job) and ``panda.senders`` senders, each taking its own shard's updates
+    (``next_pending(shard)``, the journal opened with that many shards).  Leases made while an fsync runs
+    share the next one."""
+    leased: queue.Queue[tuple[int, list[str]] | None] = queue.Queue(maxsize=2 * PILOT_FETCHES)
+    reported: list[queue.Queue[int | None]] = [queue.Queue() for _ in range(PILOT_SENDERS)]
+
+    def fetch(k: int) -> None:
+        for first in range(k * per_call, n_ranges, PILOT_FETCHES * per_call):
+            ranges = range_dicts(k + 1, first, per_call)
+            journal.record_range_leases(k + 1, ranges)
+            leased.put((k + 1, [r["eventRangeID"] for r in ranges]))
+        leased.put(None)
+
+    def send(shard: int) -> None:
+        while reported[shard].get() is not None:
+            journal.acknowledge(journal.next_pending(shard))
+
+    threads = ([threading.Thread(target=fetch, args=(k,)) for k in range(PILOT_FETCHES)]
+               + [threading.Thread(target=send, args=(k,)) for k in range(PILOT_SENDERS)])
+    for thread in threads:
+        thread.start()
+    ended = 0
+    while ended < PILOT_FETCHES:
+        item = leased.get()
+        if item is None:
+            ended += 1
+            continue
+        panda_id, ids = item
+        journal.enqueue_range_update(panda_id, _report(ids), 0, ids)
+        reported[journal.shard_of(panda_id)].put(1)
+    for box in reported:
+        box.put(None)
+    for thread in threads:
+        thread.join()
+
+
 CHURNS: dict[str, Callable[[Journal, int, int], None]] = {
-    "calls": churn_calls, "group": churn_group, "threads": churn_threads}
+    "calls": churn_calls, "group": churn_group, "threads": churn_threads, "pilot": churn_pilot}
 
 
 SYNCS = ("new", "FULL", "OFF")
@@ -274,7 +318,7 @@ def _no_wait(ticket: int) -> None:
 def churn(path: Path, n_ranges: int, sync: str, mode: str = "group",
           per_call: int = RANGES_PER_CALL) -> tuple[float, int]:
     """(ranges/s, bytes of database + WAL) after ``n_ranges`` leased, reported and acknowledged."""
-    journal = Journal(path)
+    journal = Journal(path, shards=PILOT_SENDERS if mode == "pilot" else 1)
     if sync != "new":
         journal._db.execute(f"PRAGMA synchronous={sync}")
         journal._sync.wait = _no_wait  # type: ignore[method-assign]
@@ -314,7 +358,8 @@ def journal_table(tmp: Path, n_ranges: int, batchings: Sequence[int], reps: int)
                          best["FULL"] / best["OFF"]])
     print_table("(b) journal rate: new and FULL (before) against OFF (same calls, same batching), best of each",
                 [f"best of {reps} runs, the three in turn; calls: one thread, a commit per durable call; group: "
-                 "one transaction per pass; threads: fetch, loop and sender threads sharing commits",
+                 "one transaction per pass; threads: fetch, loop and sender threads sharing commits; pilot: 4 fetch "
+                 "threads (a job each), the loop, 4 senders (a shard each)",
                  f"target: new / OFF >= {TARGET_JOURNAL_RATIO} at every batching"],
                 ["ranges/call", "how", "ranges", "new/s", "FULL/s", "OFF/s", "new / OFF", "FULL / OFF"], rows)
 

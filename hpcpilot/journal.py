@@ -1,13 +1,13 @@
 """Rank 0's durable journal: what was leased from the server and every update still owed to it.
 
-Choice: SQLite in WAL mode with ``synchronous=FULL``, one file in the pilot workdir.
+Choice: SQLite in WAL mode, one file in the pilot workdir, with FULL's durability (below).
 * Leases and outbox entries change together (a final update marks its job reported in the same
   transaction), which SQLite gives atomically; an append-only log would need its own record
   framing, torn-tail detection and compaction, i.e. a small database written by hand.
 * Acknowledged updates are deleted and heartbeats for the same job coalesce in place, so the
   file stays small during a long outage without rewriting a log.
-* WAL lets the sender thread read while rank 0 appends; FULL makes every commit survive a
-  power loss, not only a process crash (SIGKILL), before the call that queued it returns.
+* WAL lets the sender thread read while rank 0 appends; every durable commit survives a power loss,
+  not only a process crash (SIGKILL), before the call that made it returns.
 * It is in the standard library and can be inspected with the ``sqlite3`` shell after a crash.
 
 Tables: ``leases`` (jobs and event ranges handed to this pilot; ``leased`` until their final
@@ -33,9 +33,36 @@ is handed to acts on it), a final job update (as before), or the sender taking t
 (``next_pending`` commits first when the entry it returns is not yet committed).  ``group()`` holds one
 transaction over several calls (one loop pass: its leases, reports and acknowledgements) and commits it
 once.  So a SIGKILL at any instant loses nothing anyone was told of: what was handed out or sent was
-committed (and, FULL, fsync'd) before, and what may be lost -- an acknowledgement, a range update not yet
+committed (and fsync'd, below) before, and what may be lost -- an acknowledgement, a range update not yet
 sent -- is what a restart replays or asks the server about anyway.  A lazy transaction is committed at the
 latest ``COMMIT_WITHIN`` seconds after it began (a waiting thread, no polling).
+
+Durability (issue 26): ``synchronous=NORMAL`` plus ``WalSync``, FULL's guarantee with the fsync off the lock.
+With FULL, SQLite fsyncs the WAL at the end of every ``COMMIT`` while the connection and this journal's lock
+are held, so no fsync overlaps the next transaction and each durable call pays one.  Here SQLite commits
+without that fsync, the lock is released, and the durable call then waits (``WalSync.wait``) until an fsync
+of the ``-wal`` file *that began after its COMMIT* has completed; one fsync covers every commit made before
+it began, so the fetch thread's lease and a sender's take share one, and the next transaction is built
+while it runs.  Why a machine crash (power loss, kernel panic: the page cache is lost, unlike with SIGKILL)
+then loses nothing that was acted on, exactly as with FULL:
+* A commit is the WAL frames it appended, the last one marked as a commit.  After the fsync those frames
+  are on the disk; recovery replays the WAL up to the last valid commit frame (checksummed, salted), so the
+  commit is recovered -- the same bytes FULL would have synced, only synced by another call.  A later
+  transaction being written during the fsync adds frames after it; torn, they fail their checksum and
+  recovery stops before them, as with FULL.  (FULL also pads the commit to a sector boundary on a disk
+  without power-safe overwrite; SQLite's unix build assumes power-safe overwrite, so it pads nothing there.)
+* Nothing is acted on before that fsync: a lease is handed out, a final update reported done, an entry
+  sent only after the durable call returns; ``next_pending`` waits for the last commit's fsync even when
+  the entry was committed earlier by the committer thread (which commits lazy writes without waiting).
+* Checkpoints: NORMAL fsyncs the WAL before copying frames into the database and the database after, and
+  fsyncs the WAL header when the WAL restarts; ``WalSync`` fsyncs the WAL's directory once, at its first.  So a
+  commit whose frames a checkpoint has already copied is on disk in the database file; if the WAL is then
+  restarted or truncated (``journal_size_limit``) while our fsync runs, the fsync syncs the new contents
+  and the commit is still safe in the database; a WAL deleted at close was checkpointed first.  The fsync
+  opens the WAL by name each time, so it never syncs a stale file.
+* An fsync that fails makes this and every later durable call raise (``WalSync``): after a failed fsync
+  Linux may drop the dirty pages, and a later fsync would report success without them.
+A SIGKILL needs none of this (the kernel keeps the written pages): tests/unit/test_journal_kill.py.
 
 Senders (issue 14): each outbox entry carries its ``shard`` (PandaID modulo the sender count the
 journal was opened with); each sender thread takes the oldest entry of its own shard

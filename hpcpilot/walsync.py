@@ -37,6 +37,7 @@ class WalSync:
         self._synced = 0  # every commit up to this ticket is covered by a completed fsync
         self._syncing = False
         self._failed: str | None = None
+        self._dir_synced = False  # the WAL's directory entry: fsync'd once, after its first fsync
 
     def committed(self) -> int:
         """A commit was just made: its ticket."""
@@ -97,3 +98,10 @@ class WalSync:
             self.fsync(fd)
         finally:
             os.close(fd)
+        if not self._dir_synced:  # a new WAL file's name must survive a crash too (SQLite does it as well)
+            dir_fd = os.open(self.wal.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+            self._dir_synced = True
