@@ -235,6 +235,7 @@ class Journal:
         self._tx_number = 0  # counts transactions begun: the committer commits only the one it was woken for
         self._group_depth = 0
         self._uncommitted: set[int] = set()  # outbox seqs written in the open transaction
+        self._commit_of: dict[int, int] = {}  # outbox seq -> ticket of the commit that last wrote it
         self._wake_committer = threading.Condition(self._lock)
         self._committer: threading.Thread | None = None
         self._closed = False
@@ -339,6 +340,7 @@ class Journal:
         if not self._in_tx:
             return self._sync.latest()
         self._in_tx = False
+        written = list(self._uncommitted)
         self._uncommitted.clear()
         try:
             self._db.execute("COMMIT")
@@ -347,7 +349,10 @@ class Journal:
                 self._db.execute("ROLLBACK")
             self._load_tally()
             raise
-        return self._sync.committed()
+        ticket = self._sync.committed()
+        for seq in written:
+            self._commit_of[seq] = ticket
+        return ticket
 
     @contextmanager
     def group(self) -> Iterator[None]:
@@ -387,13 +392,14 @@ class Journal:
 
     def _entry_committed(self, seq: int) -> int:
         """Before an entry leaves the journal to be sent: commit it if it is still in the open transaction.
-        The ticket to wait for, outside the lock (the last commit's if the entry was committed earlier,
-        perhaps lazily and not yet fsync'd; 0 inside a ``group``, whose end commits)."""
+        The ticket to wait for, outside the lock: that of the commit that last wrote the entry (perhaps the
+        committer's, not yet fsync'd; the last commit's for an earlier run's entry; 0 inside a ``group``, whose
+        end commits)."""
         if self._group_depth:
             return 0
         if seq in self._uncommitted:
             return self._commit()
-        return self._sync.latest()
+        return self._commit_of.get(seq) or self._sync.latest()  # an earlier run's entry: the last commit
 
     # ------------------------------------------------------------------------------------ leases
 
@@ -537,6 +543,7 @@ class Journal:
                 return False
             self._forget_job(db, entry)
             self._tally.remove(entry.seq)
+            self._commit_of.pop(entry.seq, None)
             return True
 
     @staticmethod
@@ -589,6 +596,7 @@ class Journal:
             if db.execute("DELETE FROM outbox WHERE seq=?", (entry.seq,)).rowcount == 1:
                 self._forget_job(db, entry)
                 self._tally.remove(entry.seq)
+                self._commit_of.pop(entry.seq, None)
 
     def rejected(self) -> list[tuple[int, str, int, str]]:
         """(seq, kind, panda_id, reason) of refused updates."""
