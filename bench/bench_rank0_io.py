@@ -4,7 +4,7 @@
 both run in rank 0's process) per final job report when 100, 1,000 and 10,000 jobs have ended,
 through the real ``Controller.report`` with a real ``PandaSource`` talking to ``hpcpilot serve`` on
 loopback (the server is another process, so its CPU is not counted; each update is a real HTTP
-round trip and a FULL-sync journal commit).  The jobs that ended before the window are in the
+round trip and a durable journal commit).  The jobs that ended before the window are in the
 scheduler's ``done`` list (summary.json lists them all); the window's jobs are leased from the
 server first (not timed), then reported final one after the other and the window waits for the
 sender to deliver all of them.  The controller's clock advances ``--gap`` simulated seconds per
@@ -17,12 +17,15 @@ summary.json rewritten after every final report.  Target: 10,000 / 100 <= 1.5 fo
 (b) Journal: ``--ranges`` event ranges (1M; ``--quick`` 100k) leased 100 at a time (one
 getEventRanges), reported in one updateEventRanges and acknowledged, as the sender does, one
 transaction per loop pass (``Journal.group``); the file size (database + WAL) at the end, per range.
-Then the rate, ranges/s with full durability (``synchronous=FULL``) against the same calls with
-``PRAGMA synchronous=OFF``, at each ``--batchings`` (ranges per lease and per report: 10, 100, 1000,
-the sizes the pilot's leases take, ``eventservice.lease_size``) and three ways of calling: ``calls``
-(one thread, one journal call each), ``group`` (one transaction per pass) and ``threads`` (the fetch,
-loop and sender threads of rank 0, sharing commits); best of ``--reps``, FULL and OFF alternating.
-Targets: <= 10 MB in all at 1M; FULL / OFF >= 0.8 (issue 26).  Not a test: nothing is asserted.
+Then the rate, ranges/s with the pilot's durability (``synchronous=NORMAL`` and the journal's group fsync
+of the WAL after each durable commit, outside its lock: "new") and as it was before (``synchronous=FULL``,
+SQLite's fsync inside COMMIT: "FULL") against the same calls with ``PRAGMA synchronous=OFF``, at each
+``--batchings`` (ranges per lease and per report: 10, 100, 1000, the sizes the pilot's leases take,
+``eventservice.lease_size``) and three ways of calling: ``calls`` (one thread, one journal call each),
+``group`` (one transaction per pass), ``threads`` (a fetch, the loop and a sender thread of rank 0,
+sharing commits) and ``pilot`` (the same with the pilot's default 4 fetch and 4 sender threads); best of
+``--reps``, new, FULL and OFF in turn.
+Targets: <= 10 MB in all at 1M; new / OFF >= 0.8 (issue 26).  Not a test: nothing is asserted.
 
 (c) Senders: 256 (``--quick`` 64) leased jobs' final updates queued at once through a real
 ``PandaSource`` against ``hpcpilot serve --fault slow --fault-delay 0.05`` (every call answered after
@@ -57,6 +60,7 @@ if __package__ in (None, ""):
 
 from bench._common import BIN, make_job, median, print_table
 from hpcpilot.config import SiteConfig, replace
+from hpcpilot.config.schema import PandaConfig
 from hpcpilot.controller import Controller
 from hpcpilot.journal import Journal
 from hpcpilot.panda.source import PandaSource
@@ -256,16 +260,68 @@ def churn_threads(journal: Journal, n_ranges: int, per_call: int) -> None:
         thread.join()
 
 
+PILOT_FETCHES = PandaConfig().fetches_in_flight
+PILOT_SENDERS = PandaConfig().senders
+
+
+def churn_pilot(journal: Journal, n_ranges: int, per_call: int) -> None:
+    """As ``churn_threads`` with the pilot's default thread counts: ``panda.fetches_in_flight`` fetch threads
+    (each leasing for its own job) and ``panda.senders`` senders, each taking its own shard's updates
+    (``next_pending(shard)``, the journal opened with that many shards).  Leases made while an fsync runs
+    share the next one."""
+    leased: queue.Queue[tuple[int, list[str]] | None] = queue.Queue(maxsize=2 * PILOT_FETCHES)
+    reported: list[queue.Queue[int | None]] = [queue.Queue() for _ in range(PILOT_SENDERS)]
+
+    def fetch(k: int) -> None:
+        for first in range(k * per_call, n_ranges, PILOT_FETCHES * per_call):
+            ranges = range_dicts(k + 1, first, per_call)
+            journal.record_range_leases(k + 1, ranges)
+            leased.put((k + 1, [r["eventRangeID"] for r in ranges]))
+        leased.put(None)
+
+    def send(shard: int) -> None:
+        while reported[shard].get() is not None:
+            journal.acknowledge(journal.next_pending(shard))
+
+    threads = ([threading.Thread(target=fetch, args=(k,)) for k in range(PILOT_FETCHES)]
+               + [threading.Thread(target=send, args=(k,)) for k in range(PILOT_SENDERS)])
+    for thread in threads:
+        thread.start()
+    ended = 0
+    while ended < PILOT_FETCHES:
+        item = leased.get()
+        if item is None:
+            ended += 1
+            continue
+        panda_id, ids = item
+        journal.enqueue_range_update(panda_id, _report(ids), 0, ids)
+        reported[journal.shard_of(panda_id)].put(1)
+    for box in reported:
+        box.put(None)
+    for thread in threads:
+        thread.join()
+
+
 CHURNS: dict[str, Callable[[Journal, int, int], None]] = {
-    "calls": churn_calls, "group": churn_group, "threads": churn_threads}
+    "calls": churn_calls, "group": churn_group, "threads": churn_threads, "pilot": churn_pilot}
 
 
-def churn(path: Path, n_ranges: int, durable: bool, mode: str = "group",
+SYNCS = ("new", "FULL", "OFF")
+"""new: the pilot's journal (NORMAL, the WAL fsync'd after COMMIT outside the lock, shared by the threads);
+FULL: the journal before it (SQLite fsyncs the WAL inside COMMIT, under the lock); OFF: no fsync at all."""
+
+
+def _no_wait(ticket: int) -> None:
+    """The baselines' stand-in for the wait for the journal's own WAL fsync (FULL syncs in COMMIT, OFF never)."""
+
+
+def churn(path: Path, n_ranges: int, sync: str, mode: str = "group",
           per_call: int = RANGES_PER_CALL) -> tuple[float, int]:
     """(ranges/s, bytes of database + WAL) after ``n_ranges`` leased, reported and acknowledged."""
-    journal = Journal(path)
-    if not durable:
-        journal._db.execute("PRAGMA synchronous=OFF")
+    journal = Journal(path, shards=PILOT_SENDERS if mode == "pilot" else 1)
+    if sync != "new":
+        journal._db.execute(f"PRAGMA synchronous={sync}")
+        journal._sync.wait = _no_wait  # type: ignore[method-assign]
     start = time.perf_counter()
     CHURNS[mode](journal, n_ranges, per_call)
     journal.commit()
@@ -278,31 +334,34 @@ def churn(path: Path, n_ranges: int, durable: bool, mode: str = "group",
 
 def journal_table(tmp: Path, n_ranges: int, batchings: Sequence[int], reps: int) -> None:
     """The size at ``n_ranges`` (one group per pass, 100 a call), then each way of calling at each batching:
-    FULL against OFF, alternating, best of ``reps``."""
+    the pilot's journal (new), FULL in COMMIT (before) and OFF, in turn, best of ``reps``."""
+    labels = {"new": "new (NORMAL + group fsync, as the pilot runs)", "FULL": "FULL (before: fsync in COMMIT)",
+              "OFF": "OFF (same SQL, no fsync)"}
     rows = []
-    for durable in (True, False):
-        rate, size = churn(tmp / f"journal-{'full' if durable else 'off'}.sqlite", n_ranges, durable)
-        rows.append(["FULL (as the pilot runs)" if durable else "OFF (same SQL, no fsync)", n_ranges,
-                     size / 1e6, size / n_ranges, rate])
+    for sync in SYNCS:
+        rate, size = churn(tmp / f"journal-{sync}.sqlite", n_ranges, sync)
+        rows.append([labels[sync], n_ranges, size / 1e6, size / n_ranges, rate])
     print_table("(b) journal size: ranges leased 100 per call, reported and acknowledged, one group per pass",
                 [f"target: <= {TARGET_JOURNAL_MB_AT_1M:.0f} MB in all at 1,000,000 ranges; "
-                 f"durability cost = OFF / FULL ranges/s = {rows[1][4] / rows[0][4]:.2f}"],
+                 f"new / OFF ranges/s = {rows[0][4] / rows[2][4]:.2f}, FULL / OFF = {rows[1][4] / rows[2][4]:.2f}"],
                 ["synchronous", "ranges", "file MB", "B/range", "ranges/s"], rows)
     rows = []
     for per_call in batchings:
         n = min(n_ranges, 2000 * per_call)  # 2,000 passes at most: each row a few seconds
         for mode in CHURNS:
-            best = {True: 0.0, False: 0.0}
+            best = dict.fromkeys(SYNCS, 0.0)
             for rep in range(reps):
-                for durable in (True, False):
-                    path = tmp / f"rate-{mode}-{per_call}-{rep}-{durable}.sqlite"
-                    best[durable] = max(best[durable], churn(path, n, durable, mode, per_call)[0])
-            rows.append([per_call, mode, n, best[True], best[False], best[True] / best[False]])
-    print_table("(b) journal rate: FULL against OFF (same calls, same batching), best of each",
-                [f"best of {reps} alternating runs; calls: one thread, a commit per durable call; group: one "
-                 "transaction per pass; threads: fetch, loop and sender threads sharing commits",
-                 f"target: FULL / OFF >= {TARGET_JOURNAL_RATIO} at every batching"],
-                ["ranges/call", "how", "ranges", "FULL/s", "OFF/s", "FULL / OFF"], rows)
+                for sync in SYNCS:
+                    path = tmp / f"rate-{mode}-{per_call}-{rep}-{sync}.sqlite"
+                    best[sync] = max(best[sync], churn(path, n, sync, mode, per_call)[0])
+            rows.append([per_call, mode, n, best["new"], best["FULL"], best["OFF"], best["new"] / best["OFF"],
+                         best["FULL"] / best["OFF"]])
+    print_table("(b) journal rate: new and FULL (before) against OFF (same calls, same batching), best of each",
+                [f"best of {reps} runs, the three in turn; calls: one thread, a commit per durable call; group: "
+                 "one transaction per pass; threads: fetch, loop and sender threads sharing commits; pilot: 4 fetch "
+                 "threads (a job each), the loop, 4 senders (a shard each)",
+                 f"target: new / OFF >= {TARGET_JOURNAL_RATIO} at every batching"],
+                ["ranges/call", "how", "ranges", "new/s", "FULL/s", "OFF/s", "new / OFF", "FULL / OFF"], rows)
 
 
 # ---- (c) senders: final updates per second with several updates in flight --------------------

@@ -1,13 +1,13 @@
 """Rank 0's durable journal: what was leased from the server and every update still owed to it.
 
-Choice: SQLite in WAL mode with ``synchronous=FULL``, one file in the pilot workdir.
+Choice: SQLite in WAL mode, one file in the pilot workdir, with FULL's durability (below).
 * Leases and outbox entries change together (a final update marks its job reported in the same
   transaction), which SQLite gives atomically; an append-only log would need its own record
   framing, torn-tail detection and compaction, i.e. a small database written by hand.
 * Acknowledged updates are deleted and heartbeats for the same job coalesce in place, so the
   file stays small during a long outage without rewriting a log.
-* WAL lets the sender thread read while rank 0 appends; FULL makes every commit survive a
-  power loss, not only a process crash (SIGKILL), before the call that queued it returns.
+* WAL lets the sender thread read while rank 0 appends; every durable commit survives a power loss,
+  not only a process crash (SIGKILL), before the call that made it returns.
 * It is in the standard library and can be inspected with the ``sqlite3`` shell after a crash.
 
 Tables: ``leases`` (jobs and event ranges handed to this pilot; ``leased`` until their final
@@ -33,9 +33,36 @@ is handed to acts on it), a final job update (as before), or the sender taking t
 (``next_pending`` commits first when the entry it returns is not yet committed).  ``group()`` holds one
 transaction over several calls (one loop pass: its leases, reports and acknowledgements) and commits it
 once.  So a SIGKILL at any instant loses nothing anyone was told of: what was handed out or sent was
-committed (and, FULL, fsync'd) before, and what may be lost -- an acknowledgement, a range update not yet
+committed (and fsync'd, below) before, and what may be lost -- an acknowledgement, a range update not yet
 sent -- is what a restart replays or asks the server about anyway.  A lazy transaction is committed at the
 latest ``COMMIT_WITHIN`` seconds after it began (a waiting thread, no polling).
+
+Durability (issue 26): ``synchronous=NORMAL`` plus ``WalSync``, FULL's guarantee with the fsync off the lock.
+With FULL, SQLite fsyncs the WAL at the end of every ``COMMIT`` while the connection and this journal's lock
+are held, so no fsync overlaps the next transaction and each durable call pays one.  Here SQLite commits
+without that fsync, the lock is released, and the durable call then waits (``WalSync.wait``) until an fsync
+of the ``-wal`` file *that began after its COMMIT* has completed; one fsync covers every commit made before
+it began, so the fetch thread's lease and a sender's take share one, and the next transaction is built
+while it runs.  Why a machine crash (power loss, kernel panic: the page cache is lost, unlike with SIGKILL)
+then loses nothing that was acted on, exactly as with FULL:
+* A commit is the WAL frames it appended, the last one marked as a commit.  After the fsync those frames
+  are on the disk; recovery replays the WAL up to the last valid commit frame (checksummed, salted), so the
+  commit is recovered -- the same bytes FULL would have synced, only synced by another call.  A later
+  transaction being written during the fsync adds frames after it; torn, they fail their checksum and
+  recovery stops before them, as with FULL.  (FULL also pads the commit to a sector boundary on a disk
+  without power-safe overwrite; SQLite's unix build assumes power-safe overwrite, so it pads nothing there.)
+* Nothing is acted on before that fsync: a lease is handed out, a final update reported done, an entry
+  sent only after the durable call returns; ``next_pending`` waits for the last commit's fsync even when
+  the entry was committed earlier by the committer thread (which commits lazy writes without waiting).
+* Checkpoints: NORMAL fsyncs the WAL before copying frames into the database and the database after, and
+  fsyncs the WAL header when the WAL restarts; ``WalSync`` fsyncs the WAL's directory once, at its first.  So a
+  commit whose frames a checkpoint has already copied is on disk in the database file; if the WAL is then
+  restarted or truncated (``journal_size_limit``) while our fsync runs, the fsync syncs the new contents
+  and the commit is still safe in the database; a WAL deleted at close was checkpointed first.  The fsync
+  opens the WAL by name each time, so it never syncs a stale file.
+* An fsync that fails makes this and every later durable call raise (``WalSync``): after a failed fsync
+  Linux may drop the dirty pages, and a later fsync would report success without them.
+A SIGKILL needs none of this (the kernel keeps the written pages): tests/unit/test_journal_kill.py.
 
 Senders (issue 14): each outbox entry carries its ``shard`` (PandaID modulo the sender count the
 journal was opened with); each sender thread takes the oldest entry of its own shard
@@ -57,6 +84,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hpcpilot.walsync import WalSync
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +235,11 @@ class Journal:
         self._tx_number = 0  # counts transactions begun: the committer commits only the one it was woken for
         self._group_depth = 0
         self._uncommitted: set[int] = set()  # outbox seqs written in the open transaction
+        self._commit_of: dict[int, int] = {}  # outbox seq -> ticket of the commit that last wrote it
         self._wake_committer = threading.Condition(self._lock)
         self._committer: threading.Thread | None = None
         self._closed = False
+        self._sync = WalSync(Path(f"{self.path}-wal"))
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -221,7 +252,7 @@ class Journal:
                                    timeout=30.0)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")  # the WAL fsync is WalSync's, after COMMIT
             self._db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             check = self._db.execute("PRAGMA quick_check").fetchone()
             if check is None or check[0] != "ok":
@@ -276,7 +307,9 @@ class Journal:
     @contextmanager
     def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write: applied in the open transaction (begun if none), as a savepoint so that an error undoes it
-        alone; committed now if ``durable`` (and no ``group`` is open), else with the next commit."""
+        alone; committed now if ``durable`` (and no ``group`` is open), else with the next commit.  A durable
+        write returns once the WAL was fsync'd after its commit (the fsync outside the lock)."""
+        ticket = 0
         with self._lock:
             self._begin()
             self._db.execute("SAVEPOINT w")
@@ -288,7 +321,8 @@ class Journal:
                 raise
             self._db.execute("RELEASE w")
             if durable and not self._group_depth:
-                self._commit()
+                ticket = self._commit()
+        self._sync.wait(ticket)
 
     def _begin(self) -> None:
         if self._in_tx:
@@ -299,12 +333,14 @@ class Journal:
         self._start_committer()
         self._wake_committer.notify()
 
-    def _commit(self) -> None:
-        """Commit the open transaction (one fsync for every write in it).  If the commit fails, nothing of
+    def _commit(self) -> int:
+        """Commit the open transaction; its ticket (``WalSync``), or the last commit's if none was open: the
+        caller waits for it, outside the lock, to act on what it wrote.  If the commit fails, nothing of
         it was written: the transaction is rolled back, the tally reloaded and the error raised."""
         if not self._in_tx:
-            return
+            return self._sync.latest()
         self._in_tx = False
+        written = list(self._uncommitted)
         self._uncommitted.clear()
         try:
             self._db.execute("COMMIT")
@@ -313,11 +349,17 @@ class Journal:
                 self._db.execute("ROLLBACK")
             self._load_tally()
             raise
+        ticket = self._sync.committed()
+        for seq in written:
+            self._commit_of[seq] = ticket
+        return ticket
 
     @contextmanager
     def group(self) -> Iterator[None]:
         """One transaction for every write in the block (one loop pass), committed once at its end; the
-        calling thread holds the journal meanwhile.  Nothing written in it may be acted on before it ends."""
+        calling thread holds the journal meanwhile.  Nothing written in it may be acted on before it ends (it
+        ends once the WAL was fsync'd after the commit)."""
+        ticket = 0
         with self._lock:
             self._group_depth += 1
             try:
@@ -325,7 +367,8 @@ class Journal:
             finally:
                 self._group_depth -= 1
             if not self._group_depth:
-                self._commit()
+                ticket = self._commit()
+        self._sync.wait(ticket)
 
     def _start_committer(self) -> None:
         if self._committer is None:
@@ -342,15 +385,21 @@ class Journal:
                 number = self._tx_number
                 self._wake_committer.wait(COMMIT_WITHIN)
                 if self._in_tx and number == self._tx_number and not self._group_depth and not self._closed:
-                    try:
+                    try:  # not waited for: whoever acts on these writes waits for their fsync first
                         self._commit()
                     except sqlite3.Error as exc:  # the next durable write meets it again
                         logger.warning("journal %s: commit failed: %s", self.path, exc)
 
-    def _entry_committed(self, seq: int) -> None:
-        """Before an entry leaves the journal to be sent: commit it if it is still in the open transaction."""
-        if seq in self._uncommitted and not self._group_depth:
-            self._commit()
+    def _entry_committed(self, seq: int) -> int:
+        """Before an entry leaves the journal to be sent: commit it if it is still in the open transaction.
+        The ticket to wait for, outside the lock: that of the commit that last wrote the entry (perhaps the
+        committer's, not yet fsync'd; the last commit's for an earlier run's entry; 0 inside a ``group``, whose
+        end commits)."""
+        if self._group_depth:
+            return 0
+        if seq in self._uncommitted:
+            return self._commit()
+        return self._commit_of.get(seq) or self._sync.latest()  # an earlier run's entry: the last commit
 
     # ------------------------------------------------------------------------------------ leases
 
@@ -432,20 +481,21 @@ class Journal:
     def next_pending(self, shard: int | None = None, skip: frozenset[int] = frozenset()) -> OutboxEntry | None:
         """The oldest queued update (of the jobs of ``shard``, if given) whose seq is not in ``skip``
         (updates parked until their job's status look-up), or None."""
-        if shard is None:
-            with self._lock:
-                entries = [e for e in self.pending(limit=len(skip) + 1) if e.seq not in skip]
-                if entries:
-                    self._entry_committed(entries[0].seq)
-            return entries[0] if entries else None
+        ticket, found = 0, None
         with self._lock:
-            rows = self._db.execute(NEXT_IN_SHARD_QUERY, (shard, len(skip) + 1)).fetchall()
-            for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows:
-                if seq not in skip:
-                    self._entry_committed(seq)
-                    return OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts,
-                                       bool(uncertain))
-        return None
+            if shard is None:
+                entries = [e for e in self.pending(limit=len(skip) + 1) if e.seq not in skip]
+                found = entries[0] if entries else None
+            else:
+                rows = self._db.execute(NEXT_IN_SHARD_QUERY, (shard, len(skip) + 1)).fetchall()
+                found = next((OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts,
+                                          bool(uncertain))
+                              for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows
+                              if seq not in skip), None)
+            if found is not None:
+                ticket = self._entry_committed(found.seq)
+        self._sync.wait(ticket)
+        return found
 
     def uncertain_range_updates(self, panda_id: int) -> list[OutboxEntry]:
         """A job's range updates whose fate is open, in send order: what one status look-up settles."""
@@ -453,8 +503,9 @@ class Journal:
             rows = self._db.execute("SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain "
                                     "FROM outbox WHERE kind=? AND panda_id=? AND uncertain=1 ORDER BY seq",
                                     (RANGES, panda_id)).fetchall()
-            if any(row[0] in self._uncommitted for row in rows):
-                self._entry_committed(next(row[0] for row in rows if row[0] in self._uncommitted))
+            open_seqs = [row[0] for row in rows if row[0] in self._uncommitted]
+            ticket = self._entry_committed((open_seqs or [row[0] for row in rows])[0]) if rows else 0
+        self._sync.wait(ticket)
         return [OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
                 for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows]
 
@@ -492,6 +543,7 @@ class Journal:
                 return False
             self._forget_job(db, entry)
             self._tally.remove(entry.seq)
+            self._commit_of.pop(entry.seq, None)
             return True
 
     @staticmethod
@@ -544,6 +596,7 @@ class Journal:
             if db.execute("DELETE FROM outbox WHERE seq=?", (entry.seq,)).rowcount == 1:
                 self._forget_job(db, entry)
                 self._tally.remove(entry.seq)
+                self._commit_of.pop(entry.seq, None)
 
     def rejected(self) -> list[tuple[int, str, int, str]]:
         """(seq, kind, panda_id, reason) of refused updates."""
@@ -553,13 +606,16 @@ class Journal:
 
     def commit(self) -> None:
         """Commit what lazy writes the open transaction holds (the pilot's end, a bench's last pass)."""
+        ticket = 0
         with self._lock:
             if not self._group_depth:
-                self._commit()
+                ticket = self._commit()
+        self._sync.wait(ticket)
 
     def close(self) -> None:
         with self._lock:
-            self._commit()
+            ticket = self._commit()
+            self._sync.wait(ticket)
             self._closed = True
             self._wake_committer.notify()
             with suppress(sqlite3.Error):

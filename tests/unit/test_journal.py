@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
+import threading
 
 import pytest
 
@@ -14,7 +16,8 @@ def test_wal_mode_and_run_counter(tmp_path):
     journal = Journal(tmp_path / "j.sqlite")
     assert journal.run == 1
     assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # NORMAL: SQLite syncs only at checkpoints; the WAL fsync after each durable commit is WalSync's
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 1
     journal.close()
     again = Journal(tmp_path / "j.sqlite")
     assert again.run == 2
@@ -251,3 +254,105 @@ def test_leases_an_earlier_version_kept_after_their_report_are_dropped_on_open(t
     assert _rows(reopened, "leases") == 2 + 5
     assert reopened.leased_job(2) == {"PandaID": 2} and reopened.leased_job(9) is None
     reopened.close()
+
+
+def _fsync_starts(journal: Journal) -> list[int]:
+    """Hook the journal's WAL fsync: the list gets, for each fsync as it begins, the last commit made."""
+    starts: list[int] = []
+
+    def fsync(fd: int) -> None:
+        starts.append(journal._sync.latest())
+        os.fsync(fd)
+
+    journal._sync.fsync = fsync
+    return starts
+
+
+def test_durable_call_returns_after_a_wal_fsync_begun_after_its_commit(tmp_path):
+    """synchronous=NORMAL does not fsync at COMMIT: every durable call (lease, final update, group end, an
+    entry taken to be sent) must have had the WAL fsync'd after its commit; lazy writes need none."""
+    journal = Journal(tmp_path / "j.sqlite")
+    starts = _fsync_starts(journal)
+    journal.record_job_lease(1, {"PandaID": 1})
+    assert starts == [journal._sync.latest()]  # one fsync, begun after the lease's commit
+    journal.record_range_leases(1, [{"eventRangeID": "r1"}])
+    assert starts[-1] == journal._sync.latest() and len(starts) == 2
+    journal.enqueue_range_update(1, [{"eventRangeID": "r1", "eventStatus": "finished"}], 0, ["r1"])
+    journal.enqueue_job_update(1, {"jobId": 1, "state": "running"}, final=False)
+    assert len(starts) == 2  # lazy: neither committed nor fsync'd yet
+    entry = journal.next_pending()
+    assert entry is not None and len(starts) == 3 and starts[-1] == journal._sync.latest()
+    journal.acknowledge(entry)
+    assert len(starts) == 3
+    with journal.group():
+        journal.record_range_leases(1, [{"eventRangeID": "r2"}])
+        journal.enqueue_job_update(1, {"jobId": 1, "state": "finished"}, final=True)
+        assert len(starts) == 3  # inside the group nothing is committed
+    assert len(starts) == 4 and starts[-1] == journal._sync.latest()
+    journal.close()
+
+
+def test_lazily_committed_entry_is_fsynced_before_it_is_sent(tmp_path):
+    """The committer thread commits lazy writes without an fsync: taking such an entry waits for one."""
+    journal = Journal(tmp_path / "j.sqlite")
+    starts = _fsync_starts(journal)
+    journal.enqueue_job_update(7, {"jobId": 7, "state": "running"}, final=False)
+    with journal._lock:
+        journal._commit()  # what the committer thread does after COMMIT_WITHIN: commit, no fsync
+    assert starts == []
+    assert journal.next_pending() is not None
+    assert starts == [journal._sync.latest()]
+    assert journal.next_pending() is not None and len(starts) == 1  # already covered: no second fsync
+    journal.close()
+
+
+def test_threads_share_one_fsync(tmp_path):
+    """Group fsync: commits made while an fsync runs are all covered by the next one, not one each.  The
+    first fsync is held until four more threads have committed; then one more fsync covers all four."""
+    journal = Journal(tmp_path / "j.sqlite")
+    starts = _fsync_starts(journal)
+    base, fsyncs = journal._sync.latest(), journal._sync.fsyncs
+    all_committed = threading.Event()
+    committed = journal._sync.committed
+
+    def count_commits() -> int:
+        ticket = committed()
+        if ticket == base + 5:
+            all_committed.set()
+        return ticket
+
+    journal._sync.committed = count_commits  # type: ignore[method-assign]
+    first = journal._sync.fsync
+
+    def held_fsync(fd: int) -> None:
+        if len(starts) == 0:
+            assert all_committed.wait(30)
+        first(fd)
+
+    journal._sync.fsync = held_fsync
+    threads = [threading.Thread(target=journal.record_job_lease, args=(pid, {"PandaID": pid})) for pid in range(5)]
+    threads[0].start()
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(starts) == 2 and starts[1] == base + 5
+    assert journal._sync.fsyncs - fsyncs == 2
+    assert sorted(lease.panda_id for lease in journal.in_flight(JOB)) == list(range(5))
+    journal.close()
+
+
+def test_failed_fsync_fails_the_durable_call_and_every_later_one(tmp_path):
+    """An fsync error (EIO; a disk failure cannot be provoked here, so the fsync call is replaced) fails the
+    durable call; later ones fail too (after a failed fsync the kernel may have dropped the dirty pages)."""
+    journal = Journal(tmp_path / "j.sqlite")
+
+    def failing(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    journal._sync.fsync = failing
+    with pytest.raises(sqlite3.OperationalError, match=r"fsync of .*j\.sqlite-wal failed"):
+        journal.record_job_lease(1, {"PandaID": 1})
+    journal._sync.fsync = os.fsync
+    with pytest.raises(sqlite3.OperationalError, match="fsync"):
+        journal.record_job_lease(2, {"PandaID": 2})
