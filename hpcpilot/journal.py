@@ -26,16 +26,11 @@ a job lease leaves when its final update is acknowledged or refused.  The restar
 is owed is known without reading the outbox.  A file SQLite cannot read is moved aside (one
 warning naming what is lost) and a fresh journal started: a damaged journal never stops a restart.
 
-Group commit (issue 26): a write that nothing outside the pilot acts on (a range update or a heartbeat
-queued, an acknowledgement, a failed attempt noted) is applied at once in the open transaction, visible to every
-reader of this connection, but committed with the next write that must be durable: a lease (the rank it
-is handed to acts on it), a final job update (as before), or the sender taking the entry to send it
-(``next_pending`` commits first when the entry it returns is not yet committed).  ``group()`` holds one
-transaction over several calls (one loop pass: its leases, reports and acknowledgements) and commits it
-once.  So a SIGKILL at any instant loses nothing anyone was told of: what was handed out or sent was
-committed (and fsync'd, below) before, and what may be lost -- an acknowledgement, a range update not yet
-sent -- is what a restart replays or asks the server about anyway.  A lazy transaction is committed at the
-latest ``COMMIT_WITHIN`` seconds after it began (a waiting thread, no polling).
+Group commit (issue 26; ``hpcpilot.groupcommit``): a write that nothing outside the pilot acts on (a range update
+or a heartbeat queued, an acknowledgement, a failed attempt noted) is committed with the next write that must be
+durable: a lease, a final job update, or the sender taking the entry to send it.  So a SIGKILL at any instant loses
+nothing anyone was told of, and what it may lose (an acknowledgement, an update not yet sent) is what a restart
+replays or asks the server about anyway.
 
 Durability (issue 26): ``synchronous=NORMAL`` plus ``WalSync``, FULL's guarantee with the fsync off the lock.
 With FULL, SQLite fsyncs the WAL at the end of every ``COMMIT`` while the connection and this journal's lock
@@ -76,16 +71,15 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hpcpilot.walsync import WalSync
+from hpcpilot.groupcommit import GroupCommit
 
 logger = logging.getLogger(__name__)
 
@@ -117,8 +111,6 @@ NEXT_IN_SHARD_QUERY = ("SELECT seq, rev, kind, panda_id, final, body, run, attem
 IN_FLIGHT_QUERY = ("SELECT kind, key, panda_id, body, run FROM leases INDEXED BY leases_open "
                    "WHERE kind=? AND state='leased' AND run < ? ORDER BY created, key")
 """The restart query; INDEXED BY makes SQLite refuse it rather than fall back to a scan of every lease."""
-COMMIT_WITHIN = 0.2
-"""Seconds after which a transaction holding only lazy writes is committed even if no durable write comes."""
 NO_RUN = 1 << 62  # ``run < NO_RUN`` holds for every run: one query text for both forms of ``in_flight``
 
 
@@ -228,18 +220,11 @@ class Journal:
         self.path = Path(path)
         self.shards = max(1, int(shards))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
         self._tally = _OutboxTally()
         self.lost: str | None = None
-        self._in_tx = False  # a transaction is open: lazy writes applied, not yet committed
-        self._tx_number = 0  # counts transactions begun: the committer commits only the one it was woken for
-        self._group_depth = 0
-        self._uncommitted: set[int] = set()  # outbox seqs written in the open transaction
-        self._commit_of: dict[int, int] = {}  # outbox seq -> ticket of the commit that last wrote it
-        self._wake_committer = threading.Condition(self._lock)
-        self._committer: threading.Thread | None = None
-        self._closed = False
-        self._sync = WalSync(Path(f"{self.path}-wal"))
+        self._commits = GroupCommit(Path(f"{self.path}-wal"), str(self.path), self._load_tally)
+        self._lock = self._commits.lock  # guards the connection, for reads too
+        self._sync = self._commits.sync
         try:
             self._open()
         except sqlite3.DatabaseError as exc:
@@ -250,6 +235,7 @@ class Journal:
         """Open (or create) the file, check it is whole, start a new run and load the outbox tally."""
         self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
                                    timeout=30.0)
+        self._commits.attach(self._db)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")  # the WAL fsync is WalSync's, after COMMIT
@@ -264,7 +250,7 @@ class Journal:
             if "shard" not in columns:
                 self._db.execute("ALTER TABLE outbox ADD COLUMN shard INTEGER NOT NULL DEFAULT 0")
             self._db.execute(_SHARD_INDEX)
-            with self._tx() as db:
+            with self._commits.write() as db:
                 row = db.execute("SELECT value FROM meta WHERE key='run'").fetchone()
                 self.run = (int(row[0]) if row else 0) + 1
                 db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('run', ?)", (str(self.run),))
@@ -304,115 +290,23 @@ class Journal:
         logger.warning("%s", line)
         return line
 
-    @contextmanager
-    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One write: applied in the open transaction (begun if none), as a savepoint so that an error undoes it
-        alone; committed now if ``durable`` (and no ``group`` is open), else with the next commit.  A durable
-        write returns once the WAL was fsync'd after its commit (the fsync outside the lock)."""
-        ticket = 0
-        with self._lock:
-            self._begin()
-            self._db.execute("SAVEPOINT w")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK TO w")
-                self._db.execute("RELEASE w")
-                raise
-            self._db.execute("RELEASE w")
-            if durable and not self._group_depth:
-                ticket = self._commit()
-        self._sync.wait(ticket)
-
-    def _begin(self) -> None:
-        if self._in_tx:
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._in_tx = True
-        self._tx_number += 1
-        self._start_committer()
-        self._wake_committer.notify()
-
-    def _commit(self) -> int:
-        """Commit the open transaction; its ticket (``WalSync``), or the last commit's if none was open: the
-        caller waits for it, outside the lock, to act on what it wrote.  If the commit fails, nothing of
-        it was written: the transaction is rolled back, the tally reloaded and the error raised."""
-        if not self._in_tx:
-            return self._sync.latest()
-        self._in_tx = False
-        written = list(self._uncommitted)
-        self._uncommitted.clear()
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error:
-            with suppress(sqlite3.Error):
-                self._db.execute("ROLLBACK")
-            self._load_tally()
-            raise
-        ticket = self._sync.committed()
-        for seq in written:
-            self._commit_of[seq] = ticket
-        return ticket
-
-    @contextmanager
-    def group(self) -> Iterator[None]:
-        """One transaction for every write in the block (one loop pass), committed once at its end; the
-        calling thread holds the journal meanwhile.  Nothing written in it may be acted on before it ends (it
-        ends once the WAL was fsync'd after the commit)."""
-        ticket = 0
-        with self._lock:
-            self._group_depth += 1
-            try:
-                yield
-            finally:
-                self._group_depth -= 1
-            if not self._group_depth:
-                ticket = self._commit()
-        self._sync.wait(ticket)
-
-    def _start_committer(self) -> None:
-        if self._committer is None:
-            self._committer = threading.Thread(target=self._commit_lazy_writes, name="journal-commit", daemon=True)
-            self._committer.start()
-
-    def _commit_lazy_writes(self) -> None:
-        """Thread: commit a transaction still open ``COMMIT_WITHIN`` seconds after it began."""
-        with self._lock:
-            while not self._closed:
-                if not self._in_tx:
-                    self._wake_committer.wait()
-                    continue
-                number = self._tx_number
-                self._wake_committer.wait(COMMIT_WITHIN)
-                if self._in_tx and number == self._tx_number and not self._group_depth and not self._closed:
-                    try:  # not waited for: whoever acts on these writes waits for their fsync first
-                        self._commit()
-                    except sqlite3.Error as exc:  # the next durable write meets it again
-                        logger.warning("journal %s: commit failed: %s", self.path, exc)
-
-    def _entry_committed(self, seq: int) -> int:
-        """Before an entry leaves the journal to be sent: commit it if it is still in the open transaction.
-        The ticket to wait for, outside the lock: that of the commit that last wrote the entry (perhaps the
-        committer's, not yet fsync'd; the last commit's for an earlier run's entry; 0 inside a ``group``, whose
-        end commits)."""
-        if self._group_depth:
-            return 0
-        if seq in self._uncommitted:
-            return self._commit()
-        return self._commit_of.get(seq) or self._sync.latest()  # an earlier run's entry: the last commit
+    def group(self) -> AbstractContextManager[None]:
+        """One transaction for every write in the block (one loop pass), committed once at its end
+        (``GroupCommit.group``)."""
+        return self._commits.group()
 
     # ------------------------------------------------------------------------------------ leases
 
     def record_job_lease(self, panda_id: int, job: Mapping[str, Any]) -> None:
         """Remember a leased job definition (secrets stripped) before it is handed out."""
-        with self._tx() as db:
+        with self._commits.write() as db:
             db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, 'leased', ?, ?)",
                        (JOB, str(panda_id), panda_id, json.dumps(strip_secrets(job)), self.run, time.time()))
 
     def record_range_leases(self, panda_id: int, ranges: Sequence[Mapping[str, Any]]) -> None:
         """Remember leased event ranges before they are handed out."""
         now = time.time()
-        with self._tx() as db:
+        with self._commits.write() as db:
             db.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, 'leased', ?, ?)",
                            [(RANGE, str(r["eventRangeID"]), panda_id, json.dumps(dict(r)), self.run, now)
                             for r in ranges])
@@ -440,14 +334,14 @@ class Journal:
         marks the job's lease reported and is committed at once (lost, a restart would report the job
         failed); a heartbeat rides the next commit.  Returns the outbox sequence number."""
         body = json.dumps(strip_secrets(fields))
-        with self._tx(durable=final) as db:
+        with self._commits.write(durable=final) as db:
             last = db.execute("SELECT seq, final, body FROM outbox WHERE kind=? AND panda_id=? ORDER BY seq DESC "
                               "LIMIT 1", (JOB, panda_id)).fetchone()
             if (not final and last is not None and not last[1]
                     and json.loads(last[2]).get("state") == fields.get("state")):
                 db.execute("UPDATE outbox SET body=?, rev=rev+1, created=? WHERE seq=?",
                            (body, time.time(), last[0]))
-                self._uncommitted.add(int(last[0]))
+                self._commits.written(int(last[0]))
                 return int(last[0])
             cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created, shard) "
                                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (JOB, panda_id, int(final), body, self.run,
@@ -456,7 +350,7 @@ class Journal:
                 db.execute("UPDATE leases SET state='reported' WHERE kind=? AND key=?", (JOB, str(panda_id)))
             seq = int(cursor.lastrowid or 0)
             self._tally.add(seq, JOB, panda_id, final, 0)  # under the lock: the sender may ack it at once
-            self._uncommitted.add(seq)
+            self._commits.written(seq)
             return seq
 
     def enqueue_range_update(self, panda_id: int, payload: Sequence[Mapping[str, Any]], version: int,
@@ -464,14 +358,14 @@ class Journal:
         """Queue an updateEventRanges call; its ranges' leases leave the journal in the same transaction
         (from now on the outbox entry stands for them, replayed after a restart until acknowledged)."""
         body = {"payload": list(payload), "version": int(version)}
-        with self._tx(durable=False) as db:
+        with self._commits.write(durable=False) as db:
             cursor = db.execute("INSERT INTO outbox (kind, panda_id, final, body, run, created, shard) "
                                 "VALUES (?, ?, 1, ?, ?, ?, ?)", (RANGES, panda_id, json.dumps(body), self.run,
                                                                  time.time(), self.shard_of(panda_id)))
             db.executemany("DELETE FROM leases WHERE kind=? AND key=?", [(RANGE, rid) for rid in range_ids])
             seq = int(cursor.lastrowid or 0)
             self._tally.add(seq, RANGES, panda_id, True, count_ranges(body))
-            self._uncommitted.add(seq)
+            self._commits.written(seq)
             return seq
 
     def shard_of(self, panda_id: int) -> int:
@@ -493,7 +387,7 @@ class Journal:
                               for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows
                               if seq not in skip), None)
             if found is not None:
-                ticket = self._entry_committed(found.seq)
+                ticket = self._commits.ticket_to_send(found.seq)
         self._sync.wait(ticket)
         return found
 
@@ -503,8 +397,8 @@ class Journal:
             rows = self._db.execute("SELECT seq, rev, kind, panda_id, final, body, run, attempts, uncertain "
                                     "FROM outbox WHERE kind=? AND panda_id=? AND uncertain=1 ORDER BY seq",
                                     (RANGES, panda_id)).fetchall()
-            open_seqs = [row[0] for row in rows if row[0] in self._uncommitted]
-            ticket = self._entry_committed((open_seqs or [row[0] for row in rows])[0]) if rows else 0
+            open_seqs = [row[0] for row in rows if self._commits.is_open(row[0])]
+            ticket = self._commits.ticket_to_send((open_seqs or [row[0] for row in rows])[0]) if rows else 0
         self._sync.wait(ticket)
         return [OutboxEntry(seq, rev, kind, pid, bool(final), json.loads(body), run, attempts, bool(uncertain))
                 for seq, rev, kind, pid, final, body, run, attempts, uncertain in rows]
@@ -537,13 +431,13 @@ class Journal:
         """Remove an update the server acknowledged.  False if it was replaced meanwhile by a newer
         heartbeat (which then stays queued).  Committed with the next commit: lost, the update is sent again
         after a restart, checked with the server first."""
-        with self._tx(durable=False) as db:
+        with self._commits.write(durable=False) as db:
             cursor = db.execute("DELETE FROM outbox WHERE seq=? AND rev=?", (entry.seq, entry.rev))
             if cursor.rowcount != 1:
                 return False
             self._forget_job(db, entry)
             self._tally.remove(entry.seq)
-            self._commit_of.pop(entry.seq, None)
+            self._commits.forget(entry.seq)
             return True
 
     @staticmethod
@@ -559,28 +453,28 @@ class Journal:
             return self._tally.owed()
 
     def note_failure(self, entry: OutboxEntry, error: str) -> None:
-        with self._tx(durable=False) as db:
+        with self._commits.write(durable=False) as db:
             db.execute("UPDATE outbox SET attempts=attempts+1, last_error=? WHERE seq=?",
                        (error[:500], entry.seq))
 
     def mark_uncertain(self, entry: OutboxEntry, error: str) -> None:
         """The server may have committed this update: it is checked with the server before it is sent again
         (lost with an uncommitted transaction, a restart marks it uncertain again: ``mark_run_uncertain``)."""
-        with self._tx(durable=False) as db:
+        with self._commits.write(durable=False) as db:
             db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, uncertain=1 WHERE seq=?",
                        (error[:500], entry.seq))
 
     def mark_run_uncertain(self, before_run: int) -> int:
         """Every update queued by an earlier run may have been in flight when it ended; returns how many."""
-        with self._tx() as db:
+        with self._commits.write() as db:
             return db.execute("UPDATE outbox SET uncertain=1 WHERE run < ?", (before_run,)).rowcount
 
     def narrow(self, entry: OutboxEntry, body: Mapping[str, Any]) -> OutboxEntry:
         """Replace an update's body by what the server still lacks (checked, so no longer uncertain)."""
         text = json.dumps(dict(body))
-        with self._tx(durable=False) as db:
+        with self._commits.write(durable=False) as db:
             db.execute("UPDATE outbox SET body=?, uncertain=0 WHERE seq=?", (text, entry.seq))
-            self._uncommitted.add(entry.seq)
+            self._commits.written(entry.seq)
             if entry.seq in self._tally.entries and entry.kind == RANGES:
                 self._tally.resize(entry.seq, count_ranges(body))
         return OutboxEntry(entry.seq, entry.rev, entry.kind, entry.panda_id, entry.final, json.loads(text),
@@ -589,14 +483,14 @@ class Journal:
     def reject(self, entry: OutboxEntry, reason: str) -> None:
         """Move an update the server refused out of the outbox (kept in ``rejected``; lost with an uncommitted
         transaction, the update is checked with the server again after a restart)."""
-        with self._tx(durable=False) as db:
+        with self._commits.write(durable=False) as db:
             db.execute("INSERT OR REPLACE INTO rejected VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (entry.seq, entry.kind, entry.panda_id, int(entry.final), json.dumps(entry.body),
                         reason[:500], time.time()))
             if db.execute("DELETE FROM outbox WHERE seq=?", (entry.seq,)).rowcount == 1:
                 self._forget_job(db, entry)
                 self._tally.remove(entry.seq)
-                self._commit_of.pop(entry.seq, None)
+                self._commits.forget(entry.seq)
 
     def rejected(self) -> list[tuple[int, str, int, str]]:
         """(seq, kind, panda_id, reason) of refused updates."""
@@ -606,18 +500,11 @@ class Journal:
 
     def commit(self) -> None:
         """Commit what lazy writes the open transaction holds (the pilot's end, a bench's last pass)."""
-        ticket = 0
-        with self._lock:
-            if not self._group_depth:
-                ticket = self._commit()
-        self._sync.wait(ticket)
+        self._commits.commit()
 
     def close(self) -> None:
         with self._lock:
-            ticket = self._commit()
-            self._sync.wait(ticket)
-            self._closed = True
-            self._wake_committer.notify()
+            self._commits.close()
             with suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()

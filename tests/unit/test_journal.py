@@ -298,7 +298,7 @@ def test_lazily_committed_entry_is_fsynced_before_it_is_sent(tmp_path):
     starts = _fsync_starts(journal)
     journal.enqueue_job_update(7, {"jobId": 7, "state": "running"}, final=False)
     with journal._lock:
-        journal._commit()  # what the committer thread does after COMMIT_WITHIN: commit, no fsync
+        journal._commits.commit_now()  # what the committer thread does after COMMIT_WITHIN: commit, no fsync
     assert starts == []
     assert journal.next_pending() is not None
     assert starts == [journal._sync.latest()]
