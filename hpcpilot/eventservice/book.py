@@ -53,7 +53,7 @@ from hpcpilot.eventservice.reported import REPORTED_WINDOW, ReportedRanges
 from hpcpilot.eventservice.tally import Tally
 from hpcpilot.eventservice.waiting import PassGate, Waiting
 from hpcpilot.monitor.metrics import Limits
-from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec
+from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, RangeOutcomes
 
 # What the scheduler, the controller, the workers, the tests and the benches import from here (the
 # messages are at home in ``messages``, the window in ``reported``).
@@ -333,11 +333,17 @@ class EsBook:
         """A report's outcomes at once: the hot path of a busy job (one pass to take the ranges back, one to
         count them; no chain of calls per range).  An outcome counts only from the rank the range is dealt
         to, and the range leaves ``dealt`` as it counts."""
-        taken, strays = self.holdings.take_back(rank, outcomes)
-        for range_id in strays:
-            log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
-                        self.panda_id, range_id, rank)
-        self.outbox.record(now, taken)
+        batch = RangeOutcomes.of(outcomes)
+        ranges = self.holdings.take_back_all(rank, batch.ids)
+        if ranges is not None:  # the usual report: every range dealt to this rank, once
+            self.outbox.record_batch(now, batch, ranges)
+            taken: list[Any] = ranges
+        else:
+            taken, strays = self.holdings.take_back(rank, batch)
+            for range_id in strays:
+                log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
+                            self.panda_id, range_id, rank)
+            self.outbox.record(now, taken)
         if taken:
             self.waiting.held_changed(rank, self.holdings.held_by(rank))
 

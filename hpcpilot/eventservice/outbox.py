@@ -10,14 +10,18 @@ waiting for a bundle are a running total, so deciding costs O(1) however many wa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
+from operator import attrgetter
 
 from hpcpilot.config import EventServiceConfig
 from hpcpilot.eventservice.messages import failed
 from hpcpilot.eventservice.register import RangeRegister
 from hpcpilot.eventservice.tally import Tally
-from hpcpilot.records import EventRange, EventRangeUpdate
+from hpcpilot.records import EventRange, EventRangeUpdate, RangeOutcomes
 from hpcpilot.states import EventRangeStatus
+
+_last_event, _start_event = attrgetter("last_event"), attrgetter("start_event")
 
 
 class Outbox:
@@ -74,6 +78,22 @@ class Outbox:
         tally.add(consumed=counted, processed_events=processed, finished_ranges=finished_ranges,
                   finished_events=finished_events, walls=walls)
         self.register.reported.settled(settled)
+
+    def record_batch(self, now: float, outcomes: RangeOutcomes, ranges: Sequence[EventRange]) -> None:
+        """``record`` for a whole report whose every outcome was taken back (``ranges``: the range of each, in
+        order).  Every outcome FINISHED without an output (a null payload, a job without bundles): counted
+        and queued in C-level passes over the columns; any other report goes through ``record``."""
+        if not outcomes.all_plain_finished():
+            self.record(now, zip(outcomes, ranges, strict=True))
+            return
+        n = len(outcomes)
+        walls = [seconds for seconds in outcomes.wall_times if seconds > 0]
+        processed = sum(map(_last_event, ranges)) - sum(map(_start_event, ranges)) + n
+        finished_events = sum(map(self.register.n_events.get, outcomes.ids, repeat(1)))
+        self.to_report.extend(outcomes)  # (the EventRangeUpdates, built in C from the columns)
+        self.tally.add(consumed=n, processed_events=processed, finished_ranges=n, finished_events=finished_events,
+                       walls=walls)
+        self.register.reported.settled(n)
 
     def take_bundle(self, now: float, config: EventServiceConfig,
                     draining: Callable[[], bool]) -> tuple[tuple[EventRangeUpdate, ...], int] | None:
