@@ -36,6 +36,7 @@ import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,9 @@ def batch_rows(outcomes: Sequence[EventRangeUpdate], sizes: Sequence[int | None]
     batch = RangeOutcomes.of(outcomes)
     finished, isfinite, encode = EventRangeStatus.FINISHED, math.isfinite, encode_basestring_ascii
     tail = f', "recordedAt": {float(stamp)!r}}}'
+    whole = _whole_batch_rows(batch, sizes, tail)
+    if whole is not None:
+        return whole
     rows: list[str] = []
     for i, (range_id, status, cpu, n_events) in enumerate(zip(batch.ids, batch.statuses, batch.cpu_times, sizes,
                                                               strict=True)):
@@ -142,6 +146,25 @@ def batch_rows(outcomes: Sequence[EventRangeUpdate], sizes: Sequence[int | None]
         else:
             rows.append(range_row(batch[i], n_events, stamp))
     return rows
+
+
+def _whole_batch_rows(batch: RangeOutcomes, sizes: Sequence[int | None], tail: str) -> list[str] | None:
+    """Every row of a report in C-level passes (``map`` of one ``str.format`` over the columns), when every
+    outcome is a finished range with known events and a finite float CPU that is zero for all or for none
+    (a busy job's usual report); None otherwise.  The same text as ``range_row``'s direct formatting."""
+    cpus = batch.cpu_times
+    if (batch.statuses.count(EventRangeStatus.FINISHED) != len(batch) or set(map(type, sizes)) != {int}
+            or set(map(type, batch.ids)) != {str} or set(map(type, cpus)) != {float}
+            or not all(map(math.isfinite, cpus))):
+        return None
+    ids = map(encode_basestring_ascii, batch.ids)
+    if not any(cpus):
+        return list(map(('{"eventRangeID": %s, "eventStatus": "finished", "nEvents": %d' + tail).__mod__,
+                        zip(ids, sizes, strict=True)))
+    if not all(cpus):
+        return None
+    return list(map(('{"cpuConsumptionTime": %r, "eventRangeID": %s, "eventStatus": "finished", "nEvents": %d'
+                     + tail).__mod__, zip(map(round, cpus, repeat(3)), ids, sizes, strict=True)))
 
 
 def _samples_template(tag: int) -> tuple[h5py.File, h5py.Dataset]:

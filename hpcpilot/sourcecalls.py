@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from operator import attrgetter
 
 from hpcpilot import clones
 from hpcpilot.errors import PilotError
@@ -21,6 +22,8 @@ from hpcpilot.sources import FetchOutcome, JobSource
 from hpcpilot.states import EventRangeStatus, JobState
 
 log = logging.getLogger("hpcpilot.controller")
+
+_status = attrgetter("status")
 
 
 class SourceCalls:
@@ -96,7 +99,7 @@ class SourceCalls:
 
     def report_ranges(self, action: ReportRanges) -> None:
         self.source.update_event_ranges(action.job, action.updates, action.bundle)
-        by_status = Counter(u.status for u in action.updates)  # str() once per status, not once per range
+        by_status = Counter(map(_status, action.updates))  # str() once per status, not once per range
         self.range_counts[action.job.panda_id].update({str(status): n for status, n in by_status.items()})
 
     def ask_clone(self, action: AskClone) -> CloneAnswered:

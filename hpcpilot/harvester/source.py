@@ -38,6 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, 
 from hpcpilot.sources import Command, FetchOutcome, OutputBundle
 
 log = logging.getLogger(__name__)
+
+_output, _error_code = attrgetter("output"), attrgetter("error_code")
 
 FETCH_OK = 0
 FETCH_AWAITING_FEED = -1
@@ -269,6 +272,18 @@ class HarvesterSource:
 
     def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
                             bundle: OutputBundle | None = None) -> None:
+        if bundle is None and not any(map(_output, updates)) and not any(map(_error_code, updates)):  # (C passes)
+            entries = [{"eventRangeID": update.event_range_id, "eventStatus": str(update.status)} for update in updates]
+        else:
+            entries = self._entries(updates, bundle)
+        status = self._status_file(job.panda_id)
+        status.queue({str(job.panda_id): entries})
+        self.gathering[status.path] = status
+        self.write_statuses(self.clock())
+
+    @staticmethod
+    def _entries(updates: Sequence[EventRangeUpdate], bundle: OutputBundle | None) -> list[dict[str, Any]]:
+        """The status file's entry of each update: with its bundle's or its own output file, and its error."""
         entries = []
         in_bundle = frozenset(bundle.range_ids) if bundle is not None else frozenset()  # O(1) per update
         for update in updates:
@@ -282,10 +297,7 @@ class HarvesterSource:
             if update.error_code:
                 entry["errorCode"] = update.error_code
             entries.append(entry)
-        status = self._status_file(job.panda_id)
-        status.queue({str(job.panda_id): entries})
-        self.gathering[status.path] = status
-        self.write_statuses(self.clock())
+        return entries
 
     # ---- JobSource: reports ---------------------------------------------------------------
 
