@@ -54,6 +54,7 @@ from hpcpilot.eventservice.tally import Tally
 from hpcpilot.eventservice.waiting import PassGate, Waiting
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, RangeOutcomes
+from hpcpilot.records.outcomes import OutcomeQueue
 
 # What the scheduler, the controller, the workers, the tests and the benches import from here (the
 # messages are at home in ``messages``, the window in ``reported``).
@@ -147,7 +148,7 @@ class EsBook:
     bundle_events = _KeptBy[int]("outbox")
     bundle_opened_at = _KeptBy[float | None]("outbox")
     bundling = _KeptBy[bool]("outbox")
-    to_report = _KeptBy[list[EventRangeUpdate]]("outbox")
+    to_report = _KeptBy[OutcomeQueue]("outbox")
     last_report = _KeptBy[float]("outbox")
     wall_sum = _KeptBy[float]("tally")
     wall_count = _KeptBy[int]("tally")

@@ -90,8 +90,10 @@ class MakeBundle:
 
 @dataclass(frozen=True)
 class ReportRanges:
+    """Statuses for the source (``RangeOutcomes`` when they come from the outbox: columns)."""
+
     job: JobSpec
-    updates: tuple[EventRangeUpdate, ...]
+    updates: Sequence[EventRangeUpdate]
     bundle: OutputBundle | None = None
 
 

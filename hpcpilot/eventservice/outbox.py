@@ -19,6 +19,7 @@ from hpcpilot.eventservice.messages import failed
 from hpcpilot.eventservice.register import RangeRegister
 from hpcpilot.eventservice.tally import Tally
 from hpcpilot.records import EventRange, EventRangeUpdate, RangeOutcomes
+from hpcpilot.records.outcomes import OutcomeQueue
 from hpcpilot.states import EventRangeStatus
 
 _last_event, _start_event = attrgetter("last_event"), attrgetter("start_event")
@@ -38,7 +39,7 @@ class Outbox:
         self.bundle_events = 0
         self.bundle_opened_at: float | None = None
         self.bundling = False
-        self.to_report: list[EventRangeUpdate] = []
+        self.to_report = OutcomeQueue()
         self.last_report = 0.0
 
     def report(self, update: EventRangeUpdate) -> None:
@@ -90,7 +91,7 @@ class Outbox:
         walls = [seconds for seconds in outcomes.wall_times if seconds > 0]
         processed = sum(map(_last_event, ranges)) - sum(map(_start_event, ranges)) + n
         finished_events = sum(map(self.register.n_events.get, outcomes.ids, repeat(1)))
-        self.to_report.extend(outcomes)  # (the EventRangeUpdates, built in C from the columns)
+        self.to_report.add_batch(outcomes)  # (as columns: no object per outcome)
         self.tally.add(consumed=n, processed_events=processed, finished_ranges=n, finished_events=finished_events,
                        walls=walls)
         self.register.reported.settled(n)
@@ -125,15 +126,15 @@ class Outbox:
         return True
 
     def take_report(self, now: float, interval: float,
-                    draining: Callable[[], bool]) -> tuple[EventRangeUpdate, ...] | None:
+                    draining: Callable[[], bool]) -> RangeOutcomes | None:
         """The statuses for a report, if one is due (``interval`` after the last, or at once when
-        draining): they go out now."""
+        draining): they go out now, as one batch of columns."""
         if not self.to_report:
             return None
         if now - self.last_report < interval and not draining():
             return None
         self.last_report = now
-        updates, self.to_report = tuple(self.to_report), []
+        updates = self.to_report.take()
         self.register.sent(updates)
         return updates
 

@@ -14,7 +14,7 @@ from itertools import repeat
 from operator import attrgetter, sub
 
 from hpcpilot.eventservice.reported import ReportedRanges
-from hpcpilot.records import EventRange, EventRangeUpdate
+from hpcpilot.records import EventRange, EventRangeUpdate, RangeOutcomes
 
 _range_id = attrgetter("event_range_id")  # (of an EventRange or an EventRangeUpdate)
 _last_event, _start_event = attrgetter("last_event"), attrgetter("start_event")
@@ -63,6 +63,6 @@ class RangeRegister:
 
     def sent(self, updates: Iterable[EventRangeUpdate]) -> None:
         """These statuses go out now: the ranges leave rank 0 (their ids stay in ``reported`` a while)."""
-        ids = list(map(_range_id, updates))
+        ids = list(updates.ids if isinstance(updates, RangeOutcomes) else map(_range_id, updates))
         deque(map(self.n_events.pop, ids, repeat(None)), maxlen=0)  # (popped in C, nothing kept)
         self.reported.sent_all(ids)

@@ -38,7 +38,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +49,11 @@ from hpcpilot.harvester.files import EventStatusFile, Request, take_aside, write
 from hpcpilot.harvester.layout import AccessPoint, FoundJob
 from hpcpilot.harvester.reports import node_maps, output_entries, worker_attributes, write_job_report
 from hpcpilot.panda.auth import install_log_redaction, register_secret
-from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, show_value
+from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, RangeOutcomes, panda_id_of, show_value
 from hpcpilot.sources import Command, FetchOutcome, OutputBundle
 
 log = logging.getLogger(__name__)
 
-_output, _error_code = attrgetter("output"), attrgetter("error_code")
 
 FETCH_OK = 0
 FETCH_AWAITING_FEED = -1
@@ -272,8 +270,10 @@ class HarvesterSource:
 
     def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
                             bundle: OutputBundle | None = None) -> None:
-        if bundle is None and not any(map(_output, updates)) and not any(map(_error_code, updates)):  # (C passes)
-            entries = [{"eventRangeID": update.event_range_id, "eventStatus": str(update.status)} for update in updates]
+        batch = RangeOutcomes.of(updates)  # (the outbox's columns as they are)
+        if bundle is None and not any(batch.outputs) and not any(batch.error_codes):  # a plain report
+            entries = [{"eventRangeID": range_id, "eventStatus": status}
+                       for range_id, status in zip(batch.ids, map(str, batch.statuses), strict=True)]
         else:
             entries = self._entries(updates, bundle)
         status = self._status_file(job.panda_id)

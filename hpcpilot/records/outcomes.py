@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import fields
-from itertools import starmap
+from itertools import chain, starmap
 from operator import attrgetter
 from typing import Any, overload
 
@@ -100,3 +100,57 @@ class RangeOutcomes(Sequence[EventRangeUpdate]):
 
     def __repr__(self) -> str:
         return f"RangeOutcomes({list(self)!r})"
+
+
+class OutcomeQueue:
+    """Outcomes waiting to go out together, in the order they came: whole reports kept as their columns,
+    single outcomes (a failure, a range given up) as they are; ``take`` hands them all out as one
+    ``RangeOutcomes``, the columns joined in C.  Why: a busy job's statuses wait a ``report_interval`` at
+    rank 0 and are then written for the source; as columns none of them becomes an object on the way.
+
+    Iterates as the ``EventRangeUpdate``s and equals a list of them (what the tests and the live view read)."""
+
+    __slots__ = ("_chunks", "_count")
+
+    def __init__(self) -> None:
+        self._chunks: list[RangeOutcomes | list[EventRangeUpdate]] = []
+        self._count = 0
+
+    def append(self, update: EventRangeUpdate) -> None:
+        last = self._chunks[-1] if self._chunks else None
+        if isinstance(last, list):
+            last.append(update)
+        else:
+            self._chunks.append([update])
+        self._count += 1
+
+    def add_batch(self, batch: RangeOutcomes) -> None:
+        """A whole report's outcomes, kept as columns."""
+        if batch:
+            self._chunks.append(batch)
+            self._count += len(batch)
+
+    def take(self) -> RangeOutcomes:
+        """Everything queued, as one batch; the queue is empty after."""
+        chunks = [chunk if isinstance(chunk, RangeOutcomes) else RangeOutcomes.of(chunk) for chunk in self._chunks]
+        self._chunks, self._count = [], 0
+        if len(chunks) == 1:
+            return chunks[0]
+        return RangeOutcomes.from_columns([tuple(chain.from_iterable(column)) for column in
+                                           zip(*(chunk.columns() for chunk in chunks if chunk), strict=True)])
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[EventRangeUpdate]:
+        return chain.from_iterable(self._chunks)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, OutcomeQueue | Sequence) and not isinstance(other, str):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"OutcomeQueue({list(self)!r})"

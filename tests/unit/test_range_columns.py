@@ -16,6 +16,7 @@ from hpcpilot.eventservice.register import RangeRegister
 from hpcpilot.eventservice.tally import Tally
 from hpcpilot.protocol import RangeReport
 from hpcpilot.records import EventRange, EventRangeUpdate, RangeOutcomes
+from hpcpilot.records.outcomes import OutcomeQueue
 from hpcpilot.runrecord import batch_rows, range_row
 from hpcpilot.states import EventRangeStatus
 
@@ -113,3 +114,21 @@ def test_a_report_s_rows_made_at_once_are_the_rows_of_each_outcome(seed: int) ->
     sizes = [rng.choice([1, 250]) if plain else rng.choice([1, None]) for _ in outcomes]
     expected = [range_row(outcome, n, T0) for outcome, n in zip(outcomes, sizes, strict=True)]
     assert batch_rows(RangeOutcomes.of(outcomes), sizes, T0) == expected
+
+
+def test_queued_outcomes_go_out_as_one_batch_in_the_order_they_came() -> None:
+    rng = random.Random(7)
+    queue, expected = OutcomeQueue(), []
+    for i in range(12):
+        if i % 3 == 0:
+            batch = RangeOutcomes.of([_outcome(rng, 100 * i + j, plain=True) for j in range(rng.randint(0, 4))])
+            queue.add_batch(batch)
+            expected += list(batch)
+        else:
+            single = _outcome(rng, 100 * i, plain=False)
+            queue.append(single)
+            expected.append(single)
+    assert queue == expected and len(queue) == len(expected)
+    taken = queue.take()
+    assert isinstance(taken, RangeOutcomes) and taken == expected
+    assert not queue and queue.take() == ()
