@@ -338,14 +338,15 @@ class EsBook:
         ranges = self.holdings.take_back_all(rank, batch.ids)
         if ranges is not None:  # the usual report: every range dealt to this rank, once
             self.outbox.record_batch(now, batch, ranges)
-            taken: list[Any] = ranges
+            took = bool(ranges)
         else:
             taken, strays = self.holdings.take_back(rank, batch)
             for range_id in strays:
                 log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
                             self.panda_id, range_id, rank)
             self.outbox.record(now, taken)
-        if taken:
+            took = bool(taken)
+        if took:
             self.waiting.held_changed(rank, self.holdings.held_by(rank))
 
     # -- stopping ------------------------------------------------------------------------
