@@ -48,7 +48,7 @@ from hpcpilot.protocol import (
     WorkerFailed,
     WorkRequest,
 )
-from hpcpilot.records import JobRecord, JobSpec
+from hpcpilot.records import JobRecord, JobSpec, RangeOutcomes
 from hpcpilot.runsummary import RunSummary
 from hpcpilot.scheduler import (
     Abandon,
@@ -275,13 +275,14 @@ class Controller:
         return []
 
     def on_range_report(self, message: RangeReport) -> list[Event]:
-        if self.recorder is not None and message.outcomes:
+        outcomes = RangeOutcomes.of(message.outcomes)  # columns as they come over MPI (the same object)
+        if self.recorder is not None and outcomes:
             # a range's events, from its start/last event: asked now, the ledger forgets it at the report
-            events = self.scheduler.range_events(message.panda_id, [o.event_range_id for o in message.outcomes])
+            events = self.scheduler.range_events(message.panda_id, outcomes.ids)
             key = (self.rank_label(message.rank), message.panda_id)
-            self.range_rows.setdefault(key, []).append((self.clock(), message.outcomes, events))
+            self.range_rows.setdefault(key, []).append((self.clock(), outcomes, events))
             self.range_rows_pending += len(events)
-        return [RangesReported(message.rank, message.panda_id, message.outcomes, message.want)]
+        return [RangesReported(message.rank, message.panda_id, outcomes, message.want)]
 
     # ---- actions --------------------------------------------------------------------------
 

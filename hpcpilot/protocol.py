@@ -8,6 +8,7 @@ what rank 0 reports is exactly what the worker measured.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from itertools import starmap
@@ -19,6 +20,7 @@ from hpcpilot.config import MonitorConfig
 from hpcpilot.monitor.metrics import Limits
 from hpcpilot.monitor.samples import MonitorReport, TreeSample
 from hpcpilot.records import EventRange, EventRangeUpdate, JobSpec
+from hpcpilot.records.outcomes import RangeOutcomes
 
 
 def lost_after(monitor: MonitorConfig) -> float:
@@ -150,22 +152,19 @@ class RangeReport:
 
     rank: int
     panda_id: int
-    outcomes: tuple[EventRangeUpdate, ...] = ()
+    outcomes: Sequence[EventRangeUpdate] = ()
     want: int = 0
     tag = Tag.RANGE_REPORT
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as plain tuples: the default pickling of a slots dataclass runs Python code per object on
-        both sides (measured: 2.2 us to pickle and 2.5 us to load an outcome; as tuples 0.4 and 1.3 us)."""
-        return _unpack_range_report, (self.rank, self.panda_id, self.want, tuple(map(_outcome_values, self.outcomes)))
+        """Pickled as the outcomes' columns (``RangeOutcomes``): nine tuples, however many outcomes, and no
+        Python object per outcome on rank 0 when it loads them (the default pickling of a slots dataclass
+        runs Python code per object on both sides; a tuple per outcome still built one object each)."""
+        return _unpack_range_report, (self.rank, self.panda_id, self.want, RangeOutcomes.of(self.outcomes).columns())
 
 
-_outcome_values = attrgetter(*(f.name for f in fields(EventRangeUpdate)))
-"""An outcome as the tuple of its fields, in their order (C speed; the status enum is memoized by pickle)."""
-
-
-def _unpack_range_report(rank: int, panda_id: int, want: int, packed: tuple[tuple[Any, ...], ...]) -> RangeReport:
-    return RangeReport(rank, panda_id, tuple(starmap(EventRangeUpdate, packed)), want)  # no Python frame per outcome
+def _unpack_range_report(rank: int, panda_id: int, want: int, columns: tuple[tuple[Any, ...], ...]) -> RangeReport:
+    return RangeReport(rank, panda_id, RangeOutcomes.from_columns(columns) if columns else (), want)
 
 
 # ---- rank 0 -> worker -----------------------------------------------------------------

@@ -11,16 +11,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
+from operator import attrgetter
 
 from hpcpilot import clones
 from hpcpilot.errors import PilotError
 from hpcpilot.eventservice.messages import RangesFetched, ReportRanges
-from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, panda_id_of, range_id_of
+from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, RangeOutcomes, panda_id_of, range_id_of
 from hpcpilot.scheduler import AskClone, CloneAnswered, JobsFetched, SchedulerPolicy
 from hpcpilot.sources import FetchOutcome, JobSource
 from hpcpilot.states import EventRangeStatus, JobState
 
 log = logging.getLogger("hpcpilot.controller")
+
+_status = attrgetter("status")
 
 
 class SourceCalls:
@@ -96,7 +99,9 @@ class SourceCalls:
 
     def report_ranges(self, action: ReportRanges) -> None:
         self.source.update_event_ranges(action.job, action.updates, action.bundle)
-        by_status = Counter(u.status for u in action.updates)  # str() once per status, not once per range
+        updates = action.updates
+        # str() once per status, not once per range; a batch's status column as it is
+        by_status = Counter(updates.statuses if isinstance(updates, RangeOutcomes) else map(_status, updates))
         self.range_counts[action.job.panda_id].update({str(status): n for status, n in by_status.items()})
 
     def ask_clone(self, action: AskClone) -> CloneAnswered:

@@ -53,7 +53,8 @@ from hpcpilot.eventservice.reported import REPORTED_WINDOW, ReportedRanges
 from hpcpilot.eventservice.tally import Tally
 from hpcpilot.eventservice.waiting import PassGate, Waiting
 from hpcpilot.monitor.metrics import Limits
-from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec
+from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec, RangeOutcomes
+from hpcpilot.records.outcomes import OutcomeQueue
 
 # What the scheduler, the controller, the workers, the tests and the benches import from here (the
 # messages are at home in ``messages``, the window in ``reported``).
@@ -147,7 +148,7 @@ class EsBook:
     bundle_events = _KeptBy[int]("outbox")
     bundle_opened_at = _KeptBy[float | None]("outbox")
     bundling = _KeptBy[bool]("outbox")
-    to_report = _KeptBy[list[EventRangeUpdate]]("outbox")
+    to_report = _KeptBy[OutcomeQueue]("outbox")
     last_report = _KeptBy[float]("outbox")
     wall_sum = _KeptBy[float]("tally")
     wall_count = _KeptBy[int]("tally")
@@ -333,12 +334,19 @@ class EsBook:
         """A report's outcomes at once: the hot path of a busy job (one pass to take the ranges back, one to
         count them; no chain of calls per range).  An outcome counts only from the rank the range is dealt
         to, and the range leaves ``dealt`` as it counts."""
-        taken, strays = self.holdings.take_back(rank, outcomes)
-        for range_id in strays:
-            log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
-                        self.panda_id, range_id, rank)
-        self.outbox.record(now, taken)
-        if taken:
+        batch = RangeOutcomes.of(outcomes)
+        ranges = self.holdings.take_back_all(rank, batch.ids)
+        if ranges is not None:  # the usual report: every range dealt to this rank, once
+            self.outbox.record_batch(now, batch, ranges)
+            took = bool(ranges)
+        else:
+            taken, strays = self.holdings.take_back(rank, batch)
+            for range_id in strays:
+                log.warning("job %d: outcome for range %s from rank %d ignored (not dealt to it, or already in)",
+                            self.panda_id, range_id, rank)
+            self.outbox.record(now, taken)
+            took = bool(taken)
+        if took:
             self.waiting.held_changed(rank, self.holdings.held_by(rank))
 
     # -- stopping ------------------------------------------------------------------------

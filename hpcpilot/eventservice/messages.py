@@ -7,6 +7,7 @@ here too because the worker side reports ranges failed in the same form.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hpcpilot.records import EventRange, EventRangeUpdate, JobRecord, JobSpec
@@ -35,11 +36,12 @@ class RangesFetched:
 
 @dataclass(frozen=True)
 class RangesReported:
-    """A rank's range outcomes, and how many more ranges it wants."""
+    """A rank's range outcomes (``RangeOutcomes`` as they come from a rank: columns), and how many more
+    ranges it wants."""
 
     rank: int
     panda_id: int
-    outcomes: tuple[EventRangeUpdate, ...]
+    outcomes: Sequence[EventRangeUpdate]
     want: int
 
 
@@ -88,8 +90,10 @@ class MakeBundle:
 
 @dataclass(frozen=True)
 class ReportRanges:
+    """Statuses for the source (``RangeOutcomes`` when they come from the outbox: columns)."""
+
     job: JobSpec
-    updates: tuple[EventRangeUpdate, ...]
+    updates: Sequence[EventRangeUpdate]
     bundle: OutputBundle | None = None
 
 

@@ -10,14 +10,19 @@ waiting for a bundle are a running total, so deciding costs O(1) however many wa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
+from operator import attrgetter
 
 from hpcpilot.config import EventServiceConfig
 from hpcpilot.eventservice.messages import failed
 from hpcpilot.eventservice.register import RangeRegister
 from hpcpilot.eventservice.tally import Tally
-from hpcpilot.records import EventRange, EventRangeUpdate
+from hpcpilot.records import EventRange, EventRangeUpdate, RangeOutcomes
+from hpcpilot.records.outcomes import OutcomeQueue
 from hpcpilot.states import EventRangeStatus
+
+_last_event, _start_event = attrgetter("last_event"), attrgetter("start_event")
 
 
 class Outbox:
@@ -34,7 +39,7 @@ class Outbox:
         self.bundle_events = 0
         self.bundle_opened_at: float | None = None
         self.bundling = False
-        self.to_report: list[EventRangeUpdate] = []
+        self.to_report = OutcomeQueue()
         self.last_report = 0.0
 
     def report(self, update: EventRangeUpdate) -> None:
@@ -75,6 +80,22 @@ class Outbox:
                   finished_events=finished_events, walls=walls)
         self.register.reported.settled(settled)
 
+    def record_batch(self, now: float, outcomes: RangeOutcomes, ranges: Sequence[EventRange]) -> None:
+        """``record`` for a whole report whose every outcome was taken back (``ranges``: the range of each, in
+        order).  Every outcome FINISHED without an output (a null payload, a job without bundles): counted
+        and queued in C-level passes over the columns; any other report goes through ``record``."""
+        if not outcomes.all_plain_finished():
+            self.record(now, zip(outcomes, ranges, strict=True))
+            return
+        n = len(outcomes)
+        walls = [seconds for seconds in outcomes.wall_times if seconds > 0]
+        processed = sum(map(_last_event, ranges)) - sum(map(_start_event, ranges)) + n
+        finished_events = sum(map(self.register.n_events.get, outcomes.ids, repeat(1)))
+        self.to_report.add_batch(outcomes)  # (as columns: no object per outcome)
+        self.tally.add(consumed=n, processed_events=processed, finished_ranges=n, finished_events=finished_events,
+                       walls=walls)
+        self.register.reported.settled(n)
+
     def take_bundle(self, now: float, config: EventServiceConfig,
                     draining: Callable[[], bool]) -> tuple[tuple[EventRangeUpdate, ...], int] | None:
         """The outputs for a bundle and their events, if one is due (``bundling`` until it is back), settled
@@ -105,15 +126,15 @@ class Outbox:
         return True
 
     def take_report(self, now: float, interval: float,
-                    draining: Callable[[], bool]) -> tuple[EventRangeUpdate, ...] | None:
+                    draining: Callable[[], bool]) -> RangeOutcomes | None:
         """The statuses for a report, if one is due (``interval`` after the last, or at once when
-        draining): they go out now."""
+        draining): they go out now, as one batch of columns."""
         if not self.to_report:
             return None
         if now - self.last_report < interval and not draining():
             return None
         self.last_report = now
-        updates, self.to_report = tuple(self.to_report), []
+        updates = self.to_report.take()
         self.register.sent(updates)
         return updates
 

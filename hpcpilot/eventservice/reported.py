@@ -42,14 +42,18 @@ class ReportedRanges:
     def __contains__(self, range_id: object) -> bool:
         return range_id in self._ids
 
+    def none_of(self, range_ids: Iterable[str]) -> bool:
+        """No id among these was sent lately (one C-level pass)."""
+        return self._ids.isdisjoint(range_ids)
+
     def settled(self, n: int = 1) -> None:
         """``n`` more ranges have their status queued for the server (or are inside a bundle)."""
         self.count += n
 
     def sent_all(self, range_ids: Iterable[str]) -> None:
         """These statuses went out: remember their ids for a while (one set update and one trim per report)."""
-        ids = self._ids
-        new = [range_id for range_id in dict.fromkeys(range_ids) if range_id not in ids]
+        ids, unique = self._ids, dict.fromkeys(range_ids)
+        new = list(unique) if ids.isdisjoint(unique) else [range_id for range_id in unique if range_id not in ids]
         ids.update(new)
         order = self._order
         order.extend(new)

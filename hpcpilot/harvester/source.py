@@ -49,10 +49,11 @@ from hpcpilot.harvester.files import EventStatusFile, Request, take_aside, write
 from hpcpilot.harvester.layout import AccessPoint, FoundJob
 from hpcpilot.harvester.reports import node_maps, output_entries, worker_attributes, write_job_report
 from hpcpilot.panda.auth import install_log_redaction, register_secret
-from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, panda_id_of, show_value
+from hpcpilot.records import EventRangeUpdate, JobRecord, JobSpec, RangeOutcomes, panda_id_of, show_value
 from hpcpilot.sources import Command, FetchOutcome, OutputBundle
 
 log = logging.getLogger(__name__)
+
 
 FETCH_OK = 0
 FETCH_AWAITING_FEED = -1
@@ -269,6 +270,20 @@ class HarvesterSource:
 
     def update_event_ranges(self, job: JobSpec, updates: Sequence[EventRangeUpdate],
                             bundle: OutputBundle | None = None) -> None:
+        batch = RangeOutcomes.of(updates)  # (the outbox's columns as they are)
+        if bundle is None and not any(batch.outputs) and not any(batch.error_codes):  # a plain report
+            entries = [{"eventRangeID": range_id, "eventStatus": status}
+                       for range_id, status in zip(batch.ids, map(str, batch.statuses), strict=True)]
+        else:
+            entries = self._entries(updates, bundle)
+        status = self._status_file(job.panda_id)
+        status.queue({str(job.panda_id): entries})
+        self.gathering[status.path] = status
+        self.write_statuses(self.clock())
+
+    @staticmethod
+    def _entries(updates: Sequence[EventRangeUpdate], bundle: OutputBundle | None) -> list[dict[str, Any]]:
+        """The status file's entry of each update: with its bundle's or its own output file, and its error."""
         entries = []
         in_bundle = frozenset(bundle.range_ids) if bundle is not None else frozenset()  # O(1) per update
         for update in updates:
@@ -282,10 +297,7 @@ class HarvesterSource:
             if update.error_code:
                 entry["errorCode"] = update.error_code
             entries.append(entry)
-        status = self._status_file(job.panda_id)
-        status.queue({str(job.panda_id): entries})
-        self.gathering[status.path] = status
-        self.write_statuses(self.clock())
+        return entries
 
     # ---- JobSource: reports ---------------------------------------------------------------
 

@@ -28,6 +28,7 @@ One module per record, each importable from here:
 * ``fields``: the total parsers of single wire values (numbers, text, flags, per-file lists);
 * ``jobspec``: ``JobSpec`` and its ``FileSpec`` files, the cloneJob modes;
 * ``eventrange``: ``EventRange`` and ``EventRangeUpdate``;
+* ``outcomes``: ``RangeOutcomes``, a batch of outcomes as columns;
 * ``jobrecord``: ``JobRecord``, the updateJob fields and the summary.json row.
 """
 
@@ -47,6 +48,7 @@ from hpcpilot.records.fields import (
 )
 from hpcpilot.records.jobrecord import CPU_SECONDS_KEY, JOB_RECORD_WIRE_NAMES, JobRecord
 from hpcpilot.records.jobspec import CLONE_MODES, CLONE_RUNONCE, CLONE_STOREONCE, FileSpec, JobSpec
+from hpcpilot.records.outcomes import RangeOutcomes
 from hpcpilot.stageio.files import MAX_LFN_LENGTH  # the file-name rule's limit, defined with that rule
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "FileSpec",
     "JobRecord",
     "JobSpec",
+    "RangeOutcomes",
     "attempt_nr_of",
     "checked_text",
     "is_null",

@@ -10,8 +10,8 @@ import json
 import h5py
 import pytest
 
-from hpcpilot.records import EventRangeUpdate
-from hpcpilot.runrecord import _ENCODER, RunRecorder, range_row
+from hpcpilot.records import EventRangeUpdate, RangeOutcomes
+from hpcpilot.runrecord import _ENCODER, RunRecorder, batch_rows, range_row
 from hpcpilot.states import EventRangeStatus
 
 T0 = 1_700_000_000.123456
@@ -56,3 +56,18 @@ def test_batches_keep_every_outcome_with_its_time_and_events(tmp_path) -> None:
     assert [row.get("nEvents") for row in rows] == [4, None, 2]
     assert rows[0]["cpuConsumptionTime"] == 0.5 and rows[1]["errorCode"] == 1220
     assert [json.loads(row)["recordedAt"] for row in other] == [T0 + 2]
+
+
+def test_a_report_s_rows_from_its_columns_are_the_rows_of_each_outcome() -> None:
+    """``batch_rows`` reads a report's columns (``RangeOutcomes``): each row must be ``range_row``'s text."""
+    outcomes = (EventRangeUpdate("Range-1-2-3", EventRangeStatus.FINISHED),
+                EventRangeUpdate("Range-1-2-4", EventRangeStatus.FINISHED, cpu_time=1.23456789, wall_time=2.0),
+                EventRangeUpdate('quote"and\\backslash-é', EventRangeStatus.FINISHED, cpu_time=0.0004),
+                EventRangeUpdate("Range-9", EventRangeStatus.FINISHED, cpu_time=float("nan")),
+                EventRangeUpdate("Range-10", EventRangeStatus.FINISHED, cpu_time=-0.5),
+                EventRangeUpdate("Range-5", EventRangeStatus.FAILED, error_code=1220, error_diag="payload died"),
+                EventRangeUpdate("Range-6", EventRangeStatus.FATAL))
+    sizes = [1, 250, None, 3, 7, None, 2]
+    expected = [range_row(outcome, n, T0) for outcome, n in zip(outcomes, sizes, strict=True)]
+    assert batch_rows(RangeOutcomes.of(outcomes), sizes, T0) == expected
+    assert batch_rows(outcomes, sizes, T0) == expected
