@@ -116,21 +116,33 @@ write_config() {
     local mem
     mem=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 * 9 / 10 ))
     if [ -n "$(multi_nodes)" ]; then write_nodes_config "$mem"; return 0; fi
-    cat > "$CONF" <<EOF
+    { cat <<EOF
 # Written by hpcpilot slurm/cluster.sh: a one-node test cluster under $DIR.
 ClusterName=hpcpilot
 SlurmctldHost=$HOST
+SlurmdSpoolDir=$DIR/spool
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmdLogFile=$DIR/log/slurmd.log
+EOF
+      shared_settings
+      cat <<EOF
+NodeName=$HOST CPUs=8 RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=1-00:00:00 State=UP
+EOF
+    } > "$CONF"
+}
+
+# the settings every test cluster has, one node or several
+shared_settings() {
+    cat <<EOF
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$DIR/munge/munge.socket.2
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$RUN/slurmctld.pid
-SlurmdPidFile=$RUN/slurmd.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -139,7 +151,8 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 JobCompType=jobcomp/none
 SchedulerType=sched/backfill
-# none on purpose: a plain srun starts singletons, which hpcpilot must detect and refuse
+# none on purpose: a plain srun starts singletons, which hpcpilot must detect and refuse (the pilot's
+# script names --mpi)
 MpiDefault=none
 # more CPUs than the machine has, so 4-8 task tests fit on a 2-core CI runner
 SlurmdParameters=config_overrides
@@ -147,8 +160,6 @@ ReturnToService=2
 KillWait=30
 InactiveLimit=0
 MinJobAge=300
-NodeName=$HOST CPUs=8 RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=$HOST Default=YES MaxTime=1-00:00:00 State=UP
 EOF
 }
 
@@ -169,41 +180,21 @@ write_nodes_config() {
     done
     ctld="$(controller_address "$first")"
     [ -n "$ctld" ] || die "no route from this machine to node address $first"
-    cat > "$CONF" <<EOF
+    { cat <<EOF
 # Written by hpcpilot slurm/cluster.sh: a test cluster of several nodes under $DIR.
 ClusterName=hpcpilotnodes
 SlurmctldHost=$HOST($ctld)
 SlurmctldPort=$PORT
 SlurmdPort=$((PORT + 1))
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-AuthInfo=socket=$DIR/munge/munge.socket.2
-StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool/%n
-SlurmctldPidFile=$RUN/slurmctld.pid
 SlurmdPidFile=$RUN/ns/slurmd-%n.pid
-SlurmctldLogFile=$DIR/log/slurmctld.log
 SlurmdLogFile=$DIR/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-SchedulerType=sched/backfill
-# none on purpose, as for one node: the pilot's script names --mpi
-MpiDefault=none
-SlurmdParameters=config_overrides
-ReturnToService=2
 SlurmdTimeout=$SLURMD_TIMEOUT
-KillWait=30
-InactiveLimit=0
-MinJobAge=300
-${nodelines}PartitionName=debug Nodes=$(multi_nodes | tr -s ' ' ',' | sed 's/,$//') Default=YES MaxTime=1-00:00:00 State=UP
 EOF
+      shared_settings
+      printf '%sPartitionName=debug Nodes=%s Default=YES MaxTime=1-00:00:00 State=UP\n' \
+          "$nodelines" "$(multi_nodes | tr -s ' ' ',' | sed 's/,$//')"
+    } > "$CONF"
     multi_nodes | tr -s ' ' '\n' | sed '/^$/d' > "$DIR/etc/nodes"
 }
 
