@@ -130,6 +130,7 @@ class Worker:
         # environment.  ``local`` None: one process, the worker a thread of rank 0, every GPU its own.
         node_gpus, self.gpus = rank_gpus(config.gpu, local or SINGLE, None if local is None else transport.rank)
         self.node[NODE_GPUS_KEY], self.node[RANK_GPUS_KEY] = node_gpus.to_dict(), self.gpus.to_dict()
+        self.payload_gpus = tuple(visible_gpus(self.node) or ())  # what its payloads' GPU use is measured on
         self.guard: RankGuard | None = None
         self.guard_tried = False
 
@@ -322,7 +323,7 @@ class Worker:
         self.start_guard()
         control = JobControl()
         ctx = JobContext(self.config, self.rank_label, self.host, self.jobs_dir, self.pilot_dir, self.outbox.put,
-                         gpu_env=self.gpus.env, gpus=tuple(visible_gpus(self.node) or ()))
+                         gpu_env=self.gpus.env, gpus=self.payload_gpus)
         holder: list[Any] = []
         panda_id = job.panda_id
         link = None
